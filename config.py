@@ -1,0 +1,202 @@
+"""Every setting the service reads from the environment, parsed and checked in one place.
+
+A malformed value fails at start-up with a message naming the variable, instead of
+surfacing later as a confusing error inside a webhook request or a worker job.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+STRIPE_API_BASE_DEFAULT = "https://api.stripe.com"
+# Stripe's largest events are a few hundred KiB; 4 MiB leaves wide room and still stops abuse.
+MAX_WEBHOOK_BYTES_DEFAULT = 4 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting in the environment is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    starttls: bool
+    ssl: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    instance_path: Path
+    database_url: str
+    redis_url: str | None  # None: the embedded Redis under instance/
+    stripe_secret_key: str | None
+    stripe_platform_account: str | None
+    stripe_api_base: str
+    webhook_secrets: tuple[str, ...]
+    connect_webhook_secrets: tuple[str, ...]
+    webhook_tolerance: int
+    max_webhook_bytes: int
+    smtp: SmtpSettings | None
+    mail_from: str
+    public_base_url: str
+    secret_key: str
+    secret_key_generated: bool
+    api_token: str | None
+    support_email: str | None
+    job_retry_intervals: tuple[int, ...]
+    sweep_after_seconds: int
+    queue_name: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def database_is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _secrets(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    values = tuple(s.strip() for s in raw.split(",") if s.strip())
+    for value in values:
+        if not value.startswith("whsec_"):
+            raise ConfigError(
+                f"{name}: every secret must start with 'whsec_' (Stripe's endpoint signing secret);"
+                f" got one starting with {value[:6]!r}"
+            )
+    return values
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_smtp_url(url: str) -> SmtpSettings:
+    """`smtp://user:pass@host:port?starttls=1` (or `smtps://` for implicit TLS)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError(
+            f"SMTP_URL: expected smtp://user:pass@host:port[?starttls=1], got scheme "
+            f"{parts.scheme or '(none)'!r}"
+        )
+    try:
+        port = parts.port or (465 if parts.scheme == "smtps" else 25)
+    except ValueError:
+        raise ConfigError("SMTP_URL: the port is not a number") from None
+    query = parse_qs(parts.query)
+    starttls = query.get("starttls", ["0"])[0].lower() in ("1", "true", "yes")
+    return SmtpSettings(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        starttls=starttls,
+        ssl=parts.scheme == "smtps",
+    )
+
+
+def _database_url(env: Mapping[str, str], instance_path: Path) -> str:
+    url = env.get("DATABASE_URL", "").strip()
+    if not url:
+        return f"sqlite:///{instance_path / 'mismatch.sqlite3'}"
+    if url.startswith("postgres://"):  # Heroku-style URLs
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if not (url.startswith("sqlite") or url.startswith("postgresql")):
+        raise ConfigError(f"DATABASE_URL: only sqlite:// and postgresql:// are supported, got "
+                          f"{url.split(':', 1)[0]!r}")
+    return url
+
+
+def _dev_secret_key(instance_path: Path) -> str:
+    """One generated key per instance folder, so web and worker processes sign alike."""
+    path = instance_path / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        instance_path.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        try:
+            with open(path, "x") as fh:
+                fh.write(key)
+            return key
+        except FileExistsError:  # another process won the race
+            return path.read_text().strip()
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Read the environment once; raise ConfigError naming the variable on bad input."""
+    env = os.environ if env is None else env
+    instance_path = Path(env.get("INSTANCE_PATH") or Path.cwd() / "instance").resolve()
+
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL: expected redis://, rediss:// or unix://")
+
+    smtp_url = env.get("SMTP_URL", "").strip()
+    smtp = parse_smtp_url(smtp_url) if smtp_url else None
+
+    secret_key = env.get("SECRET_KEY", "").strip()
+    generated = False
+    if not secret_key:
+        if env.get("FLASK_ENV") == "production" or env.get("MISMATCH_ENV") == "production":
+            raise ConfigError("SECRET_KEY: required in production")
+        secret_key = _dev_secret_key(instance_path)
+        generated = True
+
+    platform = env.get("STRIPE_PLATFORM_ACCOUNT", "").strip() or None
+    if platform and not platform.startswith("acct_"):
+        raise ConfigError("STRIPE_PLATFORM_ACCOUNT: expected an account id starting with 'acct_'")
+
+    key = env.get("STRIPE_SECRET_KEY", "").strip() or None
+    if key and not key.startswith(("sk_", "rk_")):
+        raise ConfigError("STRIPE_SECRET_KEY: expected a key starting with 'sk_' or 'rk_'")
+
+    intervals_raw = env.get("JOB_RETRY_INTERVALS", "5,15,60,300,900")
+    try:
+        intervals = tuple(int(x) for x in intervals_raw.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError("JOB_RETRY_INTERVALS: expected comma-separated seconds") from None
+
+    public = (env.get("PUBLIC_BASE_URL") or "http://localhost:5000").rstrip("/")
+    if not public.startswith(("http://", "https://")):
+        raise ConfigError("PUBLIC_BASE_URL: expected an http:// or https:// URL")
+
+    return Config(
+        instance_path=instance_path,
+        database_url=_database_url(env, instance_path),
+        redis_url=redis_url,
+        stripe_secret_key=key,
+        stripe_platform_account=platform,
+        stripe_api_base=(env.get("STRIPE_API_BASE") or STRIPE_API_BASE_DEFAULT).rstrip("/"),
+        webhook_secrets=_secrets(env, "STRIPE_WEBHOOK_SECRETS"),
+        connect_webhook_secrets=_secrets(env, "STRIPE_CONNECT_WEBHOOK_SECRETS"),
+        webhook_tolerance=_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
+        max_webhook_bytes=_int(env, "MAX_WEBHOOK_BYTES", MAX_WEBHOOK_BYTES_DEFAULT, minimum=1024),
+        smtp=smtp,
+        mail_from=env.get("MAIL_FROM", "").strip() or "mismatch@localhost",
+        public_base_url=public,
+        secret_key=secret_key,
+        secret_key_generated=generated,
+        api_token=env.get("API_TOKEN", "").strip() or None,
+        support_email=env.get("SUPPORT_EMAIL", "").strip() or None,
+        job_retry_intervals=intervals or (0,),
+        sweep_after_seconds=_int(env, "SWEEP_AFTER_SECONDS", 60),
+        queue_name=env.get("RQ_QUEUE", "").strip() or "mismatch",
+    )

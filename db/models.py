@@ -1,0 +1,249 @@
+"""The records the matching rules read and write.
+
+Every rule that must hold under duplicate or concurrent delivery has a unique constraint
+behind it, so idempotency never rests on "check, then insert".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalize_email(email: str | None) -> str | None:
+    """Trim and casefold; nothing else (DESIGN rule 4: no dot or plus rewriting)."""
+    if email is None:
+        return None
+    value = email.strip().casefold()
+    return value or None
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+TZDateTime = DateTime(timezone=True)
+
+
+class Venue(Base):
+    __tablename__ = "venues"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    admin_emails: Mapped[list[str]] = mapped_column(JSON, default=list)
+    livemode: Mapped[bool] = mapped_column(Boolean, default=False)
+    digest: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set with a member change in the same transaction; cleared by the re-check job. The
+    # sweeper re-enqueues a re-check that was requested but never ran (Redis was down).
+    recheck_requested_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+    members: Mapped[list[Member]] = relationship(back_populates="venue", passive_deletes=True)
+
+
+class Member(Base):
+    __tablename__ = "members"
+    __table_args__ = (
+        UniqueConstraint("venue_id", "member_ref"),
+        UniqueConstraint("venue_id", "stripe_customer_id"),
+        Index("ix_members_venue_email", "venue_id", "email_normalized"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    venue_id: Mapped[int] = mapped_column(ForeignKey("venues.id", ondelete="CASCADE"))
+    member_ref: Mapped[str] = mapped_column(String(128))
+    email: Mapped[str] = mapped_column(String(320))
+    email_normalized: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+    venue: Mapped[Venue] = relationship(back_populates="members")
+
+
+class StripeCustomer(Base):
+    """Mirror of Stripe customers seen in `customer.*` events, so matching needs no API call."""
+
+    __tablename__ = "stripe_customers"
+    __table_args__ = (UniqueConstraint("account_id", "livemode", "customer_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    livemode: Mapped[bool] = mapped_column(Boolean)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # `created` of the newest event applied; 0 when filled from an API read.
+    last_event_created: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+
+class StripeEvent(Base):
+    """The inbox: every verified delivery, stored before it is acknowledged."""
+
+    __tablename__ = "stripe_events"
+    __table_args__ = (Index("ix_stripe_events_status_received", "status", "received_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    endpoint: Mapped[str] = mapped_column(String(16))  # platform | connect
+    account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    livemode: Mapped[bool] = mapped_column(Boolean, default=False)
+    type: Mapped[str] = mapped_column(String(128))
+    created: Mapped[int] = mapped_column(BigInteger)
+    payload: Mapped[str] = mapped_column(Text)
+    # received | processing | processed | ignored | failed
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    # What processing concluded: linked, case_1, unrouted, livemode_mismatch, ...
+    outcome: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+
+
+class RejectedDelivery(Base):
+    """A delivery we refused: why and from where, never the body or a secret."""
+
+    __tablename__ = "rejected_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    body_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    body_size: Mapped[int] = mapped_column(Integer, default=0)
+    received_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+
+
+class Subscription(Base):
+    """Last known state of each subscription we classified (linked or not)."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        UniqueConstraint("account_id", "subscription_id"),
+        Index("ix_subscriptions_account_customer", "account_id", "customer_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    livemode: Mapped[bool] = mapped_column(Boolean)
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(64))
+    venue_id: Mapped[int | None] = mapped_column(
+        ForeignKey("venues.id", ondelete="SET NULL"), nullable=True
+    )
+    status: Mapped[str | None] = mapped_column(String(32), nullable=True)  # Stripe's status
+    canceled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # linked | mismatch | unrouted
+    state: Mapped[str] = mapped_column(String(16))
+    member_id: Mapped[int | None] = mapped_column(
+        ForeignKey("members.id", ondelete="SET NULL"), nullable=True
+    )
+    last_event_created: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Mismatch(Base):
+    __tablename__ = "mismatches"
+    __table_args__ = (
+        UniqueConstraint("account_id", "subscription_id"),
+        Index("ix_mismatches_account_customer", "account_id", "customer_id"),
+        Index("ix_mismatches_status_venue", "status", "venue_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    livemode: Mapped[bool] = mapped_column(Boolean)
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    venue_id: Mapped[int | None] = mapped_column(
+        ForeignKey("venues.id", ondelete="CASCADE"), nullable=True
+    )
+    case: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    customer_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    linked_customer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    member_id: Mapped[int | None] = mapped_column(
+        ForeignKey("members.id", ondelete="SET NULL"), nullable=True
+    )
+    candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | resolved
+    resolution: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    resolution_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The case the admins were last told about; a notice goes out when `case` differs.
+    notified_case: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    opened_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+    venue: Mapped[Venue | None] = relationship()
+    member: Mapped[Member | None] = relationship()
+
+    def resolve(self, resolution: str, note: str | None = None) -> bool:
+        """Close an open mismatch (linked, canceled, manual); False if already closed."""
+        if self.status == "resolved":
+            return False
+        self.status = "resolved"
+        self.resolution = resolution
+        self.resolution_note = note
+        self.resolved_at = utcnow()
+        return True
+
+
+class Notification(Base):
+    """The outbox: one row per message we owe, so a retry never sends a second one."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("mismatch_id", "recipient", "kind"),
+        Index("ix_notifications_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # mismatch:<id>:<kind>:<recipient> or unrouted:<acct>:<day>:<recipient>; unique even
+    # where mismatch_id is NULL (SQL treats NULLs as distinct).
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    mismatch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mismatches.id", ondelete="CASCADE"), nullable=True
+    )
+    recipient: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    message_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)

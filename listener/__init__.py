@@ -1,0 +1,55 @@
+"""The web service: Stripe webhook intake, the JSON API, support pages, health."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, current_app, jsonify
+
+from config import Config, load_config
+from db import Database
+
+
+def create_app(config: Config | None = None, **overrides: Any) -> Flask:
+    """Application factory; `config` defaults to the environment."""
+    config = config or load_config()
+    app = Flask(__name__, template_folder=str(_templates_dir()), static_folder=None)
+    app.config.update(SECRET_KEY=config.secret_key, MISMATCH=config, JSON_SORT_KEYS=False)
+    app.config.update(overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    app.extensions["db"] = Database(config.database_url)
+
+    from listener import api, health, metrics, webhooks
+
+    metrics.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(api.bp)
+
+    @app.errorhandler(404)
+    def not_found(_e: Exception):  # type: ignore[no-untyped-def]
+        return jsonify(error="not found"), 404
+
+    @app.errorhandler(405)
+    def method_not_allowed(_e: Exception):  # type: ignore[no-untyped-def]
+        return jsonify(error="method not allowed"), 405
+
+    return app
+
+
+def _templates_dir():  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    import templates
+
+    return Path(templates.__file__).parent
+
+
+def current_config() -> Config:
+    return current_app.config["MISMATCH"]
+
+
+def current_db() -> Database:
+    return current_app.extensions["db"]

@@ -1,0 +1,189 @@
+"""The JSON API for the booking product and support tooling (bearer API_TOKEN)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from flask import Blueprint, abort, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from db import Mismatch, StripeEvent, Venue
+from listener import current_config, current_db
+from listener.sync import (
+    InvalidInput,
+    check_account_id,
+    delete_member,
+    member_json,
+    upsert_member,
+    upsert_venue,
+    venue_json,
+)
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+@bp.before_request
+def require_token():  # type: ignore[no-untyped-def]
+    token = current_config().api_token
+    if not token:
+        return jsonify(error="the API is disabled: API_TOKEN is not set"), 403
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                             token.encode()):
+        return jsonify(error="missing or wrong bearer token"), 401, {
+            "WWW-Authenticate": "Bearer"}
+    return None
+
+
+@bp.errorhandler(InvalidInput)
+def invalid(exc: InvalidInput):  # type: ignore[no-untyped-def]
+    return jsonify(error=str(exc)), 400
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidInput("body must be a JSON object (Content-Type: application/json)")
+    return data
+
+
+def _recheck(venue_id: int) -> None:
+    from workers.queue import enqueue_recheck
+
+    try:
+        enqueue_recheck(current_config(), venue_id)
+    except Exception as exc:  # noqa: BLE001 - recheck_requested_at lets the sweeper retry
+        log.warning("could not queue re-check of venue %s: %s", venue_id, type(exc).__name__)
+
+
+def _venue(session, account_id: str) -> Venue:  # type: ignore[no-untyped-def]
+    check_account_id(account_id)
+    venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
+    if venue is None:
+        abort(404)
+    return venue
+
+
+@bp.put("/venues/<account_id>")
+def put_venue(account_id: str):  # type: ignore[no-untyped-def]
+    with current_db().session() as s:
+        venue, created = upsert_venue(s, account_id, _body())
+        body = venue_json(venue)
+    return jsonify(body), 201 if created else 200
+
+
+@bp.put("/venues/<account_id>/members/<member_ref>")
+def put_member(account_id: str, member_ref: str):  # type: ignore[no-untyped-def]
+    data = _body()
+    try:
+        with current_db().session() as s:
+            venue = _venue(s, account_id)
+            member, created = upsert_member(s, venue, member_ref, data)
+            body, venue_id = member_json(member), venue.id
+    except IntegrityError:
+        return jsonify(error="that stripe_customer_id or member_ref is already taken in this "
+                             "venue"), 409
+    _recheck(venue_id)
+    return jsonify(body), 201 if created else 200
+
+
+@bp.delete("/venues/<account_id>/members/<member_ref>")
+def remove_member(account_id: str, member_ref: str):  # type: ignore[no-untyped-def]
+    with current_db().session() as s:
+        venue = _venue(s, account_id)
+        if not delete_member(s, venue, member_ref):
+            return jsonify(error=f"no member {member_ref!r} in {account_id}"), 404
+        venue_id = venue.id
+    _recheck(venue_id)
+    return jsonify(deleted=True), 200
+
+
+def mismatch_json(m: Mismatch) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "case": m.case,
+        "status": m.status,
+        "resolution": m.resolution,
+        "resolution_note": m.resolution_note,
+        "account_id": m.account_id,
+        "livemode": m.livemode,
+        "subscription_id": m.subscription_id,
+        "customer_id": m.customer_id,
+        "customer_email": m.customer_email,
+        "linked_customer_id": m.linked_customer_id,
+        "member_ref": m.member.member_ref if m.member else None,
+        "candidates": m.candidates or [],
+        "note": m.note,
+        "opened_at": m.opened_at.isoformat() if m.opened_at else None,
+        "resolved_at": m.resolved_at.isoformat() if m.resolved_at else None,
+    }
+
+
+@bp.get("/mismatches")
+def list_mismatches():  # type: ignore[no-untyped-def]
+    query = select(Mismatch).order_by(Mismatch.opened_at.desc(), Mismatch.id.desc())
+    args = request.args
+    if args.get("account"):
+        query = query.where(Mismatch.account_id == args["account"])
+    if args.get("status"):
+        if args["status"] not in ("open", "resolved"):
+            raise InvalidInput("status must be 'open' or 'resolved'")
+        query = query.where(Mismatch.status == args["status"])
+    if args.get("case"):
+        if args["case"] not in ("1", "2", "3"):
+            raise InvalidInput("case must be 1, 2 or 3")
+        query = query.where(Mismatch.case == int(args["case"]))
+    try:
+        limit = int(args.get("limit", 100))
+        offset = int(args.get("offset", 0))
+    except ValueError:
+        raise InvalidInput("limit and offset must be whole numbers") from None
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise InvalidInput("limit must be 1..1000 and offset ≥ 0")
+    with current_db().session() as s:
+        rows = [mismatch_json(m) for m in s.scalars(query.limit(limit).offset(offset))]
+    return jsonify(mismatches=rows, limit=limit, offset=offset)
+
+
+@bp.get("/mismatches/<int:mismatch_id>")
+def get_mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
+    with current_db().session() as s:
+        m = s.get(Mismatch, mismatch_id)
+        if m is None:
+            return jsonify(error=f"no mismatch {mismatch_id}"), 404
+        return jsonify(mismatch_json(m))
+
+
+@bp.post("/mismatches/<int:mismatch_id>/resolve")
+def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
+    data = request.get_json(silent=True) or {}
+    note = data.get("note") if isinstance(data, dict) else None
+    if note is not None and not isinstance(note, str):
+        raise InvalidInput("'note' must be a string")
+    with current_db().session() as s:
+        m = s.get(Mismatch, mismatch_id, with_for_update=True)
+        if m is None:
+            return jsonify(error=f"no mismatch {mismatch_id}"), 404
+        m.resolve("manual", note)
+        return jsonify(mismatch_json(m))
+
+
+@bp.get("/events/<event_id>")
+def get_event(event_id: str):  # type: ignore[no-untyped-def]
+    with current_db().session() as s:
+        e = s.scalar(select(StripeEvent).where(StripeEvent.event_id == event_id))
+        if e is None:
+            return jsonify(error=f"no event {event_id} in the inbox"), 404
+        return jsonify({
+            "event_id": e.event_id, "type": e.type, "endpoint": e.endpoint,
+            "account_id": e.account_id, "livemode": e.livemode, "created": e.created,
+            "status": e.status, "outcome": e.outcome, "unrouted": e.outcome == "unrouted",
+            "attempts": e.attempts, "last_error": e.last_error,
+            "received_at": e.received_at.isoformat() if e.received_at else None,
+            "processed_at": e.processed_at.isoformat() if e.processed_at else None,
+        })

@@ -1,0 +1,252 @@
+"""The `mismatch` command: a Flask CLI group with the service's operational commands."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup, with_appcontext
+
+from config import ConfigError, load_config
+
+
+def _create_app() -> Flask:
+    from listener import create_app
+
+    try:
+        return create_app()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False,
+             add_version_option=False)
+def main() -> None:
+    """Stripe webhook listener and mismatch detector."""
+
+
+# --- database --------------------------------------------------------------------------
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+@with_appcontext
+def db_upgrade() -> None:
+    """Apply migrations up to the newest schema."""
+    from db import upgrade
+    from listener import current_config
+
+    upgrade(current_config().database_url)
+    click.echo("database schema is up to date")
+
+
+# --- running -----------------------------------------------------------------------------
+
+@main.command("worker")
+@click.option("--burst", is_flag=True, help="Drain the queue, then exit.")
+@click.option("--sweep-every", default=30.0, show_default=True,
+              help="Seconds between sweeps for stuck events (0 disables).")
+@with_appcontext
+def worker(burst: bool, sweep_every: float) -> None:
+    """Run an RQ worker for the mismatch queue (with retries and the periodic sweep)."""
+    from workers.service import run_worker
+
+    run_worker(load_config(), burst=burst, sweep_every=sweep_every)
+
+
+@main.command("sweep")
+@click.option("--failed", "include_failed", is_flag=True,
+              help="Also reset and replay events that failed for good.")
+@click.option("--all", "everything", is_flag=True,
+              help="Do not wait for the one-minute grace period.")
+@with_appcontext
+def sweep_cmd(include_failed: bool, everything: bool) -> None:
+    """Queue again stored events, re-checks and notices that were never queued."""
+    from datetime import timedelta
+
+    from listener import current_config, current_db
+    from workers.jobs import sweep
+
+    counts = sweep(current_config(), current_db(), include_failed=include_failed,
+                   older_than=timedelta(0) if everything else None)
+    click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--web-workers", default=2, show_default=True, type=int)
+@click.option("--workers", "rq_workers", default=1, show_default=True, type=int)
+def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
+    """Run web + worker(s) together; starts the embedded Redis when REDIS_URL is unset."""
+    from db import upgrade
+    from workers.queue import redis_url
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    upgrade(config.database_url)
+    env = dict(os.environ)
+    env["REDIS_URL"] = redis_url(config)
+    env.setdefault("DATABASE_URL", config.database_url)
+    env.setdefault("INSTANCE_PATH", str(config.instance_path))
+    metrics_dir = config.instance_path / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    bin_dir = Path(sys.executable).parent
+    procs = [subprocess.Popen([
+        str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}", "--workers", str(web_workers),
+        "--access-logfile", "-", "--graceful-timeout", "10", "listener.wsgi:app",
+    ], env=env)]
+    for _ in range(rq_workers):
+        procs.append(subprocess.Popen([str(bin_dir / "mismatch"), "worker"], env=env))
+    base = f"http://{host}:{port}"
+    mail = (f"SMTP {config.smtp.host}" if config.smtp
+            else f"local outbox {config.instance_path / 'outbox'} (and {base}/outbox)")
+    click.echo(f"""
+  service     {base}   (health {base}/readyz, metrics {base}/metrics)
+  webhooks    POST {base}/webhooks/stripe          (platform events)
+              POST {base}/webhooks/stripe/connect  (connected-account events)
+  database    {config.database_url}
+  redis       {env['REDIS_URL']}
+  mail        {mail}
+  Ctrl-C stops everything.
+""")
+    stop = threading.Event()
+
+    def _stop(*_args: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stop.is_set():
+        if any(p.poll() is not None for p in procs):
+            click.echo("a child process exited; stopping", err=True)
+            break
+        time.sleep(0.5)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+# --- venues and members ------------------------------------------------------------------
+
+VENUE_HEADER = ["account_id", "name", "admin_emails", "livemode"]
+MEMBER_HEADER = ["account_id", "member_ref", "email", "name", "stripe_customer_id"]
+
+
+def _rows(path: str, header: list[str]):  # type: ignore[no-untyped-def]
+    """Yield (line number, row) from a CSV whose header must be exactly `header`."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        try:
+            first = next(reader)
+        except StopIteration:
+            raise click.ClickException(f"{path}: line 1: the file is empty") from None
+        if [h.strip() for h in first] != header:
+            raise click.ClickException(
+                f"{path}: line 1: header must be {','.join(header)} (got {','.join(first)})")
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise click.ClickException(
+                    f"{path}: line {reader.line_num}: expected {len(header)} fields, "
+                    f"got {len(row)}")
+            yield reader.line_num, dict(zip(header, (c.strip() for c in row), strict=True))
+
+
+def _import(path: str, header: list[str], apply) -> tuple[int, set[int]]:  # type: ignore[no-untyped-def]
+    """All rows in one transaction: a bad row fails the file, and nothing is written."""
+    from listener import current_db
+    from listener.sync import InvalidInput
+
+    count, venues = 0, set()
+    try:
+        with current_db().session() as s:
+            for line, row in _rows(path, header):
+                try:
+                    venues.add(apply(s, row))
+                except InvalidInput as exc:
+                    raise click.ClickException(f"{path}: line {line}: {exc}") from None
+                count += 1
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror}") from None
+    return count, venues
+
+
+@main.group("venues")
+def venues_group() -> None:
+    """Venues (connected accounts)."""
+
+
+@venues_group.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@with_appcontext
+def venues_import(path: str) -> None:
+    """Upsert venues from CSV: account_id,name,admin_emails,livemode (emails ';'-separated)."""
+    from listener.sync import upsert_venue
+
+    def apply(s, row):  # type: ignore[no-untyped-def]
+        venue, _ = upsert_venue(s, row["account_id"], {
+            "name": row["name"], "admin_emails": row["admin_emails"].split(";"),
+            "livemode": row["livemode"]})
+        return venue.id
+
+    count, _ = _import(path, VENUE_HEADER, apply)
+    click.echo(f"imported {count} venues")
+
+
+@main.group("members")
+def members_group() -> None:
+    """Members of venues."""
+
+
+@members_group.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@with_appcontext
+def members_import(path: str) -> None:
+    """Upsert members from CSV: account_id,member_ref,email,name,stripe_customer_id."""
+    from sqlalchemy import select
+
+    from db import Venue
+    from listener import current_config
+    from listener.sync import InvalidInput, upsert_member
+
+    def apply(s, row):  # type: ignore[no-untyped-def]
+        venue = s.scalar(select(Venue).where(Venue.account_id == row["account_id"]))
+        if venue is None:
+            raise InvalidInput(f"no venue {row['account_id']!r}; import venues first")
+        upsert_member(s, venue, row["member_ref"], {
+            "email": row["email"], "name": row["name"] or None,
+            "stripe_customer_id": row["stripe_customer_id"] or None})
+        return venue.id
+
+    count, venues = _import(path, MEMBER_HEADER, apply)
+    from workers.queue import enqueue_recheck
+
+    for venue_id in sorted(venues):
+        try:
+            enqueue_recheck(current_config(), venue_id)
+        except Exception:  # noqa: BLE001 - recheck_requested_at is set; the sweeper queues it
+            click.echo(f"note: re-check of venue {venue_id} queued for the next sweep", err=True)
+    click.echo(f"imported {count} members")

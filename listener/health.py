@@ -1,0 +1,38 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from listener import current_config, current_db
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():  # type: ignore[no-untyped-def]
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():  # type: ignore[no-untyped-def]
+    """200 when both the database and Redis answer; else 503 naming the one that failed."""
+    from workers.queue import get_redis
+
+    checks: dict[str, str] = {}
+    try:
+        current_db().ping()
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        get_redis(current_config()).ping()
+        checks["redis"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    failed = [k for k, v in checks.items() if v != "ok"]
+    body = {"status": "ok" if ok else "unavailable", "checks": checks}
+    if failed:
+        body["error"] = f"{' and '.join(failed)} unreachable"
+    return jsonify(body), 200 if ok else 503

@@ -1,0 +1,144 @@
+"""Prometheus metrics for the web process, plus gauges read from the database and queue at
+scrape time so one scrape shows the whole pipeline (intake, backlog, mismatches, mail)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from flask import Flask, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+log = logging.getLogger(__name__)
+
+DELIVERIES = Counter(
+    "mismatch_webhook_deliveries_total",
+    "Webhook deliveries by endpoint and outcome (accepted, duplicate, rejected, store_failed)",
+    ["endpoint", "outcome"],
+)
+VERIFICATION_FAILURES = Counter(
+    "mismatch_webhook_verification_failures_total",
+    "Rejected webhook deliveries by reason",
+    ["endpoint", "reason"],
+)
+ENQUEUE_FAILURES = Counter(
+    "mismatch_webhook_enqueue_failures_total",
+    "Stored events whose job could not be queued (the sweeper queues them later)",
+    ["endpoint"],
+)
+REQUEST_SECONDS = Histogram(
+    "mismatch_webhook_request_seconds",
+    "Time to verify, store and enqueue one delivery",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+class PipelineCollector:
+    """Gauges computed from the database and Redis on each scrape."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from db import Mismatch, Notification, StripeEvent
+        from listener import current_config, current_db
+        from workers.queue import get_queue
+
+        events = GaugeMetricFamily("mismatch_events", "Inbox events by status", labels=["status"])
+        outcomes = GaugeMetricFamily(
+            "mismatch_events_by_outcome", "Processed events by outcome", labels=["outcome"]
+        )
+        mismatches = GaugeMetricFamily(
+            "mismatch_mismatches", "Mismatches by status and case", labels=["status", "case"]
+        )
+        mail = GaugeMetricFamily("mismatch_notifications", "Outbox by status", labels=["status"])
+        oldest = GaugeMetricFamily(
+            "mismatch_oldest_pending_event_age_seconds",
+            "Age of the oldest event not yet processed",
+        )
+        depth = GaugeMetricFamily("mismatch_queue_depth", "Jobs waiting in the RQ queue")
+        up = GaugeMetricFamily("mismatch_dependency_up", "Database/Redis reachable", labels=["dep"])
+        with self.app.app_context():
+            try:
+                with current_db().session() as s:
+                    for status, n in s.execute(
+                        select(StripeEvent.status, func.count()).group_by(StripeEvent.status)
+                    ):
+                        events.add_metric([status], n)
+                    for outcome, n in s.execute(
+                        select(StripeEvent.outcome, func.count())
+                        .where(StripeEvent.outcome.is_not(None))
+                        .group_by(StripeEvent.outcome)
+                    ):
+                        outcomes.add_metric([outcome], n)
+                    for status, case, n in s.execute(
+                        select(Mismatch.status, Mismatch.case, func.count()).group_by(
+                            Mismatch.status, Mismatch.case
+                        )
+                    ):
+                        mismatches.add_metric([status, str(case)], n)
+                    for status, n in s.execute(
+                        select(Notification.status, func.count()).group_by(Notification.status)
+                    ):
+                        mail.add_metric([status], n)
+                    first = s.execute(
+                        select(func.min(StripeEvent.received_at)).where(
+                            StripeEvent.status.in_(("received", "processing"))
+                        )
+                    ).scalar()
+                    if first is not None:
+                        if first.tzinfo is None:
+                            from datetime import UTC
+
+                            first = first.replace(tzinfo=UTC)
+                        oldest.add_metric([], max(0.0, time.time() - first.timestamp()))
+                    else:
+                        oldest.add_metric([], 0.0)
+                up.add_metric(["database"], 1)
+            except Exception:  # noqa: BLE001 - a scrape must not fail because the DB is down
+                log.warning("metrics: database unreachable")
+                up.add_metric(["database"], 0)
+            try:
+                depth.add_metric([], len(get_queue(current_config())))
+                up.add_metric(["redis"], 1)
+            except Exception:  # noqa: BLE001
+                log.warning("metrics: redis unreachable")
+                up.add_metric(["redis"], 0)
+        yield from (events, outcomes, mismatches, mail, oldest, depth, up)
+
+
+def init_app(app: Flask) -> None:
+    pipeline = PipelineCollector(app)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        registry = CollectorRegistry()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            from prometheus_client import REGISTRY
+
+            registry = REGISTRY
+        body = generate_latest(registry) + generate_latest(_OneShot(pipeline))
+        return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+
+class _OneShot(CollectorRegistry):
+    def __init__(self, collector: PipelineCollector) -> None:
+        super().__init__(auto_describe=False)
+        self._collector = collector
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield from self._collector.collect()

@@ -1,0 +1,227 @@
+"""Stripe's two webhook endpoints. Inside Stripe's request we only verify, store, enqueue:
+everything slow (API calls, matching, mail) happens in the workers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import stripe
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from db import RejectedDelivery, StripeEvent, insert_ignoring_duplicates, utcnow
+from listener import current_config, current_db
+from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+PLATFORM, CONNECT = "platform", "connect"
+ROUTES = {PLATFORM: "POST /webhooks/stripe", CONNECT: "POST /webhooks/stripe/connect"}
+SECRET_VARS = {PLATFORM: "STRIPE_WEBHOOK_SECRETS", CONNECT: "STRIPE_CONNECT_WEBHOOK_SECRETS"}
+
+
+class Rejected(Exception):
+    """A delivery we refuse; `reason` is the metric label, `message` goes back to the caller."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+@dataclass(frozen=True)
+class Signature:
+    timestamp: int
+    signatures: tuple[str, ...]
+
+
+def parse_signature_header(header: str | None) -> Signature:
+    if not header:
+        raise Rejected(400, "missing_signature", "missing Stripe-Signature header")
+    timestamp: int | None = None
+    v1: list[str] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                timestamp = None
+        elif key == "v1" and value:
+            v1.append(value)
+    if timestamp is None:
+        raise Rejected(400, "malformed_signature",
+                       "malformed Stripe-Signature header: no t=<timestamp>")
+    if not v1:
+        raise Rejected(400, "malformed_signature",
+                       "malformed Stripe-Signature header: no v1= signature")
+    return Signature(timestamp, tuple(v1))
+
+
+def signed_by(payload: str, header: str, secrets: tuple[str, ...]) -> bool:
+    """True when any secret (rotation) produced any v1 signature in the header."""
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=None)
+            return True
+        except stripe.SignatureVerificationError:
+            continue
+    return False
+
+
+def verify(endpoint: str, body: bytes, header: str | None) -> dict:
+    """Check signature, timestamp and shape; return the event as a dict or raise Rejected."""
+    config = current_config()
+    own = config.webhook_secrets if endpoint == PLATFORM else config.connect_webhook_secrets
+    other_endpoint = CONNECT if endpoint == PLATFORM else PLATFORM
+    other = config.connect_webhook_secrets if endpoint == PLATFORM else config.webhook_secrets
+    if not own:
+        # Not the sender's fault: 503 makes Stripe retry until the secret is configured.
+        raise Rejected(503, "endpoint_not_configured",
+                       f"{SECRET_VARS[endpoint]} is not set: this endpoint cannot verify events")
+    sig = parse_signature_header(header)
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(400, "invalid_body", "body is not UTF-8 text") from None
+    assert header is not None
+    if not signed_by(payload, header, own):
+        if other and signed_by(payload, header, other):
+            raise Rejected(
+                400, "wrong_endpoint_secret",
+                f"signed with the {other_endpoint.capitalize()} endpoint's secret — is the URL in "
+                f"Stripe right? Events from that endpoint belong at {ROUTES[other_endpoint]}",
+            )
+        raise Rejected(400, "bad_signature",
+                       "no signature matches the body with any configured secret")
+    now = time.time()
+    if sig.timestamp < now - config.webhook_tolerance:
+        raise Rejected(400, "stale_timestamp",
+                       f"signature timestamp is older than {config.webhook_tolerance}s")
+    if sig.timestamp > now + config.webhook_tolerance:
+        raise Rejected(400, "future_timestamp",
+                       f"signature timestamp is over {config.webhook_tolerance}s in the future")
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise Rejected(400, "invalid_json", "body is not JSON") from None
+    if not (
+        isinstance(event, dict)
+        and event.get("object") == "event"
+        and isinstance(event.get("id"), str)
+        and event["id"]
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("created"), int)
+        and isinstance(event.get("data"), dict)
+    ):
+        raise Rejected(400, "not_an_event",
+                       "body is not a Stripe event (needs object=event, id, type, created, data)")
+    account = event.get("account")
+    if account is not None and not isinstance(account, str):
+        raise Rejected(400, "not_an_event", "event 'account' is not a string")
+    if endpoint == CONNECT and not account:
+        raise Rejected(400, "wrong_endpoint",
+                       f"event has no 'account': platform events belong at {ROUTES[PLATFORM]}")
+    if endpoint == PLATFORM and account:
+        raise Rejected(400, "wrong_endpoint",
+                       f"event carries 'account': Connect events belong at {ROUTES[CONNECT]}")
+    return event
+
+
+def _record_rejection(endpoint: str, rejected: Rejected, body: bytes) -> None:
+    VERIFICATION_FAILURES.labels(endpoint, rejected.reason).inc()
+    DELIVERIES.labels(endpoint, "rejected").inc()
+    log.warning("webhook rejected endpoint=%s reason=%s", endpoint, rejected.reason)
+    try:
+        with current_db().session() as s:
+            s.add(RejectedDelivery(
+                endpoint=endpoint,
+                reason=rejected.reason,
+                detail=rejected.message,
+                remote_addr=(request.remote_addr or "")[:64],
+                body_sha256=hashlib.sha256(body).hexdigest(),
+                body_size=len(body),
+            ))
+    except SQLAlchemyError:
+        log.error("could not record rejected delivery endpoint=%s reason=%s",
+                  endpoint, rejected.reason)
+
+
+def _read_body(limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise Rejected(413, "too_large", f"body over the {limit}-byte limit")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise Rejected(413, "too_large", f"body over the {limit}-byte limit")
+    return body
+
+
+def receive(endpoint: str) -> tuple[Response, int]:
+    started = time.perf_counter()
+    config = current_config()
+    body = b""
+    try:
+        body = _read_body(config.max_webhook_bytes)
+        event = verify(endpoint, body, request.headers.get("Stripe-Signature"))
+    except Rejected as rejected:
+        _record_rejection(endpoint, rejected, body)
+        REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        return jsonify(error=rejected.message, reason=rejected.reason), rejected.status
+
+    event_id = event["id"]
+    try:
+        with current_db().session() as s:
+            row_id = insert_ignoring_duplicates(
+                s,
+                StripeEvent,
+                dict(
+                    event_id=event_id,
+                    endpoint=endpoint,
+                    account_id=event.get("account"),
+                    livemode=bool(event.get("livemode")),
+                    type=event["type"],
+                    created=event["created"],
+                    payload=body.decode("utf-8"),
+                    status="received",
+                    attempts=0,
+                    received_at=utcnow(),
+                ),
+                returning=StripeEvent.id,
+            )
+    except SQLAlchemyError as exc:
+        DELIVERIES.labels(endpoint, "store_failed").inc()
+        log.error("could not store event %s: %s", event_id, type(exc).__name__)
+        REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        return jsonify(error="could not store the event; Stripe will retry"), 503
+
+    duplicate = row_id is None
+    if not duplicate:
+        from workers.queue import enqueue_event
+
+        try:
+            enqueue_event(config, event_id)
+        except Exception as exc:  # noqa: BLE001 - stored already; the sweeper will queue it
+            ENQUEUE_FAILURES.labels(endpoint).inc()
+            log.warning("enqueue failed for %s (%s); left for the sweeper",
+                        event_id, type(exc).__name__)
+    DELIVERIES.labels(endpoint, "duplicate" if duplicate else "accepted").inc()
+    log.info("webhook %s %s type=%s account=%s", "duplicate" if duplicate else "stored",
+             event_id, event["type"], event.get("account") or "-")
+    REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+    return jsonify(received=True, duplicate=duplicate), 200
+
+
+@bp.post("/stripe")
+def platform():  # type: ignore[no-untyped-def]
+    return receive(PLATFORM)
+
+
+@bp.post("/stripe/connect")
+def connect():  # type: ignore[no-untyped-def]
+    return receive(CONNECT)

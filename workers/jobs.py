@@ -1,0 +1,164 @@
+"""RQ job functions. Each loads its row by ID, so a job can run twice, late or after a
+crash and still leave the same state."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from rq import get_current_job
+from sqlalchemy import or_, select, update
+
+from config import Config
+from db import Database, Notification, StripeEvent, Venue, utcnow
+from workers import queue
+from workers.handlers import HANDLERS, EventContext, Ignored
+from workers.matching import MatchContext, recheck_open_mismatches
+from workers.runtime import runtime
+from workers.stripe_api import StripeApi
+
+log = logging.getLogger(__name__)
+
+DONE = ("processed", "ignored")
+
+
+def _last_attempt() -> bool:
+    """True when RQ will not run this job again (or it runs outside RQ)."""
+    job = get_current_job()
+    return job is None or not job.retries_left
+
+
+def _queue_after_commit(config: Config, items: list[Any]) -> None:
+    for notification_id in items:
+        try:
+            queue.enqueue_notification(config, notification_id)
+        except Exception as exc:  # noqa: BLE001 - the sweeper sends pending rows later
+            log.warning("could not queue notification %s: %s", notification_id,
+                        type(exc).__name__)
+
+
+def process_event(event_id: str) -> str:
+    """Run the handler for one inbox event and record the outcome on the row."""
+    config, db = runtime()
+    api = StripeApi(config)
+    try:
+        with db.session() as session:
+            event = session.scalar(
+                select(StripeEvent).where(StripeEvent.event_id == event_id).with_for_update()
+            )
+            if event is None:
+                log.warning("event %s not in the inbox", event_id)
+                return "missing"
+            if event.status in DONE:
+                return event.outcome or event.status
+            event.attempts += 1
+            match = MatchContext(session, config, api)
+            handler = HANDLERS.get(event.type)
+            if handler is None:
+                event.status, event.outcome = "ignored", "unhandled_type"
+            else:
+                payload = json.loads(event.payload)
+                account = event.account_id or config.stripe_platform_account
+                try:
+                    event.outcome = handler(EventContext(match, event, payload, account))
+                    event.status = "processed"
+                except Ignored as why:
+                    event.status, event.outcome = "ignored", "ignored"
+                    event.last_error = str(why)
+            event.processed_at = utcnow()
+            outcome = event.outcome or event.status
+    except Exception as exc:
+        _record_failure(db, event_id, exc)
+        raise
+    _queue_after_commit(config, match.after_commit)
+    log.info("event %s -> %s", event_id, outcome)
+    return outcome
+
+
+def _record_failure(db: Database, event_id: str, exc: Exception) -> None:
+    final = _last_attempt()
+    message = f"{type(exc).__name__}: {exc}"[:2000]
+    log.warning("event %s failed (%s)%s", event_id, type(exc).__name__,
+                "" if not final else "; no retries left")
+    try:
+        with db.session() as session:
+            session.execute(
+                update(StripeEvent)
+                .where(StripeEvent.event_id == event_id, StripeEvent.status.not_in(DONE))
+                .values(status="failed" if final else "received",
+                        attempts=StripeEvent.attempts + 1, last_error=message)
+            )
+    except Exception:  # noqa: BLE001 - the database itself may be the failure
+        log.error("could not record failure of event %s", event_id)
+
+
+def recheck_venue(venue_id: int) -> dict[str, int]:
+    """Re-classify a venue's open mismatches after its members changed."""
+    config, db = runtime()
+    with db.session() as session:
+        venue = session.get(Venue, venue_id, with_for_update=True)
+        if venue is None:
+            return {}
+        requested = venue.recheck_requested_at
+        match = MatchContext(session, config, StripeApi(config))
+        counts = recheck_open_mismatches(match, venue)
+        if venue.recheck_requested_at == requested:
+            venue.recheck_requested_at = None
+    _queue_after_commit(config, match.after_commit)
+    log.info("venue %s re-checked: %s", venue_id, counts)
+    return counts
+
+
+def send_notification(notification_id: int) -> str:
+    from notifications.send import deliver
+
+    config, db = runtime()
+    return deliver(config, db, notification_id, final_attempt=_last_attempt())
+
+
+def sweep(config: Config, db: Database, *, include_failed: bool = False,
+          older_than: timedelta | None = None,
+          enqueue: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Queue again whatever was stored but never queued or never finished.
+
+    Events left in `received`/`processing`, re-checks requested but not run, and notices
+    still pending, each older than `older_than` (default SWEEP_AFTER_SECONDS). With
+    `include_failed`, failed events are reset and replayed too.
+    """
+    cutoff = utcnow() - (older_than if older_than is not None
+                         else timedelta(seconds=config.sweep_after_seconds))
+    enqueue = enqueue or (lambda event_id: queue.enqueue_event(config, event_id))
+    counts = {"events": 0, "failed_events": 0, "rechecks": 0, "notifications": 0}
+    with db.session() as session:
+        if include_failed:
+            failed = list(session.scalars(
+                select(StripeEvent.event_id).where(StripeEvent.status == "failed")))
+            session.execute(update(StripeEvent).where(StripeEvent.status == "failed")
+                            .values(status="received"))
+            counts["failed_events"] = len(failed)
+        stale = list(session.scalars(
+            select(StripeEvent.event_id)
+            .where(StripeEvent.status.in_(("received", "processing")),
+                   or_(StripeEvent.received_at <= cutoff,
+                       StripeEvent.event_id.in_(failed if include_failed else [])))
+            .order_by(StripeEvent.created)
+        ))
+        venues = list(session.scalars(
+            select(Venue.id).where(Venue.recheck_requested_at.is_not(None),
+                                   Venue.recheck_requested_at <= cutoff)))
+        pending = list(session.scalars(
+            select(Notification.id).where(Notification.status == "pending",
+                                          Notification.created_at <= cutoff)))
+    for event_id in stale:
+        enqueue(event_id)
+    counts["events"] = len(stale)
+    for venue_id in venues:
+        queue.enqueue_recheck(config, venue_id)
+    counts["rechecks"] = len(venues)
+    for notification_id in pending:
+        queue.enqueue_notification(config, notification_id)
+    counts["notifications"] = len(pending)
+    return counts
