@@ -21,9 +21,10 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     app.extensions["db"] = Database(config.database_url)
 
-    from listener import api, health, metrics, webhooks
+    from listener import api, cli, health, metrics, webhooks
 
     metrics.init_app(app)
+    cli.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)

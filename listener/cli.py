@@ -34,9 +34,24 @@ def main() -> None:
     """Stripe webhook listener and mismatch detector."""
 
 
+COMMANDS: list[click.Command] = []
+
+
+def command(obj: click.Command) -> click.Command:
+    """Collect a top-level command; init_app registers them on the app's CLI."""
+    COMMANDS.append(obj)
+    return obj
+
+
+def init_app(app: Flask) -> None:
+    for obj in COMMANDS:
+        app.cli.add_command(obj)
+
+
 # --- database --------------------------------------------------------------------------
 
-@main.group("db")
+@command
+@click.group("db")
 def db_group() -> None:
     """Database schema."""
 
@@ -54,7 +69,8 @@ def db_upgrade() -> None:
 
 # --- running -----------------------------------------------------------------------------
 
-@main.command("worker")
+@command
+@click.command("worker")
 @click.option("--burst", is_flag=True, help="Drain the queue, then exit.")
 @click.option("--sweep-every", default=30.0, show_default=True,
               help="Seconds between sweeps for stuck events (0 disables).")
@@ -66,7 +82,8 @@ def worker(burst: bool, sweep_every: float) -> None:
     run_worker(load_config(), burst=burst, sweep_every=sweep_every)
 
 
-@main.command("sweep")
+@command
+@click.command("sweep")
 @click.option("--failed", "include_failed", is_flag=True,
               help="Also reset and replay events that failed for good.")
 @click.option("--all", "everything", is_flag=True,
@@ -84,7 +101,8 @@ def sweep_cmd(include_failed: bool, everything: bool) -> None:
     click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
 
 
-@main.command("serve")
+@command
+@click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--web-workers", default=2, show_default=True, type=int)
@@ -194,7 +212,8 @@ def _import(path: str, header: list[str], apply) -> tuple[int, set[int]]:  # typ
     return count, venues
 
 
-@main.group("venues")
+@command
+@click.group("venues")
 def venues_group() -> None:
     """Venues (connected accounts)."""
 
@@ -216,7 +235,8 @@ def venues_import(path: str) -> None:
     click.echo(f"imported {count} venues")
 
 
-@main.group("members")
+@command
+@click.group("members")
 def members_group() -> None:
     """Members of venues."""
 
