@@ -53,6 +53,7 @@ class Config:
     support_email: str | None
     job_retry_intervals: tuple[int, ...]
     sweep_after_seconds: int
+    stripe_backoff_seconds: float
     queue_name: str
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -83,6 +84,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name}: must not be negative")
     return value
 
 
@@ -198,5 +212,6 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         support_email=env.get("SUPPORT_EMAIL", "").strip() or None,
         job_retry_intervals=intervals or (0,),
         sweep_after_seconds=_int(env, "SWEEP_AFTER_SECONDS", 60),
+        stripe_backoff_seconds=_float(env, "STRIPE_BACKOFF_SECONDS", 0.5),
         queue_name=env.get("RQ_QUEUE", "").strip() or "mismatch",
     )

@@ -34,10 +34,10 @@ class CustomerRecord:
 class StripeApi:
     calls = 0  # process-wide count of HTTP requests made, for benchmarks and summaries
 
-    def __init__(self, config: Config, *, attempts: int = 4, base_delay: float = 0.5) -> None:
+    def __init__(self, config: Config, *, attempts: int = 4) -> None:
         self.config = config
         self.attempts = attempts
-        self.base_delay = base_delay
+        self.base_delay = config.stripe_backoff_seconds
         self._client: stripe.StripeClient | None = None
 
     @property
