@@ -20,6 +20,7 @@ from db.models import (
     StripeEvent,
     Subscription,
     Venue,
+    isoformat,
     normalize_email,
     utcnow,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "normalize_email",
     "utcnow",
     "insert_ignoring_duplicates",
+    "isoformat",
     "upgrade",
 ]
 

@@ -36,6 +36,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def isoformat(value: datetime | None) -> str | None:
+    """UTC ISO-8601 on both databases (SQLite hands back naive datetimes)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def normalize_email(email: str | None) -> str | None:
     """Trim and casefold; nothing else (DESIGN rule 4: no dot or plus rewriting)."""
     if email is None:

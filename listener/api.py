@@ -10,7 +10,7 @@ from flask import Blueprint, abort, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from db import Mismatch, StripeEvent, Venue
+from db import Mismatch, StripeEvent, Venue, isoformat
 from listener import current_config, current_db
 from listener.sync import (
     InvalidInput,
@@ -119,8 +119,8 @@ def mismatch_json(m: Mismatch) -> dict[str, Any]:
         "member_ref": m.member.member_ref if m.member else None,
         "candidates": m.candidates or [],
         "note": m.note,
-        "opened_at": m.opened_at.isoformat() if m.opened_at else None,
-        "resolved_at": m.resolved_at.isoformat() if m.resolved_at else None,
+        "opened_at": isoformat(m.opened_at),
+        "resolved_at": isoformat(m.resolved_at),
     }
 
 
@@ -184,6 +184,6 @@ def get_event(event_id: str):  # type: ignore[no-untyped-def]
             "account_id": e.account_id, "livemode": e.livemode, "created": e.created,
             "status": e.status, "outcome": e.outcome, "unrouted": e.outcome == "unrouted",
             "attempts": e.attempts, "last_error": e.last_error,
-            "received_at": e.received_at.isoformat() if e.received_at else None,
-            "processed_at": e.processed_at.isoformat() if e.processed_at else None,
+            "received_at": isoformat(e.received_at),
+            "processed_at": isoformat(e.processed_at),
         })
