@@ -270,3 +270,167 @@ def members_import(path: str) -> None:
         except Exception:  # noqa: BLE001 - recheck_requested_at is set; the sweeper queues it
             click.echo(f"note: re-check of venue {venue_id} queued for the next sweep", err=True)
     click.echo(f"imported {count} members")
+
+
+# --- recovery -------------------------------------------------------------------------------
+
+def _stripe_api():  # type: ignore[no-untyped-def]
+    from listener import current_config
+    from workers.stripe_api import StripeApi
+
+    config = current_config()
+    if not config.stripe_secret_key:
+        raise click.ClickException("STRIPE_SECRET_KEY is not set: this command reads Stripe")
+    return StripeApi(config)
+
+
+def _queue_notices(ids: list[int]) -> None:
+    from listener import current_config
+    from workers.queue import enqueue_notification
+
+    for notification_id in ids:
+        try:
+            enqueue_notification(current_config(), notification_id)
+        except Exception:  # noqa: BLE001 - pending rows are picked up by the sweep
+            click.echo(f"note: notice {notification_id} left for the next sweep", err=True)
+
+
+@command
+@click.command("replay")
+@click.option("--since", required=True, type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Replay events created at or after this date (UTC).")
+@click.option("--account", default=None, help="Only this account (acct_…).")
+@click.option("--now", "inline", is_flag=True, help="Process here instead of queueing.")
+@with_appcontext
+def replay_cmd(since, account: str | None, inline: bool) -> None:  # type: ignore[no-untyped-def]
+    """List events through the Events API and feed the missing ones through the inbox."""
+    from datetime import UTC
+
+    from listener import current_config, current_db
+    from workers.jobs import process_event
+    from workers.queue import enqueue_event
+    from workers.recovery import replay
+
+    config = current_config()
+    summary = replay(config, current_db(), _stripe_api(), since.replace(tzinfo=UTC), account,
+                     echo=click.echo, tty=sys.stderr.isatty())
+    for event_id in summary.new_event_ids:
+        if inline:
+            try:
+                process_event(event_id)
+            except Exception as exc:  # noqa: BLE001 - recorded on the event; keep going
+                click.echo(f"{event_id}: {type(exc).__name__}", err=True)
+        else:
+            enqueue_event(config, event_id)
+    click.echo(f"listed {summary.listed} events in {summary.list_calls} list calls: "
+               f"{summary.new} new, {summary.known} already in the inbox, "
+               f"{summary.skipped_types} of types we do not handle")
+
+
+@command
+@click.command("reconcile")
+@click.option("--account", default=None, help="Only this venue (acct_…).")
+@click.option("--no-member-check", is_flag=True,
+              help="Skip checking members' stored customer IDs (wrong account / mode).")
+@with_appcontext
+def reconcile_cmd(account: str | None, no_member_check: bool) -> None:
+    """Classify every non-canceled subscription of each venue ("Sync from Stripe")."""
+    from listener import current_config, current_db
+    from workers.recovery import reconcile
+
+    summary = reconcile(current_config(), current_db(), _stripe_api(), account,
+                        echo=click.echo, tty=sys.stderr.isatty(),
+                        check_members=not no_member_check, queue_notices=_queue_notices)
+    click.echo(f"\n{'venue':<28} {'linked':>7} {'case 1':>7} {'case 2':>7} {'case 3':>7} "
+               f"{'canceled':>9} {'other mode':>10}")
+    for acct, counts in summary.by_venue.items():
+        case = {n: sum(v for k, v in counts.items() if k.startswith(f"case_{n}")) for n in
+                (1, 2, 3)}
+        canceled = sum(v for k, v in counts.items() if k.endswith("_canceled"))
+        click.echo(f"{acct:<28} {counts.get('linked', 0):>7} {case[1]:>7} {case[2]:>7} "
+                   f"{case[3]:>7} {canceled:>9} {counts.get('other_mode', 0):>10}")
+    for finding in summary.findings:
+        click.echo(f"finding: {finding.account_id} member {finding.member_ref} -> "
+                   f"{finding.customer_id}: {finding.problem.replace('_', ' ')} — "
+                   f"{finding.detail}")
+    click.echo(f"\n{summary.subscriptions} subscriptions, {summary.new_mismatches} new "
+               f"mismatches, {summary.list_calls} list calls")
+
+
+@command
+@click.command("diagnose")
+@click.argument("customer_id")
+@click.option("--account", default=None, help="The venue the customer should belong to.")
+@click.option("--fix", is_flag=True, help="Create the customer in the right account and "
+                                          "relink the member.")
+@click.option("--yes", is_flag=True, help="Do not ask before --fix changes anything.")
+@with_appcontext
+def diagnose_cmd(customer_id: str, account: str | None, fix: bool, yes: bool) -> None:
+    """Explain a "No such customer" error: which account and mode hold the customer."""
+    from listener import current_config, current_db
+    from workers.queue import enqueue_recheck
+    from workers.recovery import diagnose, fix_member_link
+
+    if not customer_id.startswith("cus_"):
+        raise click.ClickException(f"{customer_id!r} is not a customer ID (cus_…)")
+    config, db, api = current_config(), current_db(), _stripe_api()
+    result = diagnose(config, db, api, customer_id, account)
+    loc = result.location
+    click.echo(f"customer:  {customer_id}")
+    click.echo(f"found in:  {loc.found_in or 'no account we can reach'}"
+               + (f" ({'live' if loc.livemode else 'test'} mode)" if loc.found_in else "")
+               + (" — deleted" if loc.deleted else ""))
+    members = ", ".join(f"{a} member {r}" for a, r in result.members) or "none"
+    click.echo(f"linked by: {members}")
+    click.echo(f"\n{loc.sentence}\nFix: {result.fix}")
+    if not fix:
+        return
+    if not result.fixable:
+        raise click.ClickException("nothing --fix can do here; see the fix above")
+    target = account or result.members[0][0]
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException("--fix changes Stripe and our records: add --yes")
+        click.confirm(f"Create a new customer in {target} and relink?", abort=True)
+    changes = fix_member_link(config, db, api, customer_id, target)
+    for member_ref, old, new in changes:
+        click.echo(f"member {member_ref}: {old} -> {new}")
+    from sqlalchemy import select
+
+    from db import Venue
+
+    with db.session() as s:
+        venue_id = s.scalar(select(Venue.id).where(Venue.account_id == target))
+    try:
+        enqueue_recheck(config, venue_id)
+    except Exception:  # noqa: BLE001
+        click.echo("note: re-check queued for the next sweep", err=True)
+
+
+# --- notices ---------------------------------------------------------------------------------
+
+@command
+@click.command("digest")
+@click.option("--account", default=None, help="Only this venue (acct_…).")
+@with_appcontext
+def digest_cmd(account: str | None) -> None:
+    """Send each digest venue's admins one email listing its new mismatches (run daily)."""
+    from listener import current_db
+    from notifications.outbox import build_digests
+
+    ids = build_digests(current_db(), account)
+    _queue_notices(ids)
+    click.echo(f"queued {len(ids)} digest emails")
+
+
+@command
+@click.command("retry-notices")
+@with_appcontext
+def retry_notices_cmd() -> None:
+    """Send again the notices that failed for good (after fixing SMTP_URL)."""
+    from listener import current_db
+    from notifications.outbox import retry_failed
+
+    ids = retry_failed(current_db())
+    _queue_notices(ids)
+    click.echo(f"queued {len(ids)} failed notices again")

@@ -109,3 +109,110 @@ class RecordingStripe:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ConnectStripe:
+    """A stateful stand-in for the parts of Stripe's API that localstripe lacks: data kept per
+    connected account (the Stripe-Account header), list pagination with `starting_after`,
+    Stripe's error bodies (including "a similar object exists in live mode")."""
+
+    def __init__(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        self.customers: dict[str | None, dict[str, dict[str, Any]]] = {}
+        self.subscriptions: dict[str | None, list[dict[str, Any]]] = {}
+        self.other_mode: dict[str, str] = {}  # customer id -> "live"/"test"
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, account)
+        self.created = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                parts = urlsplit(self.path)
+                account = self.headers.get("Stripe-Account")
+                owner.requests.append(("GET", parts.path, account))
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                if parts.path == "/v1/subscriptions":
+                    page = owner.page(owner.subscriptions.get(account, []), query)
+                    if "data.customer" in [v for k, v in query.items() if k.startswith("expand")]:
+                        store = owner.customers.get(account, {})
+                        page["data"] = [{**s, "customer": store.get(s["customer"], s["customer"])}
+                                        for s in page["data"]]
+                    self._answer(200, page)
+                elif parts.path.startswith("/v1/customers/"):
+                    cid = parts.path.rsplit("/", 1)[-1]
+                    found = owner.customers.get(account, {}).get(cid)
+                    if found:
+                        self._answer(200, found)
+                    else:
+                        message = f"No such customer: '{cid}'"
+                        if cid in owner.other_mode:
+                            mode = owner.other_mode[cid]
+                            other = "test" if mode == "live" else "live"
+                            message += (f"; a similar object exists in {mode} mode, but a "
+                                        f"{other} mode key was used to make this request.")
+                        self._answer(404, {"error": {"type": "invalid_request_error",
+                                                     "code": "resource_missing",
+                                                     "message": message, "param": "id"}})
+                else:
+                    self._answer(404, {"error": {"type": "invalid_request_error",
+                                                 "message": "Unrecognized request URL"}})
+
+            def do_POST(self) -> None:  # noqa: N802
+                account = self.headers.get("Stripe-Account")
+                owner.requests.append(("POST", self.path, account))
+                length = int(self.headers.get("Content-Length") or 0)
+                form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+                if self.path == "/v1/customers":
+                    owner.created += 1
+                    customer = owner.add_customer(account, f"cus_New{owner.created:04d}",
+                                                  form.get("email"), name=form.get("name"))
+                    self._answer(200, customer)
+                else:
+                    self._answer(404, {"error": {"type": "invalid_request_error",
+                                                 "message": "Unrecognized request URL"}})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
+        limit = int(query.get("limit", 10))
+        start = 0
+        if "starting_after" in query:
+            start = next(i for i, x in enumerate(items) if x["id"] == query["starting_after"]) + 1
+        chunk = items[start:start + limit]
+        return {"object": "list", "data": chunk, "has_more": start + limit < len(items),
+                "url": "/v1/subscriptions"}
+
+    def add_customer(self, account: str | None, cid: str, email: str | None,
+                     livemode: bool = False, deleted: bool = False,
+                     name: str | None = None) -> dict[str, Any]:
+        customer = {"id": cid, "object": "customer", "email": email, "name": name,
+                    "livemode": livemode}
+        if deleted:
+            customer = {"id": cid, "object": "customer", "deleted": True}
+        self.customers.setdefault(account, {})[cid] = customer
+        return customer
+
+    def add_subscription(self, account: str | None, sid: str, cid: str,
+                         status: str = "active", livemode: bool = False) -> None:
+        self.subscriptions.setdefault(account, []).append(
+            {"id": sid, "object": "subscription", "customer": cid, "status": status,
+             "livemode": livemode, "created": int(time.time())})
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

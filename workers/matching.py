@@ -63,6 +63,7 @@ class MatchContext:
     config: Config
     api: StripeApi
     after_commit: list[Any] = field(default_factory=list)
+    notices_due: int = 0  # mismatches opened (or changed case) in this unit of work
 
 
 def venue_for(session: Session, account_id: str | None) -> Venue | None:
@@ -311,6 +312,7 @@ def apply_result(ctx: MatchContext, venue: Venue, sub: Subscription,
 
         ctx.after_commit.extend(queue_mismatch_notices(session, mismatch, venue))
         mismatch.notified_case = mismatch.case
+        ctx.notices_due += 1
     return f"case_{mismatch.case}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,9 @@ class CustomerRecord:
     name: str | None
     deleted: bool
     found: bool = True
+    livemode: bool | None = None
+    # Stripe's words when not found, e.g. "a similar object exists in live mode".
+    not_found_message: str | None = None
 
 
 class StripeApi:
@@ -39,6 +43,11 @@ class StripeApi:
         self.attempts = attempts
         self.base_delay = config.stripe_backoff_seconds
         self._client: stripe.StripeClient | None = None
+        self.list_calls = 0  # list requests made by this instance (one per page)
+        key = config.stripe_secret_key or ""
+        # Stripe's documented limits: 100 requests/s in live mode, 25/s in test mode.
+        self.min_interval = 1 / (100 if "_live_" in key else 25)
+        self._last_call = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -66,6 +75,10 @@ class StripeApi:
         """Run one API request, backing off exponentially on 429, 5xx and network errors."""
         delay = self.base_delay
         for attempt in range(1, self.attempts + 1):
+            wait = self._last_call + self.min_interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last_call = time.monotonic()
             StripeApi.calls += 1
             try:
                 return fn(*args, **kwargs)
@@ -88,6 +101,27 @@ class StripeApi:
         raise StripeUnavailable(f"Stripe {what} failed after {self.attempts} attempts: "
                                 f"{type(error).__name__}")
 
+    def list_pages(self, what: str, method, account_id: str | None,  # type: ignore[no-untyped-def]
+                   params: dict[str, Any] | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Each page (100 items) of a list endpoint, one request per page (`starting_after`)."""
+        starting_after: str | None = None
+        while True:
+            page_params = {**(params or {}), "limit": 100}
+            if starting_after:
+                page_params["starting_after"] = starting_after
+            page = self.call(what, method, params=page_params, options=self.options(account_id))
+            self.list_calls += 1
+            items = [item.to_dict() for item in page.data]
+            yield items
+            if not page.has_more or not items:
+                return
+            starting_after = items[-1]["id"]
+
+    def list_all(self, what: str, method, account_id: str | None,  # type: ignore[no-untyped-def]
+                 params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        for page in self.list_pages(what, method, account_id, params):
+            yield from page
+
     def retrieve_customer(self, account_id: str | None, customer_id: str) -> CustomerRecord:
         try:
             customer = self.call(
@@ -98,7 +132,8 @@ class StripeApi:
             )
         except stripe.InvalidRequestError as exc:
             if exc.http_status == 404:
-                return CustomerRecord(customer_id, None, None, deleted=False, found=False)
+                return CustomerRecord(customer_id, None, None, deleted=False, found=False,
+                                      not_found_message=exc.user_message or str(exc))
             raise
         data = customer.to_dict() if hasattr(customer, "to_dict") else dict(customer)
         return CustomerRecord(
@@ -106,4 +141,16 @@ class StripeApi:
             email=data.get("email"),
             name=data.get("name"),
             deleted=bool(data.get("deleted")),
+            livemode=data.get("livemode"),
         )
+
+    def create_customer(self, account_id: str | None, email: str, name: str | None,
+                        metadata: dict[str, str], idempotency_key: str) -> str:
+        """Create a customer; the idempotency key makes a retried request create one only."""
+        params: dict[str, Any] = {"email": email, "metadata": metadata}
+        if name:
+            params["name"] = name
+        options = {**self.options(account_id), "idempotency_key": idempotency_key}
+        customer = self.call("customers.create", self.client.v1.customers.create,
+                             params=params, options=options)
+        return customer.id

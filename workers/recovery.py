@@ -1,0 +1,356 @@
+"""Catching up with Stripe when webhooks were lost: replay the Events API into the inbox,
+reconcile every live subscription against the members, and diagnose one customer ID.
+
+All three read Stripe by list (paginated, never search) or by ID, within the rate limit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from config import Config
+from db import Database, Member, StripeEvent, Venue, insert_ignoring_duplicates, utcnow
+from workers.handlers import HANDLERS
+from workers.matching import MatchContext, find_mirrored, mirror_customer, observe_subscription
+from workers.stripe_api import StripeApi, StripeUnavailable
+
+EVENT_RETENTION = timedelta(days=30)  # Stripe's Events API returns the last 30 days only
+
+Echo = Callable[[str], None]
+
+
+class Progress:
+    """A bar on a terminal, plain lines every `every` items elsewhere (logs, CI)."""
+
+    def __init__(self, label: str, echo: Echo, tty: bool, every: int = 100) -> None:
+        self.label, self.echo, self.tty, self.every, self.count = label, echo, tty, every, 0
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.tty:
+            import sys
+
+            sys.stderr.write(f"\r{self.label}: {self.count} " + "#" * min(40, self.count // 25))
+            sys.stderr.flush()
+        elif self.count % self.every == 0:
+            self.echo(f"{self.label}: {self.count}")
+
+    def done(self) -> None:
+        if self.tty:
+            import sys
+
+            sys.stderr.write("\n")
+        self.echo(f"{self.label}: {self.count} done")
+
+
+def _accounts(session, config: Config, account: str | None  # type: ignore[no-untyped-def]
+              ) -> list[tuple[str | None, Venue | None]]:
+    """(account to ask Stripe as, its venue): the platform, then every venue's account."""
+    venues = {v.account_id: v for v in session.scalars(select(Venue).order_by(Venue.account_id))}
+    if account:
+        if account == config.stripe_platform_account:
+            return [(None, venues.get(account))]
+        return [(account, venues.get(account))]
+    result: list[tuple[str | None, Venue | None]] = [
+        (None, venues.get(config.stripe_platform_account or ""))]
+    result += [(acct, v) for acct, v in venues.items() if acct != config.stripe_platform_account]
+    return result
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+@dataclass
+class ReplaySummary:
+    listed: int = 0
+    new: int = 0
+    known: int = 0
+    skipped_types: int = 0
+    list_calls: int = 0
+    new_event_ids: list[str] = field(default_factory=list)
+    clamped_since: datetime | None = None
+
+
+def replay(config: Config, db: Database, api: StripeApi, since: datetime,
+           account: str | None = None, echo: Echo = print, tty: bool = False) -> ReplaySummary:
+    """Feed events Stripe has but our inbox lacks through the same inbox (dedup by id)."""
+    summary = ReplaySummary()
+    oldest = datetime.now(UTC) - EVENT_RETENTION
+    if since < oldest:
+        summary.clamped_since = oldest
+        echo(f"note: Stripe keeps events for 30 days; replaying from {oldest:%Y-%m-%d %H:%M} "
+             f"UTC instead of {since:%Y-%m-%d}. Use `mismatch reconcile` for anything older.")
+        since = oldest
+    with db.session() as session:
+        targets = _accounts(session, config, account)
+    progress = Progress("events", echo, tty)
+    for acct, _venue in targets:
+        if acct is None and not config.stripe_platform_account and account is None:
+            pass  # platform events are still worth storing: they show up as unrouted
+        events = list(api.list_all(f"events.list {acct or 'platform'}", api.client.v1.events.list,
+                                   acct, {"created": {"gte": int(since.timestamp())}}))
+        # The API answers newest first; the handlers are order-independent, but oldest
+        # first keeps the mirror and timeline natural.
+        events.sort(key=lambda e: (e.get("created", 0), e.get("id", "")))
+        with db.session() as session:
+            for item in events:
+                progress.tick()
+                summary.listed += 1
+                if item.get("type") not in HANDLERS:
+                    summary.skipped_types += 1
+                    continue
+                if acct:
+                    item["account"] = acct
+                new_id = insert_ignoring_duplicates(session, StripeEvent, dict(
+                    event_id=item["id"], endpoint="connect" if acct else "platform",
+                    account_id=acct, livemode=bool(item.get("livemode")), type=item["type"],
+                    created=int(item.get("created") or 0), payload=json.dumps(item),
+                    status="received", attempts=0, received_at=utcnow(),
+                ), returning=StripeEvent.id)
+                if new_id is None:
+                    summary.known += 1
+                else:
+                    summary.new += 1
+                    summary.new_event_ids.append(item["id"])
+    progress.done()
+    summary.list_calls = api.list_calls
+    return summary
+
+
+# --- reconcile ------------------------------------------------------------------------------
+
+SIMILAR_MODE = re.compile(r"exists in (live|test) mode", re.IGNORECASE)
+
+
+@dataclass
+class Finding:
+    """A member's stored customer ID that points outside the venue's account or mode."""
+
+    account_id: str
+    member_ref: str
+    customer_id: str
+    problem: str  # wrong_account | wrong_mode | deleted | missing
+    detail: str
+
+
+@dataclass
+class ReconcileSummary:
+    by_venue: dict[str, Counter] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    list_calls: int = 0
+    subscriptions: int = 0
+    new_mismatches: int = 0
+
+
+def reconcile(config: Config, db: Database, api: StripeApi, account: str | None = None,
+              echo: Echo = print, tty: bool = False, check_members: bool = True,
+              queue_notices: Callable[[list[int]], None] | None = None) -> ReconcileSummary:
+    """Classify every non-canceled subscription of each venue with the matching rules."""
+    summary = ReconcileSummary()
+    with db.session() as session:
+        targets = [(acct, v) for acct, v in _accounts(session, config, account) if v is not None]
+    progress = Progress("subscriptions", echo, tty)
+    for acct, venue in targets:
+        assert venue is not None
+        counts: Counter = Counter()
+        seen_at = int(time.time())
+        # Default listing excludes canceled subscriptions; no search, one call per page, and
+        # the customers come expanded so classifying needs no call per subscription.
+        for page in api.list_pages(f"subscriptions.list {venue.account_id}",
+                                   api.client.v1.subscriptions.list, acct,
+                                   {"expand": ["data.customer"]}):
+            with db.session() as session:  # one transaction per page
+                venue_row = session.get(Venue, venue.id)
+                match = MatchContext(session, config, api)
+                for sub in page:
+                    progress.tick()
+                    if sub.get("status") == "canceled":
+                        continue
+                    if bool(sub.get("livemode")) != venue.livemode:
+                        counts["other_mode"] += 1
+                        continue
+                    summary.subscriptions += 1
+                    customer = sub.get("customer")
+                    customer_id = customer.get("id") if isinstance(customer, dict) else customer
+                    if isinstance(customer, dict):
+                        mirror_customer(session, venue.account_id, venue.livemode, customer_id,
+                                        email=customer.get("email"), name=customer.get("name"),
+                                        deleted=bool(customer.get("deleted")),
+                                        event_created=seen_at)
+                    counts[observe_subscription(
+                        match, venue_row, livemode=venue.livemode, subscription_id=sub["id"],
+                        customer_id=customer_id, status=sub.get("status"), canceled=False,
+                        event_created=seen_at)] += 1
+            summary.new_mismatches += match.notices_due
+            if queue_notices and match.after_commit:
+                queue_notices(match.after_commit)
+        summary.by_venue[venue.account_id] = counts
+        if check_members:
+            summary.findings += _check_member_links(config, db, api, venue)
+    progress.done()
+    summary.list_calls = api.list_calls
+    return summary
+
+
+def _check_member_links(config: Config, db: Database, api: StripeApi, venue: Venue
+                        ) -> list[Finding]:
+    """Members whose customer ID is not in the venue's own account and mode."""
+    findings = []
+    with db.session() as session:
+        members = list(session.scalars(select(Member).where(
+            Member.venue_id == venue.id, Member.stripe_customer_id.is_not(None))))
+        unmirrored = [m for m in members if find_mirrored(
+            session, venue.account_id, venue.livemode, m.stripe_customer_id or "") is None]
+    for member in unmirrored:
+        customer_id = member.stripe_customer_id or ""
+        verdict = locate_customer(config, api, customer_id, venue)
+        if verdict.problem:
+            findings.append(Finding(venue.account_id, member.member_ref, customer_id,
+                                    verdict.problem, verdict.sentence))
+        elif verdict.found_in == venue.account_id:
+            with db.session() as session:
+                mirror_customer(session, venue.account_id, venue.livemode, customer_id,
+                                email=verdict.email, name=None, deleted=False, event_created=0)
+    return findings
+
+
+# --- diagnose -------------------------------------------------------------------------------
+
+@dataclass
+class Location:
+    """Where a customer ID lives, relative to the venue that should own it."""
+
+    customer_id: str
+    found_in: str | None = None  # account id where it exists
+    livemode: bool | None = None
+    deleted: bool = False
+    email: str | None = None
+    other_mode: str | None = None  # "live"/"test" when Stripe says it exists in that mode
+    problem: str | None = None
+    sentence: str = ""
+
+
+def _mode(livemode: bool | None) -> str:
+    return "live" if livemode else "test"
+
+
+def locate_customer(config: Config, api: StripeApi, customer_id: str, venue: Venue | None,
+                    extra_accounts: Iterator[str] | list[str] = ()) -> Location:
+    """Look in the venue's account, then the platform, then `extra_accounts`; say what is
+    wrong in one sentence."""
+    loc = Location(customer_id)
+    accounts: list[str | None] = []
+    if venue is not None:
+        accounts.append(venue.account_id)
+    if config.stripe_platform_account not in accounts or not accounts:
+        accounts.append(config.stripe_platform_account)  # None = the platform itself
+    accounts += [a for a in extra_accounts if a not in accounts]
+    for acct in accounts:
+        record = api.retrieve_customer(acct, customer_id)
+        acct = acct or config.stripe_platform_account
+        if record.found:
+            loc.found_in = acct or "the platform account"
+            loc.livemode, loc.deleted, loc.email = record.livemode, record.deleted, record.email
+            break
+        match = SIMILAR_MODE.search(record.not_found_message or "")
+        if match and loc.other_mode is None:
+            loc.other_mode = match.group(1).lower()
+    where = venue.account_id if venue else None
+    venue_mode = _mode(venue.livemode) if venue else None
+    if loc.found_in is None:
+        if loc.other_mode:
+            loc.problem = "wrong_mode"
+            runs_in = f"venue {where} runs in {venue_mode} mode" if where else \
+                f"our key is a {'test' if loc.other_mode == 'live' else 'live'}-mode key"
+            loc.sentence = (f"{customer_id} exists only in {loc.other_mode} mode, but {runs_in}:"
+                            f" the stored ID was copied from the wrong mode.")
+        else:
+            loc.problem = "missing"
+            loc.sentence = (f"No account we can reach has {customer_id} (checked "
+                            f"{', '.join(a or 'the platform' for a in accounts)}): the ID is "
+                            f"wrong or belongs to another platform.")
+    elif where and loc.found_in != where:
+        loc.problem = "wrong_account"
+        loc.sentence = (f"{customer_id} lives in {loc.found_in}, not in the venue's connected "
+                        f"account {where}: charges and subscriptions for it never reach the "
+                        f"venue.")
+    elif loc.deleted:
+        loc.problem = "deleted"
+        loc.sentence = f"{customer_id} was deleted in {loc.found_in}."
+    elif venue is not None and loc.livemode is not None and loc.livemode != venue.livemode:
+        loc.problem = "wrong_mode"
+        loc.sentence = (f"{customer_id} is a {_mode(loc.livemode)}-mode customer, but venue "
+                        f"{where} runs in {venue_mode} mode.")
+    else:
+        loc.sentence = (f"{customer_id} exists in {loc.found_in} ({_mode(loc.livemode)} mode) "
+                        f"and is not deleted.")
+    return loc
+
+
+@dataclass
+class Diagnosis:
+    location: Location
+    members: list[tuple[str, str]]  # (account_id, member_ref) linking to the customer
+    fix: str
+    fixable: bool
+
+
+def diagnose(config: Config, db: Database, api: StripeApi, customer_id: str,
+             account: str | None = None) -> Diagnosis:
+    """The support SOP for "No such customer", automated."""
+    with db.session() as session:
+        linked = list(session.execute(
+            select(Venue.account_id, Member.member_ref, Venue.id)
+            .join(Member, Member.venue_id == Venue.id)
+            .where(Member.stripe_customer_id == customer_id)))
+        venue_account = account or (linked[0][0] if linked else None)
+        venue = session.scalar(select(Venue).where(Venue.account_id == venue_account)) \
+            if venue_account else None
+        others = [a for a in session.scalars(select(Venue.account_id)) if a != venue_account]
+    if not config.stripe_secret_key:
+        raise StripeUnavailable("diagnose needs STRIPE_SECRET_KEY to ask Stripe")
+    location = locate_customer(config, api, customer_id, venue, extra_accounts=others)
+    members = [(a, r) for a, r, _ in linked]
+    fixable = bool(venue is not None and location.problem and members)
+    if location.problem is None:
+        fix = ("Nothing to fix in Stripe." if members else
+               f"No member links to {customer_id}; link it through the API or a CSV import if "
+               f"it belongs to one.")
+    elif fixable:
+        fix = (f"Create the customer in {venue.account_id} ({_mode(venue.livemode)} mode) with "
+               f"the member's email and link the member to it: run again with --fix --yes.")
+    else:
+        fix = "Check which venue this customer belongs to and link the member by hand."
+    return Diagnosis(location, members, fix, fixable)
+
+
+def fix_member_link(config: Config, db: Database, api: StripeApi, customer_id: str,
+                    account_id: str) -> list[tuple[str, str, str]]:
+    """Give each member of the venue that links to `customer_id` a new customer in the
+    venue's own account; returns (member_ref, old id, new id)."""
+    changes = []
+    with db.session() as session:
+        venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
+        if venue is None:
+            raise ValueError(f"no venue {account_id}")
+        members = list(session.scalars(select(Member).where(
+            Member.venue_id == venue.id, Member.stripe_customer_id == customer_id)))
+        for member in members:
+            new_id = api.create_customer(
+                None if account_id == config.stripe_platform_account else account_id,
+                member.email, member.name,
+                metadata={"member_ref": member.member_ref, "replaces": customer_id},
+                idempotency_key=f"mismatch-fix-{account_id}-{member.member_ref}-{customer_id}")
+            member.stripe_customer_id = new_id
+            mirror_customer(session, account_id, venue.livemode, new_id, email=member.email,
+                            name=member.name, deleted=False, event_created=0)
+            changes.append((member.member_ref, customer_id, new_id))
+        venue.recheck_requested_at = utcnow()
+    return changes
