@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export STRIPE_WEBHOOK_SECRETS ?= whsec_local_platform_dev
 export STRIPE_CONNECT_WEBHOOK_SECRETS ?= whsec_local_connect_dev
 export API_TOKEN ?= dev-token
+export STRIPE_PLATFORM_ACCOUNT ?= acct_1LocalPlatform
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install lint demo bench clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/mismatch demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

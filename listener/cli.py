@@ -17,6 +17,7 @@ from flask import Flask
 from flask.cli import FlaskGroup, with_appcontext
 
 from config import ConfigError, load_config
+from listener.demo import demo
 
 
 def _create_app() -> Flask:
@@ -434,3 +435,5 @@ def retry_notices_cmd() -> None:
     ids = retry_failed(current_db())
     _queue_notices(ids)
     click.echo(f"queued {len(ids)} failed notices again")
+
+command(demo)

@@ -39,6 +39,7 @@ def _sweeper(config: Config, every: float, stop: threading.Event) -> None:
 def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
     stop = threading.Event()
     if sweep_every > 0 and not burst:
         threading.Thread(target=_sweeper, args=(config, sweep_every, stop), daemon=True).start()
