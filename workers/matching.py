@@ -331,18 +331,19 @@ def recheck_open_mismatches(ctx: MatchContext, venue: Venue,
 
     Uses the mirror and the email already recorded; never calls Stripe.
     """
-    query = select(Mismatch.subscription_id).where(
+    query = select(Mismatch.subscription_id, Mismatch.livemode, Mismatch.customer_id).where(
         Mismatch.venue_id == venue.id, Mismatch.status == "open"
     )
     if customer_id:
         query = query.where(Mismatch.customer_id == customer_id)
     counts: dict[str, int] = {}
-    for subscription_id in list(ctx.session.scalars(query)):
+    for subscription_id, livemode, customer in list(ctx.session.execute(query)):
+        # Same lock order as observe_subscription (subscription, then mismatch): no deadlock.
+        sub = _locked_subscription(ctx.session, venue.account_id, livemode, subscription_id,
+                                   customer, venue)
         mismatch = _mismatch_for_update(ctx.session, venue.account_id, subscription_id)
         if mismatch is None or mismatch.status != "open":
             continue
-        sub = _locked_subscription(ctx.session, venue.account_id, mismatch.livemode,
-                                   subscription_id, mismatch.customer_id, venue)
         result = evaluate(ctx, venue, mismatch.customer_id, mismatch.livemode,
                           recorded=(mismatch.customer_email, mismatch.note))
         outcome = apply_result(ctx, venue, sub, result)
