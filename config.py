@@ -7,6 +7,7 @@ surfacing later as a confusing error inside a webhook request or a worker job.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 STRIPE_API_BASE_DEFAULT = "https://api.stripe.com"
 # Stripe's largest events are a few hundred KiB; 4 MiB leaves wide room and still stops abuse.
 MAX_WEBHOOK_BYTES_DEFAULT = 4 * 1024 * 1024
+# A notice's link to its mismatch page stays valid this long (the admin may act days later).
+MISMATCH_LINK_MAX_AGE_DEFAULT = 14 * 24 * 3600
+# werkzeug.security.generate_password_hash output: "method$salt$hash".
+_PASSWORD_HASH = re.compile(r"^(scrypt|pbkdf2):[A-Za-z0-9:]+\$[^$\s]+\$[0-9a-f]+$")
+_SUPPORT_USER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 
 class ConfigError(ValueError):
@@ -56,6 +62,9 @@ class Config:
     stripe_backoff_seconds: float
     queue_name: str
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Support-console sign-in: user name -> werkzeug password hash (never a plain password).
+    support_users: Mapping[str, str] = field(default_factory=dict)
+    mismatch_link_max_age: int = MISMATCH_LINK_MAX_AGE_DEFAULT
 
     @property
     def database_is_sqlite(self) -> bool:
@@ -122,6 +131,30 @@ def parse_smtp_url(url: str) -> SmtpSettings:
         starttls=starttls,
         ssl=parts.scheme == "smtps",
     )
+
+
+def _support_users(env: Mapping[str, str]) -> dict[str, str]:
+    """`SUPPORT_USERS="alice:<hash>,bob:<hash>"`, hashes from werkzeug's
+    generate_password_hash, so the environment never holds a usable password."""
+    raw = env.get("SUPPORT_USERS", "").strip()
+    users: dict[str, str] = {}
+    for n, entry in enumerate((e.strip() for e in raw.split(",")), start=1):
+        if not entry:
+            continue
+        name, sep, hashed = entry.partition(":")
+        name, hashed = name.strip(), hashed.strip()
+        if not sep or not _SUPPORT_USER.match(name):
+            raise ConfigError(f"SUPPORT_USERS: entry {n} must be 'name:password-hash' with a "
+                              f"name of letters, digits, '.', '_', '@' or '-'")
+        if not _PASSWORD_HASH.match(hashed):
+            raise ConfigError(
+                f"SUPPORT_USERS: the password of {name!r} must be a werkzeug password hash "
+                f"(python -c \"from werkzeug.security import generate_password_hash; "
+                f"print(generate_password_hash('...'))\"), not a plain password")
+        if name in users:
+            raise ConfigError(f"SUPPORT_USERS: user {name!r} is listed twice")
+        users[name] = hashed
+    return users
 
 
 def _database_url(env: Mapping[str, str], instance_path: Path) -> str:
@@ -214,4 +247,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         sweep_after_seconds=_int(env, "SWEEP_AFTER_SECONDS", 60),
         stripe_backoff_seconds=_float(env, "STRIPE_BACKOFF_SECONDS", 0.5),
         queue_name=env.get("RQ_QUEUE", "").strip() or "mismatch",
+        support_users=_support_users(env),
+        mismatch_link_max_age=_int(env, "MISMATCH_LINK_MAX_AGE", MISMATCH_LINK_MAX_AGE_DEFAULT,
+                                   minimum=60),
     )

@@ -18,16 +18,18 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.config.update(SECRET_KEY=config.secret_key, MISMATCH=config, JSON_SORT_KEYS=False)
     app.config.update(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
 
     app.extensions["db"] = Database(config.database_url)
 
-    from listener import api, cli, health, metrics, webhooks
+    from listener import api, cli, health, metrics, outbox_page, webhooks
 
     metrics.init_app(app)
     cli.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(outbox_page.bp)
 
     @app.errorhandler(404)
     def not_found(_e: Exception):  # type: ignore[no-untyped-def]

@@ -1,39 +1,66 @@
 """The outbox: a Notification row per message owed, created in the same transaction as the
-state change that owes it, so a crash can neither lose a notice nor send it twice."""
+state change that owes it, so a crash can neither lose a notice nor send it twice.
+
+Row lifecycle: `pending` -> `sent` (or `failed` with `last_error` once retries run out).
+For venues on the daily digest, a mismatch owes each admin a `digest_item` row that waits
+in `awaiting_digest` (so the sweeper, which re-queues `pending` rows, leaves it alone);
+building the digest moves the items to `batched` under one `digest` row, and sending that
+row marks them `sent`.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from config import Config
-from db import Mismatch, Notification, StripeEvent, Venue, insert_ignoring_duplicates, utcnow
+from db import (
+    Database,
+    Mismatch,
+    Notification,
+    StripeEvent,
+    Venue,
+    insert_ignoring_duplicates,
+    utcnow,
+)
+
+DIGEST_ITEM = "digest_item"
+DIGEST = "digest"
+AWAITING_DIGEST = "awaiting_digest"
+BATCHED = "batched"
 
 
 def _owe(session: Session, *, key: str, mismatch_id: int | None, recipient: str, kind: str,
-         context: dict) -> int | None:
+         context: dict, status: str = "pending") -> int | None:
     """Create the row unless it exists; return its id when it was created now."""
     return insert_ignoring_duplicates(
         session,
         Notification,
-        dict(key=key, mismatch_id=mismatch_id, recipient=recipient, kind=kind, status="pending",
+        dict(key=key, mismatch_id=mismatch_id, recipient=recipient, kind=kind, status=status,
              attempts=0, context=context, created_at=utcnow()),
         returning=Notification.id,
     )
+
+
+def admin_recipients(venue: Venue) -> list[str]:
+    """The venue's admin addresses, each once, in a stable order."""
+    return sorted({e.strip().lower() for e in venue.admin_emails or [] if e.strip()})
 
 
 def queue_mismatch_notices(session: Session, mismatch: Mismatch, venue: Venue) -> list[int]:
     """One notice per venue admin for the mismatch's current case (a new case is a new
     notice; the same case never twice). Returns the ids to send after commit."""
     session.flush()
-    kind = "digest_item" if venue.digest else f"case_{mismatch.case}"
+    kind = DIGEST_ITEM if venue.digest else f"case_{mismatch.case}"
+    status = AWAITING_DIGEST if venue.digest else "pending"
     created = []
-    for recipient in sorted({e.strip().lower() for e in venue.admin_emails or [] if e.strip()}):
+    for recipient in admin_recipients(venue):
         new_id = _owe(session, key=f"mismatch:{mismatch.id}:{kind}:{recipient}",
                       mismatch_id=mismatch.id, recipient=recipient, kind=kind,
-                      context={"case": mismatch.case})
+                      context={"case": mismatch.case}, status=status)
         if new_id is not None and not venue.digest:
             created.append(new_id)
     return created
@@ -54,8 +81,58 @@ def queue_unrouted_alert(session: Session, config: Config, account_id: str,
 
 
 def pending_digest_items(session: Session, venue_id: int) -> list[Notification]:
+    """A venue's digest items not yet put into a digest."""
     return list(session.scalars(
         select(Notification).join(Mismatch, Notification.mismatch_id == Mismatch.id)
-        .where(Notification.kind == "digest_item", Notification.status == "pending",
+        .where(Notification.kind == DIGEST_ITEM, Notification.status == AWAITING_DIGEST,
                Mismatch.venue_id == venue_id)
+        .order_by(Notification.id)
     ))
+
+
+def build_digests(db: Database, account_id: str | None = None) -> list[int]:
+    """Gather every waiting digest item into one `digest` row per (venue, admin); returns
+    the new rows' ids, to be sent like any other notice.
+
+    The digest row's key names its first item, and each item joins exactly one digest, so
+    running this twice (or concurrently) never builds the same digest twice."""
+    created: list[int] = []
+    with db.session() as session:
+        query = (select(Notification, Mismatch.venue_id)
+                 .join(Mismatch, Notification.mismatch_id == Mismatch.id)
+                 .where(Notification.kind == DIGEST_ITEM,
+                        Notification.status == AWAITING_DIGEST,
+                        Mismatch.venue_id.is_not(None))
+                 .order_by(Notification.id)
+                 .with_for_update(of=Notification))
+        if account_id:
+            query = query.join(Venue, Venue.id == Mismatch.venue_id).where(
+                Venue.account_id == account_id)
+        groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for item, venue_id in session.execute(query):
+            groups[(venue_id, item.recipient)].append(item.id)
+        for (venue_id, recipient), item_ids in sorted(groups.items()):
+            new_id = _owe(session, key=f"digest:{venue_id}:{recipient}:{item_ids[0]}",
+                          mismatch_id=None, recipient=recipient, kind=DIGEST,
+                          context={"venue_id": venue_id, "item_ids": item_ids})
+            if new_id is None:
+                continue
+            session.execute(update(Notification)
+                            .where(Notification.id.in_(item_ids),
+                                   Notification.status == AWAITING_DIGEST)
+                            .values(status=BATCHED))
+            created.append(new_id)
+    return created
+
+
+def retry_failed(db: Database) -> list[int]:
+    """Put notices that failed for good back to `pending` (after SMTP is fixed); returns
+    their ids to queue. They keep their Message-ID and their last error until sent."""
+    with db.session() as session:
+        ids = list(session.scalars(select(Notification.id)
+                                   .where(Notification.status == "failed")
+                                   .order_by(Notification.id)))
+        if ids:
+            session.execute(update(Notification).where(Notification.id.in_(ids))
+                            .values(status="pending"))
+    return ids
