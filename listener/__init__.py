@@ -22,7 +22,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     app.extensions["db"] = Database(config.database_url)
 
-    from listener import api, cli, health, metrics, outbox_page, webhooks
+    from listener import api, cli, console, health, metrics, outbox_page, webhooks
 
     metrics.init_app(app)
     cli.init_app(app)
@@ -30,6 +30,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(outbox_page.bp)
+    console.init_app(app)
 
     @app.errorhandler(404)
     def not_found(_e: Exception):  # type: ignore[no-untyped-def]

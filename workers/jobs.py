@@ -13,7 +13,7 @@ from rq import get_current_job
 from sqlalchemy import or_, select, update
 
 from config import Config
-from db import Database, Notification, StripeEvent, Venue, utcnow
+from db import Database, Mismatch, Notification, StripeEvent, Venue, utcnow
 from workers import queue
 from workers.handlers import HANDLERS, EventContext, Ignored
 from workers.matching import MatchContext, recheck_open_mismatches
@@ -54,7 +54,6 @@ def process_event(event_id: str) -> str:
                 return "missing"
             if event.status in DONE:
                 return event.outcome or event.status
-            event.attempts += 1
             match = MatchContext(session, config, api)
             handler = HANDLERS.get(event.type)
             if handler is None:
@@ -68,6 +67,11 @@ def process_event(event_id: str) -> str:
                 except Ignored as why:
                     event.status, event.outcome = "ignored", "ignored"
                     event.last_error = str(why)
+            # Counted here, not before the handler: the row is locked either way and a failure
+            # rolls this back (_record_failure counts it), so the end state is the same, and
+            # the attempt goes out in the one UPDATE with the outcome instead of an UPDATE of
+            # its own at the handler's first autoflush.
+            event.attempts += 1
             event.processed_at = utcnow()
             outcome = event.outcome or event.status
     except Exception as exc:
@@ -109,6 +113,27 @@ def recheck_venue(venue_id: int) -> dict[str, int]:
             venue.recheck_requested_at = None
     _queue_after_commit(config, match.after_commit)
     log.info("venue %s re-checked: %s", venue_id, counts)
+    return counts
+
+
+def recheck_mismatch(mismatch_id: int) -> dict[str, int]:
+    """Re-classify one open mismatch on request (support page "Re-check now"): rules 2-4
+    against the members as they are now, e.g. after the venue fixed a member's email.
+
+    Scoped to the mismatch's venue and customer, so it never touches another venue; takes
+    the venue lock first, like recheck_venue, so it serializes with member changes."""
+    config, db = runtime()
+    with db.session() as session:
+        mismatch = session.get(Mismatch, mismatch_id)
+        if mismatch is None or mismatch.status != "open" or mismatch.venue_id is None:
+            return {}
+        venue = session.get(Venue, mismatch.venue_id, with_for_update=True)
+        if venue is None:
+            return {}
+        match = MatchContext(session, config, StripeApi(config))
+        counts = recheck_open_mismatches(match, venue, customer_id=mismatch.customer_id)
+    _queue_after_commit(config, match.after_commit)
+    log.info("mismatch %s re-checked: %s", mismatch_id, counts)
     return counts
 
 

@@ -1,0 +1,549 @@
+"""The support console: dashboard, mismatch pages with their remediation steps, and the three
+remediation guides. Server-rendered HTML, one stylesheet, no JavaScript.
+
+Access (listener.console_auth): support staff sign in (SUPPORT_USERS); a venue admin opens
+one mismatch through the signed link in their notice (notifications.links). Guides hold no
+data and are public. Every form is CSRF-protected; pages are never cached and never send a
+Referer, so a Stripe Dashboard click does not carry our URLs elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db import (
+    Member,
+    Mismatch,
+    RejectedDelivery,
+    StripeCustomer,
+    StripeEvent,
+    Subscription,
+    Venue,
+)
+from listener import current_config, current_db
+from listener.console_auth import (
+    CSRF_FIELD,
+    Viewer,
+    add_grant,
+    check_staff_password,
+    csrf_ok,
+    csrf_token,
+    safe_next,
+    sign_in,
+    sign_out,
+    staff_user,
+    viewer_for,
+)
+from notifications.links import LinkExpired, LinkInvalid, describe_age, read_link
+from notifications.render import CASE_TITLES, dashboard_url
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("console", __name__)
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "templates" / "pages" / "static"
+TIMELINE_LIMIT = 50
+RECENT_LIMIT = 15
+LIST_LIMIT = 100
+NOTE_MAX = 2000
+# Stripe subscription statuses in which nothing has been charged yet.
+NO_CHARGE = {"trialing", "incomplete", "incomplete_expired"}
+CASE_SHORT = {
+    1: "Member has a different Stripe customer",
+    2: "Member has no Stripe customer yet",
+    3: "No member with this email",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+def init_app(app: Flask) -> None:
+    """Register the console and make its session cookie strict enough for a support tool."""
+    config = app.config["MISMATCH"]
+    # Flask's defaults are None/False; a value set through create_app(**overrides) wins.
+    if not app.config.get("SESSION_COOKIE_SAMESITE"):
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    if config.public_base_url.startswith("https://"):
+        app.config["SESSION_COOKIE_SECURE"] = True
+    app.register_blueprint(bp)
+
+
+# --- plumbing --------------------------------------------------------------------------------
+
+@bp.after_request
+def headers(response: Response) -> Response:
+    for key, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(key, value)
+    if request.endpoint != "console.stylesheet":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.before_request
+def check_csrf():  # type: ignore[no-untyped-def]
+    if request.method == "POST" and not csrf_ok(request.form.get(CSRF_FIELD)):
+        log.warning("console: form rejected (missing or wrong CSRF token) on %s",
+                    request.endpoint)
+        return _message(400, "This form has expired",
+                        "The page you sent it from was open too long, or the form did not "
+                        "come from this site. Go back, reload the page and try again.")
+    return None
+
+
+@bp.context_processor
+def helpers() -> dict[str, Any]:
+    return {"csrf_token": csrf_token, "csrf_field": CSRF_FIELD, "when": when, "ago": ago,
+            "case_title": CASE_TITLES, "case_short": CASE_SHORT,
+            "staff": staff_user(current_config())}
+
+
+@bp.errorhandler(404)
+def not_found(_exc: Exception):  # type: ignore[no-untyped-def]
+    return _message(404, "Not found", "There is nothing at this address.")
+
+
+def _message(status: int, title: str, text: str, *, sign_in_link: bool = False
+             ) -> tuple[str, int]:
+    """A plain page that explains what went wrong and what to do instead."""
+    return render_template("pages/message.html", title=title, text=text, status=status,
+                           sign_in_link=sign_in_link,
+                           next=request.path if request.method == "GET" else None), status
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def when(value: datetime | int | None) -> str:
+    """`22 Nov 2025, 07:25 UTC` from a datetime (naive = UTC) or a unix timestamp."""
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        value = datetime.fromtimestamp(value, UTC)
+    aware = _aware(value)
+    assert aware is not None
+    return aware.astimezone(UTC).strftime("%d %b %Y, %H:%M UTC")
+
+
+def ago(value: datetime | None) -> str:
+    """`4 min ago`: how stale something is, at a glance."""
+    aware = _aware(value)
+    if aware is None:
+        return "—"
+    return duration(time.time() - aware.timestamp()) + " ago"
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _require_staff() -> str | Response | tuple[str, int]:
+    name = staff_user(current_config())
+    if name is None:
+        back = request.full_path.rstrip("?") if request.method == "GET" else None
+        return redirect(url_for("console.login", next=back))
+    return name
+
+
+# --- sign-in ---------------------------------------------------------------------------------
+
+@bp.get("/")
+def index():  # type: ignore[no-untyped-def]
+    return redirect(url_for("console.dashboard"))
+
+
+@bp.get("/static/console.css")
+def stylesheet():  # type: ignore[no-untyped-def]
+    return send_from_directory(STATIC_DIR, "console.css", mimetype="text/css", max_age=3600)
+
+
+@bp.route("/support/login", methods=["GET", "POST"])
+def login():  # type: ignore[no-untyped-def]
+    config = current_config()
+    target = safe_next(request.values.get("next")) or url_for("console.dashboard")
+    error = None
+    status = 200
+    if request.method == "POST":
+        name = request.form.get("username", "").strip()
+        password = request.form.get("password", "")
+        if check_staff_password(config, name, password):
+            sign_in(name)
+            log.info("console: support sign-in")
+            return redirect(target, 303)
+        log.warning("console: failed support sign-in")
+        error, status = "Wrong user name or password.", 401
+    return render_template("pages/login.html", error=error, next=target,
+                           configured=bool(config.support_users)), status
+
+
+@bp.post("/support/logout")
+def logout():  # type: ignore[no-untyped-def]
+    sign_out()
+    flash("You are signed out.", "ok")
+    return redirect(url_for("console.login"), 303)
+
+
+# --- dashboard -------------------------------------------------------------------------------
+
+@dataclass
+class VenueRow:
+    venue_id: int | None
+    name: str
+    account_id: str
+    livemode: bool
+    cases: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0, 3: 0})
+
+    @property
+    def total(self) -> int:
+        return sum(self.cases.values())
+
+
+def _queue_depth() -> int | None:
+    from workers.queue import get_queue
+
+    try:
+        return len(get_queue(current_config()))
+    except Exception as exc:  # noqa: BLE001 - the page must render while Redis is down
+        log.warning("console: queue depth unavailable (%s)", type(exc).__name__)
+        return None
+
+
+@bp.get("/support")
+def dashboard():  # type: ignore[no-untyped-def]
+    who = _require_staff()
+    if not isinstance(who, str):
+        return who
+    with current_db().session() as s:
+        venues: dict[int | None, VenueRow] = {}
+        for venue_id, name, account_id, livemode, case, n in s.execute(
+            select(Mismatch.venue_id, Venue.name, Mismatch.account_id, Mismatch.livemode,
+                   Mismatch.case, func.count())
+            .outerjoin(Venue, Venue.id == Mismatch.venue_id)
+            .where(Mismatch.status == "open")
+            .group_by(Mismatch.venue_id, Venue.name, Mismatch.account_id, Mismatch.livemode,
+                      Mismatch.case)
+        ):
+            row = venues.setdefault(venue_id, VenueRow(venue_id, name or account_id,
+                                                       account_id, livemode))
+            row.cases[case] = row.cases.get(case, 0) + n
+        by_venue = sorted(venues.values(), key=lambda r: (-r.total, r.name.casefold()))
+        newest_open = list(s.execute(
+            select(Mismatch, Venue.name).outerjoin(Venue, Venue.id == Mismatch.venue_id)
+            .where(Mismatch.status == "open")
+            .order_by(Mismatch.opened_at.desc(), Mismatch.id.desc()).limit(RECENT_LIMIT)))
+        accepted = list(s.scalars(select(StripeEvent).order_by(
+            StripeEvent.received_at.desc(), StripeEvent.id.desc()).limit(RECENT_LIMIT)))
+        rejected = list(s.scalars(select(RejectedDelivery).order_by(
+            RejectedDelivery.received_at.desc(), RejectedDelivery.id.desc()
+        ).limit(RECENT_LIMIT)))
+        failed = list(s.scalars(select(StripeEvent).where(StripeEvent.status == "failed")
+                                .order_by(StripeEvent.received_at.desc()).limit(50)))
+        failed_total = s.scalar(select(func.count()).select_from(StripeEvent)
+                                .where(StripeEvent.status == "failed")) or 0
+        oldest = _aware(s.scalar(select(func.min(StripeEvent.received_at)).where(
+            StripeEvent.status.in_(("received", "processing")))))
+        pending = s.scalar(select(func.count()).select_from(StripeEvent).where(
+            StripeEvent.status.in_(("received", "processing")))) or 0
+        unrouted = list(s.execute(
+            select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
+                   func.max(StripeEvent.received_at))
+            .where(StripeEvent.outcome == "unrouted")
+            .group_by(StripeEvent.account_id, StripeEvent.livemode)
+            .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
+    return render_template(
+        "pages/dashboard.html", by_venue=by_venue, newest_open=newest_open,
+        open_total=sum(r.total for r in by_venue), accepted=accepted, rejected=rejected,
+        failed=failed, failed_total=failed_total, queue_depth=_queue_depth(),
+        oldest_age=duration(time.time() - oldest.timestamp()) if oldest else None,
+        pending=pending, unrouted=unrouted, generated_at=datetime.now(UTC),
+        platform_account=current_config().stripe_platform_account)
+
+
+@bp.post("/support/events/<event_id>/replay")
+def replay(event_id: str):  # type: ignore[no-untyped-def]
+    """Give a failed event another go: back to `received`, then queue it."""
+    who = _require_staff()
+    if not isinstance(who, str):
+        return who
+    from workers.queue import enqueue_event
+
+    with current_db().session() as s:
+        reset = s.execute(update(StripeEvent).where(StripeEvent.event_id == event_id,
+                                                    StripeEvent.status == "failed")
+                          .values(status="received")).rowcount
+    if not reset:
+        flash(f"{event_id} is not a failed event (already replayed?): nothing queued.", "warn")
+        return redirect(url_for("console.dashboard") + "#failed", 303)
+    try:
+        enqueue_event(current_config(), event_id)
+        flash(f"{event_id} queued for replay.", "ok")
+    except Exception as exc:  # noqa: BLE001 - the row is `received`: the sweeper queues it
+        log.warning("console: could not queue replay of %s (%s)", event_id, type(exc).__name__)
+        flash(f"{event_id} is marked for replay but the queue is unreachable; the sweeper will "
+              "queue it.", "warn")
+    log.info("console: replay of %s requested", event_id)
+    return redirect(url_for("console.dashboard") + "#failed", 303)
+
+
+# --- mismatch list (staff) -------------------------------------------------------------------
+
+@bp.get("/mismatches")
+def mismatches():  # type: ignore[no-untyped-def]
+    who = _require_staff()
+    if not isinstance(who, str):
+        return who
+    status = request.args.get("status", "open")
+    case = request.args.get("case", "")
+    account = request.args.get("account", "").strip()
+    try:
+        offset = max(0, int(request.args.get("offset", 0)))
+    except ValueError:
+        offset = 0
+    query = (select(Mismatch, Venue.name).outerjoin(Venue, Venue.id == Mismatch.venue_id)
+             .order_by(Mismatch.opened_at.desc(), Mismatch.id.desc()))
+    if status in ("open", "resolved"):
+        query = query.where(Mismatch.status == status)
+    if case in ("1", "2", "3"):
+        query = query.where(Mismatch.case == int(case))
+    if account:
+        query = query.where(Mismatch.account_id == account)
+    with current_db().session() as s:
+        rows = list(s.execute(query.limit(LIST_LIMIT + 1).offset(offset)))
+    return render_template("pages/mismatches.html", rows=rows[:LIST_LIMIT],
+                           more=len(rows) > LIST_LIMIT, offset=offset, limit=LIST_LIMIT,
+                           status=status, case=case, account=account)
+
+
+# --- one mismatch ----------------------------------------------------------------------------
+
+@dataclass
+class Facts:
+    """What the steps of a case refer to; on a guide page the IDs are placeholders."""
+
+    case: int
+    guide: bool = False
+    mismatch_id: int | None = None
+    venue_name: str = "the venue"
+    account_id: str = "acct_…"
+    livemode: bool = False
+    subscription_id: str = "sub_…"
+    subscription_status: str | None = None
+    customer_id: str = "cus_…"
+    linked_customer_id: str | None = None
+    email: str | None = None
+    customer_name: str | None = None
+    member_ref: str | None = None
+    member_name: str | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    subscription_url: str | None = None
+    customer_url: str | None = None
+    linked_customer_url: str | None = None
+    payments_url: str | None = None
+    account_url: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return "live mode" if self.livemode else "test mode"
+
+    @property
+    def nothing_charged(self) -> bool:
+        return self.subscription_status in NO_CHARGE
+
+
+def _facts(s: Session, m: Mismatch, venue: Venue | None) -> Facts:
+    platform = current_config().stripe_platform_account
+
+    def dash(path: str) -> str:
+        return dashboard_url(m.account_id, m.livemode, path, platform)
+
+    mirrored = s.scalar(select(StripeCustomer).where(
+        StripeCustomer.account_id == m.account_id, StripeCustomer.livemode == m.livemode,
+        StripeCustomer.customer_id == m.customer_id))
+    sub = s.scalar(select(Subscription).where(Subscription.account_id == m.account_id,
+                                              Subscription.subscription_id == m.subscription_id))
+    member = s.get(Member, m.member_id) if m.member_id else None
+    return Facts(
+        case=m.case, mismatch_id=m.id, venue_name=venue.name if venue else m.account_id,
+        account_id=m.account_id, livemode=m.livemode, subscription_id=m.subscription_id,
+        subscription_status=sub.status if sub is not None else None,
+        customer_id=m.customer_id, linked_customer_id=m.linked_customer_id,
+        email=m.customer_email, customer_name=mirrored.name if mirrored else None,
+        member_ref=member.member_ref if member else None,
+        member_name=member.name if member else None,
+        candidates=list(m.candidates or []),
+        subscription_url=dash(f"subscriptions/{quote(m.subscription_id, safe='')}"),
+        customer_url=dash(f"customers/{quote(m.customer_id, safe='')}"),
+        linked_customer_url=dash(f"customers/{quote(m.linked_customer_id, safe='')}")
+        if m.linked_customer_id else None,
+        payments_url=dash(f"payments?customer={quote(m.customer_id, safe='')}"),
+        account_url=dash("dashboard"),
+    )
+
+
+def _timeline(s: Session, m: Mismatch) -> list[StripeEvent]:
+    """The newest events of this account and mode whose payload names the subscription or
+    the customer (as a JSON string, so `cus_A` does not match `cus_AB`)."""
+    account = StripeEvent.account_id == m.account_id
+    if m.account_id == current_config().stripe_platform_account:
+        account = or_(account, StripeEvent.account_id.is_(None))
+    mentions = or_(StripeEvent.payload.contains(f'"{m.subscription_id}"', autoescape=True),
+                   StripeEvent.payload.contains(f'"{m.customer_id}"', autoescape=True))
+    return list(s.scalars(
+        select(StripeEvent).where(account, StripeEvent.livemode == m.livemode, mentions)
+        .order_by(StripeEvent.created.desc(), StripeEvent.id.desc()).limit(TIMELINE_LIMIT)))
+
+
+def _denied(text: str = "This page opens from the link in a notice email, or after support "
+                        "staff sign in.") -> tuple[str, int]:
+    return _message(403, "You can't open this page", text, sign_in_link=True)
+
+
+def _load_for(s: Session, mismatch_id: int, *, lock: bool = False
+              ) -> tuple[Mismatch | None, Viewer | None]:
+    m = s.get(Mismatch, mismatch_id, with_for_update=lock)
+    return m, viewer_for(current_config(), m)
+
+
+def _open_link(mismatch_id: int, token: str):  # type: ignore[no-untyped-def]
+    """Exchange a notice link for a session grant, then show the page without the token
+    (so a copied URL or a screenshot never carries the permission)."""
+    config = current_config()
+    try:
+        grant = read_link(config, token)
+    except LinkExpired as exc:
+        log.info("console: expired link for mismatch %s", mismatch_id)
+        return _message(403, "This link has expired",
+                        f"Links in notice emails work for {describe_age(exc.max_age)}. Open "
+                        "the link in a newer notice email, or ask support to send you a "
+                        "fresh one.", sign_in_link=True)
+    except LinkInvalid as exc:
+        log.warning("console: invalid link for mismatch %s", mismatch_id)
+        return _message(403, "This link is not valid",
+                        f"{exc} Copy the whole link from the notice email, or ask support.",
+                        sign_in_link=True)
+    with current_db().session() as s:
+        m = s.get(Mismatch, mismatch_id)
+        if grant.mismatch_id != mismatch_id or m is None or m.account_id != grant.account_id:
+            log.warning("console: link for mismatch %s used on mismatch %s",
+                        grant.mismatch_id, mismatch_id)
+            return _denied("This link is for a different page. Open the link exactly as it "
+                           "is in the notice email.")
+    add_grant(mismatch_id, grant.account_id, grant.expires_at(config.mismatch_link_max_age))
+    return redirect(url_for("console.mismatch", mismatch_id=mismatch_id), 303)
+
+
+@bp.get("/mismatches/<int:mismatch_id>")
+def mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
+    token = request.args.get("t")
+    if token:
+        return _open_link(mismatch_id, token)
+    with current_db().session() as s:
+        m, viewer = _load_for(s, mismatch_id)
+        if viewer is None:
+            return _denied()
+        if m is None:
+            abort(404)
+        venue = s.get(Venue, m.venue_id) if m.venue_id else None
+        facts = _facts(s, m, venue)
+        events = _timeline(s, m)
+        return render_template("pages/mismatch.html", m=m, f=facts, events=events,
+                               viewer=viewer, timeline_limit=TIMELINE_LIMIT,
+                               platform_account=current_config().stripe_platform_account,
+                               dashboard_url=dashboard_url)
+
+
+@bp.post("/mismatches/<int:mismatch_id>/resolve")
+def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
+    note = " ".join(request.form.get("note", "").split())
+    with current_db().session() as s:
+        m, viewer = _load_for(s, mismatch_id, lock=True)
+        if viewer is None:
+            return _denied()
+        if m is None:
+            abort(404)
+        if not note:
+            flash("Add a note saying what you did (for example: canceled and refunded, invite "
+                  "sent), then mark it resolved.", "warn")
+        elif len(note) > NOTE_MAX:
+            flash(f"The note is too long (at most {NOTE_MAX} characters).", "warn")
+        elif m.resolve("manual", f"{viewer.actor()}: {note}"):
+            log.info("console: mismatch %s resolved manually (%s)", m.id,
+                     "support" if viewer.is_staff else "venue link")
+            flash("Marked as resolved.", "ok")
+        else:
+            flash("This mismatch was already resolved; nothing changed.", "warn")
+    return redirect(url_for("console.mismatch", mismatch_id=mismatch_id), 303)
+
+
+@bp.post("/mismatches/<int:mismatch_id>/recheck")
+def recheck(mismatch_id: int):  # type: ignore[no-untyped-def]
+    from workers.queue import enqueue_recheck_mismatch
+
+    with current_db().session() as s:
+        m, viewer = _load_for(s, mismatch_id)
+        if viewer is None:
+            return _denied()
+        if m is None:
+            abort(404)
+        is_open = m.status == "open"
+    if not is_open:
+        flash("This mismatch is resolved; there is nothing to re-check.", "warn")
+    else:
+        try:
+            enqueue_recheck_mismatch(current_config(), mismatch_id)
+            flash("Re-check queued. Reload this page in a few seconds to see the result.", "ok")
+        except Exception as exc:  # noqa: BLE001
+            log.warning("console: could not queue re-check of mismatch %s (%s)", mismatch_id,
+                        type(exc).__name__)
+            flash("The re-check could not be queued right now; try again in a minute.", "warn")
+    return redirect(url_for("console.mismatch", mismatch_id=mismatch_id), 303)
+
+
+# --- guides ----------------------------------------------------------------------------------
+
+@bp.get("/guides")
+def guides():  # type: ignore[no-untyped-def]
+    return render_template("pages/guides.html")
+
+
+@bp.get("/guides/case-<int:case>")
+def guide(case: int):  # type: ignore[no-untyped-def]
+    if case not in (1, 2, 3):
+        abort(404)
+    return render_template("pages/guide.html", f=Facts(case=case, guide=True))

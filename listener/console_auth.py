@@ -1,0 +1,142 @@
+"""Who may see which support-console page, and CSRF protection for its forms.
+
+Two kinds of visitor:
+- support staff, signed in with a name and password from SUPPORT_USERS (hashed); they see
+  every venue;
+- venue admins, who have no account: the signed link in a notice email (notifications.links)
+  is exchanged for a *grant* in their session that opens that one mismatch, for that one
+  Stripe account, until the link itself would expire. Nothing else is reachable with it.
+
+Every POST carries a token bound to the session (`csrf_token` form field), so another site
+cannot make a signed-in browser resolve a mismatch or replay events.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from functools import cache
+
+from flask import session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from config import Config
+from db import Mismatch
+
+# A staff sign-in lasts a working day; then the password is asked again.
+STAFF_SESSION_SECONDS = 12 * 3600
+# Grants kept per browser session (the newest win); each is one mismatch.
+MAX_GRANTS = 20
+CSRF_FIELD = "csrf_token"
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The person behind a request: a support user, or a venue admin holding a grant."""
+
+    staff: str | None = None
+
+    @property
+    def is_staff(self) -> bool:
+        return self.staff is not None
+
+    def actor(self) -> str:
+        """How a manual action is attributed in the mismatch's resolution note."""
+        return f"{self.staff} (support)" if self.staff else "venue admin (email link)"
+
+
+# --- CSRF ------------------------------------------------------------------------------------
+
+def csrf_token() -> str:
+    """The session's form token, created on first use."""
+    token = session.get("csrf")
+    if not token:
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def csrf_ok(given: str | None) -> bool:
+    expected = session.get("csrf")
+    return bool(expected and given) and hmac.compare_digest(str(given).encode(),
+                                                           str(expected).encode())
+
+
+# --- staff -----------------------------------------------------------------------------------
+
+@cache
+def _dummy_hash() -> str:
+    # Checked for unknown names too, so a wrong name costs as long as a wrong password.
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
+def check_staff_password(config: Config, name: str, password: str) -> bool:
+    """True when `name` is in SUPPORT_USERS and `password` matches its hash."""
+    hashed = config.support_users.get(name)
+    ok = check_password_hash(hashed or _dummy_hash(), password)
+    return ok and hashed is not None
+
+
+def sign_in(name: str) -> None:
+    """Start a fresh session (no fixation: nothing from before sign-in survives)."""
+    session.clear()
+    session["staff"] = name
+    session["staff_at"] = int(time.time())
+    csrf_token()
+
+
+def sign_out() -> None:
+    session.clear()
+
+
+def staff_user(config: Config) -> str | None:
+    """The signed-in support user, if the sign-in is recent and the user still exists."""
+    name = session.get("staff")
+    started = session.get("staff_at", 0)
+    if not isinstance(name, str) or name not in config.support_users:
+        return None
+    if not isinstance(started, int) or time.time() - started > STAFF_SESSION_SECONDS:
+        return None
+    return name
+
+
+# --- venue-admin grants ----------------------------------------------------------------------
+
+def add_grant(mismatch_id: int, account_id: str, expires_at: int) -> None:
+    """Remember in the session that this browser opened a valid link to this mismatch."""
+    grants = dict(session.get("grants") or {})
+    grants[str(mismatch_id)] = [account_id, int(expires_at)]
+    if len(grants) > MAX_GRANTS:
+        newest = sorted(grants.items(), key=lambda kv: kv[1][1])[-MAX_GRANTS:]
+        grants = dict(newest)
+    session["grants"] = grants
+    csrf_token()
+
+
+def has_grant(mismatch: Mismatch) -> bool:
+    """True when the session holds an unexpired grant for exactly this mismatch and account."""
+    grant = (session.get("grants") or {}).get(str(mismatch.id))
+    if not isinstance(grant, list) or len(grant) != 2:
+        return False
+    account_id, expires_at = grant
+    return (isinstance(expires_at, int) and expires_at > time.time()
+            and hmac.compare_digest(str(account_id).encode(), mismatch.account_id.encode()))
+
+
+def viewer_for(config: Config, mismatch: Mismatch | None) -> Viewer | None:
+    """Who may see `mismatch` (None for staff-only pages); None means nobody here may."""
+    name = staff_user(config)
+    if name:
+        return Viewer(staff=name)
+    if mismatch is not None and has_grant(mismatch):
+        return Viewer()
+    return None
+
+
+def safe_next(target: str | None) -> str | None:
+    """A same-site path to return to after sign-in, or None (no open redirects)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target
