@@ -1,0 +1,871 @@
+"""Webhook intake benchmark: the real service against a bare Flask endpoint, in one run.
+
+    .venv/bin/python benchmarks/intake.py            # full run, about 70 s
+    .venv/bin/python benchmarks/intake.py --quick    # short phases, about 40 s
+    .venv/bin/python benchmarks/intake.py --help     # server settings, durations, URLs
+
+What it does:
+
+1. Prepares PostgreSQL (creates the database if missing, runs the migrations) and Redis
+   (FLUSHES the given Redis database), then starts the real service
+   (`gunicorn listener.wsgi:app`) and a bare Flask app (`benchmarks/bare_app.py`, one POST
+   route answering 200 JSON) under gunicorn with the same settings, each on its own loopback
+   port.
+2. Drives signed, unique Stripe-shaped events (`customer.subscription.created` from a
+   connected account, signed like Stripe signs them) at each from an asyncio load generator
+   in this process, on persistent (keep-alive) connections:
+   - phase A, peak: closed loop, N connections, fixed duration;
+   - phase B, latency: open loop at half the bare endpoint's measured peak (for both), and
+     the service also at half its own peak. Latency is measured from each request's
+     scheduled send time, so a stalled server cannot hide its queueing delay.
+   Within each phase the endpoints take turns in --rounds slices, so a neighbour's load
+   spike lands on both rather than on one.
+3. Prints events/s, p50 and p99 per endpoint, the service/bare throughput ratio, and
+   PASS/MISS against the targets (intake >= 50% of bare throughput; p99 < 50 ms at half
+   peak). `--strict` exits 1 on a MISS.
+4. Verifies that every accepted event is exactly one row in stripe_events and one job in the
+   RQ queue 'mismatch' (exit 2 if not).
+
+The load generator shares the machine's cores with the servers, PostgreSQL and Redis; that
+is why the service is compared with a bare endpoint measured the same way in the same run.
+For each peak phase it prints the CPU used per process group (server, load generator,
+PostgreSQL, Redis, anything else on the machine) and per event; the ratio of the per-event
+CPU costs is a noise-robust estimate of the throughput ratio on a shared machine.
+
+Server settings default to gthread, 2 workers x 2 threads: the sync worker closes the
+connection after every response (no keep-alive), and on 2 cores more threads only added
+GIL contention in trials (2x4, 3x2, 4x2 and sync x2/x4 all did worse for the service).
+
+Never point --database-url or --redis-url at data you care about: the Redis database is
+flushed, and a database whose name starts with "bench" has its inbox tables truncated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/bench_intake"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
+PLATFORM_SECRET = "whsec_bench_platform_secret"
+CONNECT_SECRET = "whsec_bench_connect_secret"
+QUEUE = "mismatch"
+PATH = "/webhooks/stripe/connect"
+P99_TARGET_MS = 50.0
+RATIO_TARGET = 0.50
+REQUEST_TIMEOUT = 30.0
+
+
+# --------------------------------------------------------------------------- events
+
+
+def _subscription_event_template() -> str:
+    """A Stripe-shaped customer.subscription.created event (pretty-printed, like Stripe
+    sends it), with %-placeholders for what changes per delivery."""
+    now = int(time.time())
+    price = {
+        "id": "price_1BenchMonthly00000000", "object": "price", "active": True,
+        "billing_scheme": "per_unit", "created": now - 86400, "currency": "eur",
+        "custom_unit_amount": None, "livemode": False, "lookup_key": None, "metadata": {},
+        "nickname": "Monthly membership", "product": "prod_BenchMembership0",
+        "recurring": {"aggregate_usage": None, "interval": "month", "interval_count": 1,
+                      "meter": None, "trial_period_days": None, "usage_type": "licensed"},
+        "tax_behavior": "unspecified", "tiers_mode": None, "transform_quantity": None,
+        "type": "recurring", "unit_amount": 4900, "unit_amount_decimal": "4900",
+    }
+    plan = {
+        "id": price["id"], "object": "plan", "active": True, "aggregate_usage": None,
+        "amount": 4900, "amount_decimal": "4900", "billing_scheme": "per_unit",
+        "created": now - 86400, "currency": "eur", "interval": "month", "interval_count": 1,
+        "livemode": False, "metadata": {}, "meter": None, "nickname": "Monthly membership",
+        "product": "prod_BenchMembership0", "tiers_mode": None, "transform_usage": None,
+        "trial_period_days": None, "usage_type": "licensed",
+    }
+    subscription = {
+        "id": "%(sub)s", "object": "subscription", "application": None,
+        "application_fee_percent": None,
+        "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
+        "billing_cycle_anchor": now, "billing_thresholds": None, "cancel_at": None,
+        "cancel_at_period_end": False, "canceled_at": None,
+        "cancellation_details": {"comment": None, "feedback": None, "reason": None},
+        "collection_method": "charge_automatically", "created": now, "currency": "eur",
+        "current_period_end": now + 30 * 86400, "current_period_start": now,
+        "customer": "%(cus)s", "days_until_due": None,
+        "default_payment_method": "pm_1BenchCard000000000000", "default_source": None,
+        "default_tax_rates": [], "description": None, "discount": None, "discounts": [],
+        "ended_at": None, "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
+        "items": {
+            "object": "list",
+            "data": [{
+                "id": "si_%(n)s", "object": "subscription_item", "billing_thresholds": None,
+                "created": now, "discounts": [], "metadata": {}, "plan": plan, "price": price,
+                "quantity": 1, "subscription": "%(sub)s", "tax_rates": [],
+            }],
+            "has_more": False, "total_count": 1,
+            "url": "/v1/subscription_items?subscription=%(sub)s",
+        },
+        "latest_invoice": "in_%(n)s", "livemode": False, "metadata": {},
+        "next_pending_invoice_item_invoice": None, "on_behalf_of": None, "pause_collection": None,
+        "payment_settings": {"payment_method_options": None, "payment_method_types": None,
+                             "save_default_payment_method": "off"},
+        "pending_invoice_item_interval": None, "pending_setup_intent": None,
+        "pending_update": None, "plan": plan, "quantity": 1, "schedule": None,
+        "start_date": now, "status": "active", "test_clock": None, "transfer_data": None,
+        "trial_end": None,
+        "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
+        "trial_start": None,
+    }
+    event = {
+        "id": "%(evt)s", "object": "event", "account": "%(acct)s", "api_version": "2024-06-20",
+        "created": "%(created)s", "data": {"object": subscription}, "livemode": False,
+        "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
+        "type": "customer.subscription.created",
+    }
+    text = json.dumps(event, indent=2)
+    assert "%" not in text.replace("%(", "")
+    return text.replace('"%(created)s"', "%(created)d")
+
+
+class EventFactory:
+    """Unique, signed deliveries: `evt_bench_<run>_<n>`, spread over 50 connected accounts."""
+
+    def __init__(self, run_id: str, secret: str) -> None:
+        import stripe
+
+        self.prefix = f"evt_bench_{run_id}_"
+        self.secret = secret
+        self.template = _subscription_event_template()
+        self.seq = itertools.count(1)
+        self._sign = stripe.WebhookSignature.generate_signature_header
+        self.body_size = len(self.body(0).encode())
+
+    def body(self, n: int) -> str:
+        return self.template % {
+            "evt": f"{self.prefix}{n:08d}", "sub": f"sub_bench{n:014d}",
+            "cus": f"cus_bench{n:014d}", "n": f"bench{n:014d}",
+            "acct": f"acct_1Bench{n % 50:010d}", "created": int(time.time()),
+        }
+
+    def request(self, host: str) -> bytes:
+        body = self.body(next(self.seq))
+        signature = self._sign(body, self.secret, timestamp=int(time.time()))
+        data = body.encode()
+        return (
+            f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\n"
+            "User-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)\r\n"
+            "Accept: */*; q=0.5, application/xml\r\nCache-Control: no-cache\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            f"Stripe-Signature: {signature}\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode() + data
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+class Conn:
+    """One HTTP/1.1 connection, kept alive while the server allows it (gunicorn's sync
+    worker closes after each response; then the next request reconnects)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.connects = 0
+
+    async def _open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connects += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        for attempt in (0, 1):
+            reused = self.writer is not None
+            if not reused:
+                await self._open()
+            assert self.reader is not None and self.writer is not None
+            try:
+                self.writer.write(data)
+                await self.writer.drain()
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                self.close()
+                if reused and attempt == 0 and not getattr(exc, "partial", b""):
+                    continue  # the server had closed an idle keep-alive connection: resend
+                raise
+            length, close = 0, False
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            body = await self.reader.readexactly(length) if length else b""
+            if close:
+                self.close()
+            return int(head[9:12]), body
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class Stats:
+    name: str
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests
+    ok: int = 0
+    accepted: int = 0  # 200 and not a duplicate
+    duplicates: int = 0
+    errors: Counter = field(default_factory=Counter)
+    unknown: int = 0  # no answer: the server may or may not have stored it
+    unsent: int = 0  # open loop: scheduled but never sent (generator or pool saturated)
+    elapsed: float = 0.0
+    offered_rate: float = 0.0
+    max_lag: float = 0.0  # open loop: worst delay between scheduled and actual send
+    connects: int = 0
+    cpu_seconds: Counter = field(default_factory=Counter)  # by process group, see CpuMeter
+    cpu_wall: float = 0.0
+    cpu_other: Counter = field(default_factory=Counter)  # "other" CPU seconds by command
+
+    def record(self, latency: float, status: int, body: bytes) -> None:
+        if status == 200:
+            self.ok += 1
+            self.latencies.append(latency)
+            if b'"duplicate":true' in body.replace(b" ", b""):
+                self.duplicates += 1
+            else:
+                self.accepted += 1
+        else:
+            self.errors[f"HTTP {status}"] += 1
+
+    def failed(self, exc: BaseException) -> None:
+        self.errors[type(exc).__name__] += 1
+        self.unknown += 1
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        """Nearest-rank percentile in milliseconds (nan when nothing succeeded)."""
+        if not self.latencies:
+            return float("nan")
+        data = sorted(self.latencies)
+        index = min(len(data) - 1, max(0, int(round(q / 100 * len(data) + 0.5)) - 1))
+        return data[index] * 1000
+
+
+async def closed_loop(port: int, factory: EventFactory, connections: int, duration: float,
+                      stats: Stats) -> None:
+    loop = asyncio.get_running_loop()
+    host = f"127.0.0.1:{port}"
+    deadline = loop.time() + duration
+
+    async def client() -> None:
+        conn = Conn("127.0.0.1", port)
+        try:
+            while loop.time() < deadline:
+                data = factory.request(host)
+                started = time.perf_counter()
+                try:
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        status, body = await conn.request(data)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+                    conn.close()
+                    stats.failed(exc)
+                    await asyncio.sleep(0.01)
+                    continue
+                stats.record(time.perf_counter() - started, status, body)
+        finally:
+            stats.connects += conn.connects
+            conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    stats.elapsed += time.perf_counter() - started
+
+
+async def open_loop(port: int, factory: EventFactory, rate: float, duration: float,
+                    max_connections: int, stats: Stats) -> None:
+    """Send at a constant `rate` regardless of how fast answers come back; latency runs from
+    each request's scheduled time. At most `max_connections` requests are in flight."""
+    host = f"127.0.0.1:{port}"
+    pool: asyncio.LifoQueue[Conn] = asyncio.LifoQueue()  # LIFO: reuse warm connections first
+    conns = [Conn("127.0.0.1", port) for _ in range(max_connections)]
+    for conn in conns:
+        pool.put_nowait(conn)
+    pending: set[asyncio.Task] = set()
+    total = max(1, int(rate * duration))
+    stats.offered_rate = rate
+
+    async def one(conn: Conn, data: bytes, scheduled: float) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                status, body = await conn.request(data)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+            conn.close()
+            stats.failed(exc)
+        else:
+            stats.record(time.perf_counter() - scheduled, status, body)
+        finally:
+            pool.put_nowait(conn)
+
+    started = time.perf_counter()
+    give_up = started + duration + 1.0
+    for i in range(total):
+        scheduled = started + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        conn = await pool.get()
+        now = time.perf_counter()
+        if now > give_up:  # cannot keep the schedule: every connection is stuck waiting
+            pool.put_nowait(conn)
+            stats.unsent += total - i
+            break
+        stats.max_lag = max(stats.max_lag, now - scheduled)
+        task = asyncio.create_task(one(conn, factory.request(host), scheduled))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.gather(*pending)
+    stats.elapsed += time.perf_counter() - started
+    for conn in conns:
+        stats.connects += conn.connects
+        conn.close()
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+
+def _proc_snapshot() -> tuple[dict[int, tuple[str, int, float]], tuple[float, float]]:
+    """Per process: (command, process group, CPU seconds); and the machine's (busy, total)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[str, int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        close = stat.rfind(")")
+        comm = stat[stat.find("(") + 1 : close]
+        fields = stat[close + 2 :].split()
+        procs[int(entry)] = (comm, int(fields[2]), (int(fields[11]) + int(fields[12])) / tick)
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    total = sum(values[:8]) / tick
+    idle = (values[3] + values[4]) / tick
+    return procs, (total - idle, total)
+
+
+class CpuMeter:
+    """CPU seconds used between start() and stop(), by group: the service's gunicorn, the bare
+    gunicorn, this load generator, PostgreSQL, Redis, everything else."""
+
+    def __init__(self, groups: dict[int, str]) -> None:
+        self.groups = groups  # process group id -> label
+
+    def _label(self, pid: int, comm: str, pgid: int) -> str:
+        if pid == os.getpid():
+            return "loadgen"
+        if pgid in self.groups:
+            return self.groups[pgid]
+        if comm.startswith("postgres"):
+            return "postgres"
+        if comm.startswith("redis-server"):
+            return "redis"
+        return "other"
+
+    def start(self) -> None:
+        self._before, self._machine = _proc_snapshot()
+        self._t0 = time.perf_counter()
+
+    def stop(self, stats: Stats) -> None:
+        """Add the CPU seconds used since start() to `stats`, by group. "other" is the machine's
+        busy time minus our groups, so it includes processes that exited meanwhile."""
+        after, machine = _proc_snapshot()
+        stats.cpu_wall += time.perf_counter() - self._t0
+        ours: Counter = Counter()
+        listed = 0.0
+        for pid, (comm, pgid, seconds) in after.items():
+            before = self._before.get(pid)  # (kernel threads rename themselves: match on pid)
+            delta = seconds - before[2] if before else seconds
+            label = self._label(pid, comm, pgid)
+            if label == "other":
+                stats.cpu_other[comm.split("/")[0]] += delta
+                listed += delta
+            else:
+                ours[label] += delta
+        busy = machine[0] - self._machine[0]
+        total = machine[1] - self._machine[1]
+        other = max(0.0, busy - sum(ours.values()))
+        stats.cpu_seconds.update(ours)
+        stats.cpu_seconds["other"] += other
+        stats.cpu_seconds["idle"] += max(0.0, total - busy)
+        if other - listed > 0:
+            stats.cpu_other["(exited, irq)"] += other - listed
+
+
+# --------------------------------------------------------------------------- servers
+
+
+_children: list[subprocess.Popen] = []
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_children() -> None:
+    """Stop every gunicorn this script started (each is its own process group)."""
+    for proc in _children:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    for proc in _children:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    _children.clear()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+
+def gunicorn_args(args: argparse.Namespace, port: int) -> list[str]:
+    cmd = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}",
+           "--workers", str(args.workers), "--worker-class", args.worker_class,
+           "--backlog", "2048", "--timeout", "60", "--graceful-timeout", "5",
+           "--keep-alive", str(args.keep_alive)]
+    if args.worker_class == "gthread":
+        cmd += ["--threads", str(args.threads)]
+    return cmd
+
+
+def start_server(name: str, app: str, args: argparse.Namespace, env: dict[str, str],
+                 logdir: Path) -> Server:
+    port = _free_port()
+    log = logdir / f"{name}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [*gunicorn_args(args, port), app], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    _children.append(proc)
+    return Server(name, port, proc, log)
+
+
+def wait_ready(server: Server, timeout: float = 60.0) -> None:
+    """Ready when the endpoint answers (a GET: 405, nothing stored)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{server.name}: gunicorn exited ({server.proc.returncode}):\n"
+                             + _tail(server.log))
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
+                s.sendall(f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Connection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1."):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{server.name}: not answering on port {server.port} after {timeout}s:\n"
+                     + _tail(server.log))
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------- PostgreSQL, Redis
+
+
+def prepare_database(url: str, instance: Path) -> str:
+    """Create the database if missing, migrate it; return the SQLAlchemy URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from config import load_config
+    from db import upgrade
+
+    sa_url = load_config({"DATABASE_URL": url, "INSTANCE_PATH": str(instance),
+                          "SECRET_KEY": "bench"}).database_url
+    if sa_url.startswith("postgresql"):
+        engine = create_engine(sa_url)
+        try:
+            with engine.connect():
+                pass
+        except OperationalError as exc:
+            if "does not exist" not in str(exc):
+                raise SystemExit(f"cannot connect to {url}: {exc.orig}") from None
+            parts = urlsplit(url)
+            name = parts.path.lstrip("/")
+            cmd = ["createdb", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432)]
+            if parts.username:
+                cmd += ["-U", unquote(parts.username)]
+            env = dict(os.environ)
+            if parts.password:
+                env["PGPASSWORD"] = unquote(parts.password)
+            print(f"creating database {name}: {' '.join(cmd)} {name}")
+            subprocess.run([*cmd, name], check=True, env=env)
+        finally:
+            engine.dispose()
+    upgrade(sa_url)
+    name = urlsplit(url).path.lstrip("/")
+    if sa_url.startswith("postgresql") and name.startswith("bench"):
+        engine = create_engine(sa_url)
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE stripe_events, rejected_deliveries"))
+        engine.dispose()
+    return sa_url
+
+
+def verify_intake(sa_url: str, redis_url: str, prefix: str, stats: list[Stats]) -> tuple[bool, str]:
+    """Every accepted delivery is one stored row and one queued job (no worker runs here)."""
+    import redis
+    from rq import Queue
+    from rq.job import Job
+    from sqlalchemy import create_engine, select
+
+    from db import StripeEvent
+
+    accepted = sum(s.accepted for s in stats)
+    unknown = sum(s.unknown for s in stats)
+    engine = create_engine(sa_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(StripeEvent.event_id, StripeEvent.status)
+            .where(StripeEvent.event_id.startswith(prefix, autoescape=True))
+        ).all()
+    engine.dispose()
+    stored = {r.event_id for r in rows}
+    received = sum(1 for r in rows if r.status == "received")
+
+    r = redis.Redis.from_url(redis_url)
+    queue = Queue(QUEUE, connection=r)
+    job_count = queue.count
+    ids = queue.get_job_ids()
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(Job.key_for(job_id), "description")
+    queued: Counter = Counter()
+    for desc in pipe.execute():
+        text = (desc or b"").decode()
+        queued[text.removeprefix("process ")] += 1
+    r.close()
+    jobs_per_event_ok = set(queued) == stored and all(n == 1 for n in queued.values())
+
+    ok = (accepted <= len(stored) <= accepted + unknown and job_count == len(stored)
+          and jobs_per_event_ok and received == len(stored))
+    report = (
+        f"accepted (200, not duplicate) {accepted}, duplicates {sum(s.duplicates for s in stats)}, "
+        f"no answer {unknown}\n"
+        f"  rows in stripe_events {len(stored)} (status received: {received}); "
+        f"jobs in RQ queue '{QUEUE}' {job_count}, one per stored event: "
+        f"{'yes' if jobs_per_event_ok else 'NO'}\n"
+        f"  => {'OK' if ok else 'FAILED'}: every accepted event stored and queued exactly once"
+    )
+    return ok, report
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _fmt_cpu(stats: Stats) -> str:
+    """Cores busy per group during the phase, and CPU µs per answered event."""
+    wall = stats.cpu_wall or 1.0
+    used = stats.cpu_seconds
+    order = ["service", "bare", "loadgen", "postgres", "redis", "other"]
+    cores = ", ".join(f"{k} {used.get(k, 0.0) / wall:.2f}" for k in order)
+    line = f"cores busy: {cores}; idle {used.get('idle', 0.0) / wall:.2f}"
+    if stats.ok:
+        per = ", ".join(f"{k} {used[k] / stats.ok * 1e6:.0f}"
+                        for k in order if used.get(k, 0.0) / wall > 0.005)
+        line += f"\n             CPU µs per event: {per}"
+    top = [f"{comm} {sec / wall:.2f}" for comm, sec in stats.cpu_other.most_common(3)
+           if sec / wall >= 0.02]
+    if top:
+        line += f"\n             other, by command (cores): {', '.join(top)}"
+    return line
+
+
+def _cost_per_event(stats: Stats) -> float:
+    """CPU µs per answered event spent by the server, load generator, PostgreSQL and Redis."""
+    if not stats.ok:
+        return 0.0
+    used = stats.cpu_seconds
+    seconds = sum(used.get(k, 0.0) for k in ("service", "bare", "loadgen", "postgres", "redis"))
+    return seconds / stats.ok * 1e6
+
+
+def run(args: argparse.Namespace) -> int:
+    import redis
+
+    if args.quick:
+        warmup, peak_s, open_s, rounds = 1.0, 4.0, 4.0, 2
+    else:
+        warmup, peak_s, open_s, rounds = 2.0, args.duration, args.open_duration, args.rounds
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-intake-"))
+    try:
+        print(f"database {args.database_url}; redis {args.redis_url} (flushed)")
+        sa_url = prepare_database(args.database_url, tmp)
+        r = redis.Redis.from_url(args.redis_url)
+        r.flushdb()
+        r.close()
+
+        env = dict(os.environ)
+        for var in ("RQ_QUEUE", "PROMETHEUS_MULTIPROC_DIR", "FLASK_ENV", "MISMATCH_ENV"):
+            env.pop(var, None)
+        env.update(
+            DATABASE_URL=args.database_url, REDIS_URL=args.redis_url,
+            STRIPE_WEBHOOK_SECRETS=PLATFORM_SECRET, STRIPE_CONNECT_WEBHOOK_SECRETS=CONNECT_SECRET,
+            INSTANCE_PATH=str(tmp / "instance"), SECRET_KEY="bench-secret-key",
+            PYTHONUNBUFFERED="1",
+        )
+        service = start_server("service", "listener.wsgi:app", args, env, tmp)
+        bare = start_server("bare", "benchmarks.bare_app:app", args, env, tmp)
+        wait_ready(service)
+        wait_ready(bare)
+        meter = CpuMeter({service.proc.pid: "service", bare.proc.pid: "bare"})
+
+        run_id = secrets.token_hex(4)
+        service_events = EventFactory(run_id, CONNECT_SECRET)
+        bare_events = EventFactory(run_id + "b", CONNECT_SECRET)
+        threads = f", threads {args.threads}" if args.worker_class == "gthread" else ""
+        settings = (f"gunicorn {_gunicorn_version()}, worker class {args.worker_class}, "
+                    f"workers {args.workers}{threads}, keep-alive {args.keep_alive}s, "
+                    f"bind 127.0.0.1")
+        print(f"server: {settings} (service :{service.port}, bare :{bare.port}); "
+              f"{os.cpu_count()} CPUs")
+        print(f"events: customer.subscription.created from a connected account, "
+              f"{service_events.body_size} bytes, unique ids, signed for the Connect endpoint")
+        print(f"load: asyncio in this process. Peak: closed loop, {args.connections} keep-alive "
+              f"connections, {peak_s:g}s per endpoint. Latency: open loop, {open_s:g}s per "
+              f"series, ≤{args.max_connections} in flight. Endpoints alternate in {rounds} "
+              f"rounds so a noisy neighbour hits both alike.\n")
+
+        def go(label: str, coro, stats: Stats) -> None:
+            before = (stats.ok, stats.elapsed)
+            meter.start()
+            asyncio.run(coro)
+            meter.stop(stats)
+            n, dt = stats.ok - before[0], stats.elapsed - before[1]
+            print(f" {label} {n / dt if dt else 0:.0f}/s", end="", flush=True)
+
+        # Warm-up: every worker connects to PostgreSQL and Redis and imports lazily.
+        warm_service = Stats("service")
+        print("  warm-up:", end="")
+        warm_bare = Stats("bare")
+        go("bare", closed_loop(bare.port, bare_events, args.connections, warmup, warm_bare),
+           warm_bare)
+        go("service", closed_loop(service.port, service_events, args.connections, warmup,
+                                  warm_service), warm_service)
+        print()
+
+        bare_peak, service_peak = Stats("bare"), Stats("service")
+        for i in range(rounds):
+            print(f"  peak round {i + 1}/{rounds}:", end="")
+            pair = [(bare, bare_events, bare_peak), (service, service_events, service_peak)]
+            for server, events, stats in pair[:: 1 if i % 2 == 0 else -1]:
+                go(server.name, closed_loop(server.port, events, args.connections,
+                                            peak_s / rounds, stats), stats)
+            print()
+
+        half_bare = bare_peak.rate / 2
+        half_own = service_peak.rate / 2
+        bare_half, service_half, service_own = Stats("bare"), Stats("service"), Stats("service")
+        series = [(bare, bare_events, half_bare, bare_half),
+                  (service, service_events, half_bare, service_half),
+                  (service, service_events, half_own, service_own)]
+        for i in range(rounds):
+            print(f"  open-loop round {i + 1}/{rounds}:", end="")
+            for server, events, rate, stats in series[:: 1 if i % 2 == 0 else -1]:
+                go(f"{server.name}@{rate:.0f}", open_loop(server.port, events, rate,
+                                                          open_s / rounds, args.max_connections,
+                                                          stats), stats)
+            print()
+
+        ok, verification = verify_intake(
+            sa_url, args.redis_url, service_events.prefix,
+            [warm_service, service_peak, service_half, service_own])
+        log_lines = service.log.read_text(errors="replace").splitlines()
+        problems = [line for line in log_lines
+                    if " ERROR " in line or " WARNING " in line or "[ERROR]" in line]
+
+        ratio = service_peak.rate / bare_peak.rate if bare_peak.rate else 0.0
+        results: list[bool] = []
+
+        def target(name: str, value: str, met: bool) -> None:
+            results.append(met)
+            print(f"  {name:<48} {value:>10}   {'PASS' if met else 'MISS'}")
+
+        def open_ok(s: Stats) -> bool:
+            return s.pct(99) < P99_TARGET_MS and not s.errors and not s.unsent
+
+        print("\n" + "=" * 80)
+        print(f"server: {settings}; {os.cpu_count()} CPUs shared with the load generator")
+        print(f"\n{'':40}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+        rows = [
+            ("peak (closed loop), bare", bare_peak),
+            ("peak (closed loop), service", service_peak),
+            (f"open loop @ {half_bare:.0f}/s (½ bare peak), bare", bare_half),
+            (f"open loop @ {half_bare:.0f}/s (½ bare peak), service", service_half),
+            (f"open loop @ {half_own:.0f}/s (½ own peak), service", service_own),
+        ]
+        for label, s in rows:
+            errs = sum(s.errors.values()) + s.unsent
+            print(f"{label:<40}{s.rate:>10.0f}{s.pct(50):>9.1f}{s.pct(99):>9.1f}{errs:>8}")
+        print(f"{'throughput service / bare':<40}{ratio:>10.1%}")
+        print("\ntargets")
+        target("intake throughput ≥ 50% of the bare endpoint", f"{ratio:.1%}",
+               ratio >= RATIO_TARGET)
+        target(f"service p99 < 50 ms at ½ bare peak ({half_bare:.0f}/s)",
+               f"{service_half.pct(99):.1f} ms", open_ok(service_half))
+        target(f"service p99 < 50 ms at ½ own peak ({half_own:.0f}/s)",
+               f"{service_own.pct(99):.1f} ms", open_ok(service_own))
+
+        print(f"\nCPU during the peak phases ({os.cpu_count()} cores in all)")
+        print(f"  bare:    {_fmt_cpu(bare_peak)}")
+        print(f"  service: {_fmt_cpu(service_peak)}")
+        cost_bare, cost_service = _cost_per_event(bare_peak), _cost_per_event(service_peak)
+        if cost_bare and cost_service:
+            print(f"  CPU per event of everything the run needs (server, load generator, "
+                  f"PostgreSQL, Redis): bare {cost_bare:.0f} µs, service {cost_service:.0f} µs"
+                  f"\n    => on an idle machine, CPU-bound, service/bare would be about "
+                  f"{cost_bare / cost_service:.0%} (noise-robust estimate of the ratio above)")
+        noisy = max(s.cpu_seconds.get("other", 0.0) / (s.cpu_wall or 1.0)
+                    for s in (bare_peak, service_peak))
+        if noisy > 0.15:
+            print(f"  WARNING: unrelated processes used up to {noisy:.2f} cores during the "
+                  "peak phases: figures are disturbed; rerun on an idle machine")
+        for s in (bare_half, service_half, service_own):
+            if s.unsent:
+                print(f"  note: open loop {s.name} @ {s.offered_rate:.0f}/s: {s.unsent} "
+                      f"deliveries never sent (all {args.max_connections} connections stayed "
+                      f"busy: the server cannot sustain this rate); counted as errors")
+            elif s.max_lag > 0.01:
+                print(f"  note: open loop {s.name} @ {s.offered_rate:.0f}/s: the load generator "
+                      f"sent up to {s.max_lag * 1000:.0f} ms late (CPU starved); latency "
+                      f"still counts from the scheduled time")
+        print(f"\nverification (service): {verification}")
+        if problems:
+            print(f"  service log: {len(problems)} warning/error lines, first ones:")
+            print("\n".join(f"    {line[:160]}" for line in problems[:5]))
+        print("=" * 80)
+        if not ok:
+            return 2
+        return 1 if args.strict and not all(results) else 0
+    finally:
+        stop_children()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _gunicorn_version() -> str:
+    import gunicorn
+
+    return gunicorn.__version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Benchmark webhook intake (real service vs bare Flask, same gunicorn).")
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
+                        help=f"PostgreSQL URL (default {DEFAULT_DATABASE_URL}; created if missing)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
+                        help=f"Redis URL, FLUSHED first (default {DEFAULT_REDIS_URL})")
+    parser.add_argument("--worker-class", default="gthread", choices=("sync", "gthread"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="per worker, gthread only")
+    parser.add_argument("--keep-alive", type=int, default=5, help="gunicorn --keep-alive seconds")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="concurrent connections in the peak phase")
+    parser.add_argument("--max-connections", type=int, default=64,
+                        help="most requests in flight in the open-loop phase")
+    parser.add_argument("--duration", type=float, default=10.0, help="peak phase seconds")
+    parser.add_argument("--open-duration", type=float, default=10.0,
+                        help="open-loop phase seconds")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternate the endpoints this many times within each phase")
+    parser.add_argument("--quick", action="store_true",
+                        help="short phases, 2 rounds (about 40 s in all)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+
+    received: list[int] = []
+
+    def _terminate(signum, _frame):  # type: ignore[no-untyped-def]
+        # Turn SIGTERM/SIGHUP into Ctrl-C, which asyncio.run turns into a clean cancellation.
+        received.append(signum)
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        stop_children()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
