@@ -129,6 +129,7 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
     bin_dir = Path(sys.executable).parent
     procs = [subprocess.Popen([
         str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}", "--workers", str(web_workers),
+        "--worker-class", "gthread", "--threads", "2",
         # Path only (%(U)s), never the query string: notice links carry signed tokens.
         "--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
         "--graceful-timeout", "10", "listener.wsgi:app",
