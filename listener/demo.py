@@ -83,6 +83,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class LocalStripe:
+    """localstripe in a subprocess on 127.0.0.1, its state pickled into `state_dir` (not
+    /tmp). The demo's stand-in for Stripe; the tests use it too."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(state_dir / "localstripe.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH_LOCALSTRIPE, str(state_dir / "localstripe.pickle"),
+             "--port", str(self.port), "--from-scratch"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("localstripe did not start") from None
+                time.sleep(0.1)
+
+    def client(self) -> stripe.StripeClient:
+        return stripe.StripeClient("sk_test_localstripe", base_addresses={"api": self.url})
+
+    def send_webhooks_to(self, url: str, secret: str) -> None:
+        """localstripe signs and POSTs every event it makes to `url`."""
+        request = urllib.request.Request(
+            f"{self.url}/_config/webhooks/mismatch", method="POST",
+            data=urllib.parse.urlencode({"url": url, "secret": secret}).encode())
+        urllib.request.urlopen(request, timeout=5).read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
 def _connect_stories(service: Service, secret: str, stamp: str) -> list[str]:
     """Connect flows, as signed payloads (localstripe has no Connect)."""
     customers = {
@@ -114,29 +156,14 @@ def _connect_stories(service: Service, secret: str, stamp: str) -> list[str]:
 def _platform_story(service: Service, platform: str, secret: str, folder: Path) -> str | None:
     """A Dashboard-made subscription on the platform account, through localstripe, which
     really sends signed webhooks to the service."""
-    port = _free_port()
-    log = open(folder / "localstripe.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH_LOCALSTRIPE,
-                             str(folder / "localstripe.pickle"), "--port", str(port),
-                             "--from-scratch"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    click.echo("  (localstripe did not start; skipping the platform story)")
-                    return None
-                time.sleep(0.1)
-        base = f"http://127.0.0.1:{port}"
-        hook = urllib.request.Request(
-            f"{base}/_config/webhooks/demo", method="POST",
-            data=urllib.parse.urlencode({"url": service.url + "/webhooks/stripe",
-                                         "secret": secret}).encode())
-        urllib.request.urlopen(hook, timeout=5).read()
-        client = stripe.StripeClient("sk_test_demo", base_addresses={"api": base})
+        local = LocalStripe(folder)
+    except RuntimeError:
+        click.echo("  (localstripe did not start; skipping the platform story)")
+        return None
+    try:
+        local.send_webhooks_to(service.url + "/webhooks/stripe", secret)
+        client = local.client()
         product = client.v1.products.create(params={"name": "Monthly membership"})
         plan = client.v1.plans.create(params={"amount": 4900, "currency": "usd",
                                               "interval": "month", "product": product.id})
@@ -148,9 +175,7 @@ def _platform_story(service: Service, platform: str, secret: str, folder: Path) 
         time.sleep(2)  # localstripe delivers its webhooks asynchronously
         return sub.id
     finally:
-        proc.terminate()
-        proc.wait(5)
-        log.close()
+        local.stop()
 
 
 @click.command("demo")
