@@ -29,6 +29,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mismatch demo
 
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/all.py $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,17 +129,31 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def insert_ignoring_duplicates(session: Session, model: type[Base], values: dict,
-                               *, returning=None):  # type: ignore[no-untyped-def]
-    """INSERT ... ON CONFLICT DO NOTHING on either database; returns the new row's
-    `returning` column, or None when a unique constraint already held the row."""
-    if session.get_bind().dialect.name == "postgresql":
+@functools.cache
+def _insert_ignoring(dialect: str, model: type[Base], returning: str | None):  # type: ignore[no-untyped-def]
+    """INSERT ... ON CONFLICT DO NOTHING [RETURNING column] for one table, built once."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(model).values(**values).on_conflict_do_nothing()
-    if returning is not None:
-        stmt = stmt.returning(returning)
-        return session.execute(stmt).scalar_one_or_none()
-    session.execute(stmt)
-    return None
+    table = model.__table__
+    stmt = insert(table).on_conflict_do_nothing()
+    return stmt.returning(table.c[returning]) if returning is not None else stmt
+
+
+def insert_ignoring_duplicates(session: Session, model: type[Base], values: dict,
+                               *, returning=None):  # type: ignore[no-untyped-def]
+    """INSERT ... ON CONFLICT DO NOTHING on either database; returns the new row's
+    `returning` column, or None when a unique constraint already held the row.
+
+    A Core statement built once per table, values passed as parameters: through
+    session.execute() an ORM-entity INSERT with `.values(...)` is rebuilt, cache-keyed and run
+    through the ORM's bulk-insert path on every call, which costs more CPU than the insert
+    (benchmarks/matching.py). Pending changes are flushed first, as session.execute()'s
+    autoflush would, so the order of writes is unchanged."""
+    stmt = _insert_ignoring(session.get_bind().dialect.name, model,
+                            returning.key if returning is not None else None)
+    if session.autoflush:
+        session.flush()
+    result = session.connection().execute(stmt, values)
+    return result.scalar_one_or_none() if returning is not None else None

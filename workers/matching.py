@@ -262,7 +262,10 @@ def observe_subscription(
     sub.last_event_created = max(sub.last_event_created, event_created)
     sub.venue_id = venue.id
 
-    result = evaluate(ctx, venue, customer_id, livemode, checkout_email=checkout_email)
+    # The lookups below never read the subscription row: keep its changes pending so they
+    # reach the database in one UPDATE with the verdict, not one UPDATE each.
+    with ctx.session.no_autoflush:
+        result = evaluate(ctx, venue, customer_id, livemode, checkout_email=checkout_email)
     return apply_result(ctx, venue, sub, result)
 
 
