@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 # Longer than one SMTP conversation can take (15 s per command), so the lock outlives a
 # slow send; short enough that a crashed worker's row is retried within minutes.
-LOCK_SECONDS = 300
+SMTP_TIMEOUT = 10  # per SMTP command; a plain send is about six commands
+# Outlives one SMTP conversation; a send whose worker was killed is retried after it.
+LOCK_SECONDS = 120
 
 
 class SendFailed(Exception):
@@ -106,10 +108,10 @@ def _smtp_send(config: Config, msg: EmailMessage) -> None:
     assert smtp is not None
     try:
         if smtp.ssl:
-            client: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=15,
+            client: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=SMTP_TIMEOUT,
                                                     context=ssl.create_default_context())
         else:
-            client = smtplib.SMTP(smtp.host, smtp.port, timeout=15)
+            client = smtplib.SMTP(smtp.host, smtp.port, timeout=SMTP_TIMEOUT)
         with client:
             if smtp.starttls:
                 client.starttls(context=ssl.create_default_context())

@@ -177,6 +177,12 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
         pending = list(session.scalars(
             select(Notification.id).where(Notification.status == "pending",
                                           Notification.created_at <= cutoff)))
+    # Skip what RQ still holds queued or scheduled: behind a backlog older than the cutoff,
+    # re-queueing it on every sweep piled up duplicates faster than workers could drop them.
+    queued = queue.waiting(config, "event", stale)
+    stale = [event_id for event_id in stale if event_id not in queued]
+    queued = queue.waiting(config, "notice", pending)
+    pending = [notification_id for notification_id in pending if notification_id not in queued]
     for event_id in stale:
         enqueue(event_id)
     counts["events"] = len(stale)

@@ -6,12 +6,14 @@ import functools
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import redis
 from rq import Queue, Retry
 from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
 from config import Config
 
@@ -45,8 +47,6 @@ def _retry(config: Config) -> Retry:
 
 
 _JOB_ID_SAFE = re.compile(r"[A-Za-z0-9_-]{1,200}")
-# A job in one of these states will still run: queueing it again only adds a duplicate.
-_WAITING = {b"queued", b"scheduled", b"deferred"}
 
 
 def job_id(kind: str, key: object) -> str:
@@ -59,19 +59,28 @@ def job_id(kind: str, key: object) -> str:
 
 
 def waiting(config: Config, kind: str, keys: Iterable[object]) -> set[Any]:
-    """The keys whose job RQ still holds queued or scheduled (a retry with back-off).
+    """The keys whose job is still waiting in RQ: in the queue, or scheduled for a retry
+    that is not overdue by more than SWEEP_AFTER_SECONDS.
 
-    Not a running job: after a SIGKILL it stays `started` until RQ notices, so it is queued
-    again (and the row's status makes the second run a no-op). Nothing after a Redis restart:
-    every job is gone."""
+    Everything else is queued again (the row's status makes a second run a no-op): a job
+    lost with a Redis restart; a job a SIGKILLed worker had taken off the queue (`queued`
+    or `started` in its hash, in no list); a retry overdue because no scheduler runs (RQ's
+    scheduler died with Redis or with its worker, and its lock outlives it by a minute)."""
     keys = list(keys)
     if not keys:
         return set()
-    with get_redis(config).pipeline(transaction=False) as pipe:
+    queue = get_queue(config)
+    scheduled = ScheduledJobRegistry(queue=queue).key
+    in_queue = set(queue.connection.lrange(queue.key, 0, -1))
+    with queue.connection.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hget(Job.key_for(job_id(kind, key)), "status")
-        statuses = pipe.execute()
-    return {key for key, status in zip(keys, statuses, strict=True) if status in _WAITING}
+            pipe.zscore(scheduled, job_id(kind, key))
+        replies = pipe.execute()
+    overdue = time.time() - config.sweep_after_seconds
+    return {key for key, status, due in zip(keys, replies[::2], replies[1::2], strict=True)
+            if (status == b"queued" and job_id(kind, key).encode() in in_queue)
+            or (status == b"scheduled" and due is not None and due > overdue)}
 
 
 def _enqueue(config: Config, func: str, **options: Any) -> None:
