@@ -32,8 +32,6 @@ from notifications.render import render_notice
 
 log = logging.getLogger(__name__)
 
-# Longer than one SMTP conversation can take (15 s per command), so the lock outlives a
-# slow send; short enough that a crashed worker's row is retried within minutes.
 SMTP_TIMEOUT = 10  # per SMTP command; a plain send is about six commands
 # Outlives one SMTP conversation; a send whose worker was killed is retried after it.
 LOCK_SECONDS = 120
