@@ -23,6 +23,7 @@ from flask import (
     Response,
     abort,
     flash,
+    make_response,
     redirect,
     render_template,
     request,
@@ -435,9 +436,15 @@ def _denied(text: str = "This page opens from the link in a notice email, or aft
 
 
 def _load_for(s: Session, mismatch_id: int, *, lock: bool = False
-              ) -> tuple[Mismatch | None, Viewer | None]:
+              ) -> tuple[Mismatch, Viewer]:
+    """The mismatch and who may see it; a refusal (or 404) ends the request here."""
     m = s.get(Mismatch, mismatch_id, with_for_update=lock)
-    return m, viewer_for(current_config(), m)
+    viewer = viewer_for(current_config(), m)
+    if viewer is None:
+        abort(make_response(*_denied()))
+    if m is None:
+        abort(404)
+    return m, viewer
 
 
 def _open_link(mismatch_id: int, token: str):  # type: ignore[no-untyped-def]
@@ -475,10 +482,6 @@ def mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
         return _open_link(mismatch_id, token)
     with current_db().session() as s:
         m, viewer = _load_for(s, mismatch_id)
-        if viewer is None:
-            return _denied()
-        if m is None:
-            abort(404)
         venue = s.get(Venue, m.venue_id) if m.venue_id else None
         facts = _facts(s, m, venue)
         events = _timeline(s, m)
@@ -493,10 +496,6 @@ def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
     note = " ".join(request.form.get("note", "").split())
     with current_db().session() as s:
         m, viewer = _load_for(s, mismatch_id, lock=True)
-        if viewer is None:
-            return _denied()
-        if m is None:
-            abort(404)
         if not note:
             flash("Add a note saying what you did (for example: canceled and refunded, invite "
                   "sent), then mark it resolved.", "warn")
@@ -517,10 +516,6 @@ def recheck(mismatch_id: int):  # type: ignore[no-untyped-def]
 
     with current_db().session() as s:
         m, viewer = _load_for(s, mismatch_id)
-        if viewer is None:
-            return _denied()
-        if m is None:
-            abort(404)
         is_open = m.status == "open"
     if not is_open:
         flash("This mismatch is resolved; there is nothing to re-check.", "warn")
