@@ -68,6 +68,7 @@ DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 10_000, 50_000)
 PLATFORM_ACCOUNT = "acct_1BenchPlatform0000"
 TARGET_EVENTS_PER_S = 300.0
+EVENTS_PER_BATCH = 100  # workers.service.EVENTS_PER_BATCH (not imported: no app code at load)
 TARGET_MAX_SLOWDOWN = 0.20
 KINDS = ("linked", "case_1", "case_2", "case_3")
 TS = "2024-01-01 00:00:00+00"
@@ -577,32 +578,33 @@ def uses_indexes(access: dict[str, set[str]]) -> bool:
 
 
 def drain_child() -> None:
-    """Run in the child: one warm rq.SimpleWorker drains the queue in burst mode and prints
-    the wall and CPU time from the start of its first job to the end of its last."""
-    from rq import SimpleWorker
-
+    """Run in the child: one warm worker of the class `mismatch worker` runs
+    (workers.service.MismatchWorker: rq.SimpleWorker taking event jobs in batches) drains the
+    queue in burst mode and prints the wall and CPU time from the start of its first job to
+    the end of its last. --batch 1 makes it a plain SimpleWorker (one job at a time)."""
     import workers.jobs  # noqa: F401 - imported up front, as in a worker that has run a job
     from workers.queue import get_queue, get_redis
     from workers.runtime import runtime
+    from workers.service import MismatchWorker
     from workers.stripe_api import StripeApi
 
-    timing: dict[str, Any] = {"jobs": 0}
+    timing: dict[str, Any] = {}
 
-    class TimedWorker(SimpleWorker):
+    class TimedWorker(MismatchWorker):
         def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
-            if not timing["jobs"]:
+            if not timing:
                 timing["start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
             super().execute_job(job, queue)
-            timing["jobs"] += 1
             timing["end"], timing["cpu_end"] = time.perf_counter(), time.process_time()
 
+    TimedWorker.batch_size = int(os.environ.get("BENCH_BATCH", MismatchWorker.batch_size))
     config, database = runtime()
     database.ping()  # a running worker already holds its connection
     worker = TimedWorker([get_queue(config)], connection=get_redis(config))
     worker.work(burst=True, with_scheduler=False, logging_level="INFO")
-    if not timing["jobs"]:
+    if not worker.jobs_done:
         raise SystemExit("the worker found no jobs")
-    print(json.dumps({"jobs": timing["jobs"], "seconds": timing["end"] - timing["start"],
+    print(json.dumps({"jobs": worker.jobs_done, "seconds": timing["end"] - timing["start"],
                       "cpu": timing["cpu_end"] - timing["cpu_start"],
                       "api_calls": StripeApi.calls}), flush=True)
 
@@ -1147,6 +1149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "round, from the first to the last event processed)")
     parser.add_argument("--service-events", type=int, default=500,
                         help="events per size for --service-worker (default 500)")
+    parser.add_argument("--batch", type=int, default=EVENTS_PER_BATCH,
+                        help="event jobs the worker takes at once (default "
+                             f"{EVENTS_PER_BATCH}, as `mismatch worker`; 1: one at a time)")
     parser.add_argument("--noop-jobs", type=int, default=1000,
                         help="no-op jobs timed to show RQ's own cost (0: skip; default 1000)")
     parser.add_argument("--no-stripe", action="store_true",
@@ -1201,6 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
             "JOB_RETRY_INTERVALS": "0",
             "STRIPE_PLATFORM_ACCOUNT": PLATFORM_ACCOUNT,
             "PUBLIC_BASE_URL": "http://localhost:5000",
+            "BENCH_BATCH": str(args.batch),
         })
         if stripe is not None:
             # Every run can reach (fake) Stripe, so a mirrored event that still called the

@@ -141,10 +141,11 @@ def _insert_ignoring(dialect: str, model: type[Base], returning: str | None):  #
     return stmt.returning(table.c[returning]) if returning is not None else stmt
 
 
-def insert_ignoring_duplicates(session: Session, model: type[Base], values: dict,
+def insert_ignoring_duplicates(session: Session, model: type[Base], values: dict | list[dict],
                                *, returning=None):  # type: ignore[no-untyped-def]
     """INSERT ... ON CONFLICT DO NOTHING on either database; returns the new row's
-    `returning` column, or None when a unique constraint already held the row.
+    `returning` column, or None when a unique constraint already held the row. A list of
+    rows goes out as one executemany (no `returning`).
 
     A Core statement built once per table, values passed as parameters: through
     session.execute() an ORM-entity INSERT with `.values(...)` is rebuilt, cache-keyed and run
@@ -156,4 +157,6 @@ def insert_ignoring_duplicates(session: Session, model: type[Base], values: dict
     if session.autoflush:
         session.flush()
     result = session.connection().execute(stmt, values)
-    return result.scalar_one_or_none() if returning is not None else None
+    if returning is None or not isinstance(values, dict):
+        return None
+    return result.scalar_one_or_none()

@@ -53,11 +53,14 @@ def admin_recipients(venue: Venue) -> list[str]:
 def queue_mismatch_notices(session: Session, mismatch: Mismatch, venue: Venue) -> list[int]:
     """One notice per venue admin for the mismatch's current case (a new case is a new
     notice; the same case never twice). Returns the ids to send after commit."""
-    session.flush()
+    recipients = admin_recipients(venue)
+    if not recipients:
+        return []
+    session.flush()  # the mismatch's id, for the notices' keys
     kind = DIGEST_ITEM if venue.digest else f"case_{mismatch.case}"
     status = AWAITING_DIGEST if venue.digest else "pending"
     created = []
-    for recipient in admin_recipients(venue):
+    for recipient in recipients:
         new_id = _owe(session, key=f"mismatch:{mismatch.id}:{kind}:{recipient}",
                       mismatch_id=mismatch.id, recipient=recipient, kind=kind,
                       context={"case": mismatch.case}, status=status)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import redis as redis_lib
-from rq import SimpleWorker
 from sqlalchemy import text
 
 from config import Config, load_config
@@ -21,6 +20,7 @@ from db import Base, Database, upgrade
 from tests.support import API_TOKEN, CONNECT_SECRET, PLATFORM_ACCOUNT, PLATFORM_SECRET
 from workers.queue import get_queue, redis_url
 from workers.runtime import reset_runtime
+from workers.service import MismatchWorker
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +156,7 @@ def work(config: Config, redis: redis_lib.Redis):  # type: ignore[no-untyped-def
     def run() -> None:
         reset_runtime()
         queue = get_queue(config)
-        SimpleWorker([queue], connection=queue.connection).work(burst=True,
-                                                                 logging_level="WARNING")
+        MismatchWorker([queue], connection=queue.connection).work(burst=True,
+                                                                   logging_level="WARNING")
 
     return run

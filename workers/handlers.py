@@ -13,6 +13,7 @@ from typing import Any
 from db import StripeEvent
 from workers.matching import (
     MatchContext,
+    Sighting,
     find_mirrored,
     mirror_customer,
     observe_subscription,
@@ -132,6 +133,24 @@ def _observe(ctx: EventContext, subscription_id: str | None, customer_id: str | 
         customer_id=customer_id, status=status, canceled=canceled,
         event_created=ctx.event.created, checkout_email=checkout_email,
     )
+
+
+def sighting(event: StripeEvent, payload: dict[str, Any], account_id: str | None
+             ) -> Sighting | None:
+    """The subscription and customer a subscription or checkout event names, the way its
+    handler reads them: what a batch prefetches rows for (jobs.process_events)."""
+    obj = (payload.get("data") or {}).get("object")
+    if not account_id or not isinstance(obj, dict):
+        return None
+    if event.type.startswith("customer.subscription."):
+        subscription_id, customer_id = _id(obj.get("id")), _id(obj.get("customer"))
+    elif event.type == "checkout.session.completed" and obj.get("mode") == "subscription":
+        subscription_id, customer_id = _id(obj.get("subscription")), _id(obj.get("customer"))
+    else:
+        return None
+    if not subscription_id or not customer_id:
+        return None
+    return Sighting(account_id, event.livemode, subscription_id, customer_id)
 
 
 Handler = Callable[[EventContext], str]
