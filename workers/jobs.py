@@ -77,8 +77,10 @@ def process_events(event_ids: list[str]) -> dict[str, str]:
             select(StripeEvent).where(StripeEvent.event_id.in_(event_ids))
             .order_by(StripeEvent.id).with_for_update()
         ).all()
+        # Locked in inbox order (no deadlock between batches), handled in the order given.
+        position = {event_id: n for n, event_id in enumerate(event_ids)}
         todo = []
-        for event in events:
+        for event in sorted(events, key=lambda e: position[e.event_id]):
             if event.status in DONE:
                 outcomes[event.event_id] = event.outcome or event.status
             else:

@@ -1,0 +1,197 @@
+"""The worker's batches: many events in one transaction (jobs.process_events) must leave
+exactly the state that the same events leave one at a time (jobs.process_event), and a batch
+that fails must fall back to one job per event without losing or doubling any work."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from rq.intermediate_queue import IntermediateQueue
+from rq.registry import StartedJobRegistry
+from sqlalchemy import delete, select, update
+
+from db import Member, Mismatch, Notification, StripeCustomer, StripeEvent, Subscription
+from tests.support import checkout_session, customer, event, post_event, subscription
+from workers.jobs import process_event, process_events
+from workers.queue import get_queue
+
+GYM = "acct_1Gym000000000000"
+CLUB = "acct_1Club00000000000"
+UNKNOWN = "acct_1Nobody000000000"
+
+
+@pytest.fixture
+def venues(api):
+    for account, name in ((GYM, "Harbour Gym"), (CLUB, "City Club")):
+        assert api.put(f"/api/venues/{account}", json={
+            "name": name, "admin_emails": [f"admin@{name.split()[0].lower()}.test"],
+            "livemode": False}).status_code == 201
+    members = [("m1", "ann@example.com", "cus_A", GYM), ("m2", "bob@example.com", "cus_Old", GYM),
+               ("m3", "carol@example.com", None, GYM), ("m4", "erin@example.com", None, GYM),
+               ("m5", "frank@example.com", None, GYM), ("m6", "gus@example.com", None, GYM),
+               ("m7", "GUS@example.com ", None, GYM), ("c1", "zoe@example.com", None, CLUB)]
+    for ref, email, cus, account in members:
+        response = api.put(f"/api/venues/{account}/members/{ref}",
+                           json={"email": email, "name": ref, "stripe_customer_id": cus})
+        assert response.status_code == 201, response.json
+    return api
+
+
+def scenario() -> tuple[list[dict], list[dict]]:
+    """(customer.created events, everything else): every rule, two events for one
+    subscription, a customer whose email changes after its subscription was classified."""
+    t = int(time.time()) - 1000
+    created = [
+        event("customer.created", customer("cus_A", "ann@example.com"), account=GYM, created=t),
+        event("customer.created", customer("cus_B", " Bob@Example.com"), account=GYM, created=t),
+        event("customer.created", customer("cus_C", "carol@example.com"), account=GYM, created=t),
+        event("customer.created", customer("cus_D", "dave@example.com"), account=GYM, created=t),
+        event("customer.created", customer("cus_G", "gus@example.com"), account=GYM, created=t),
+        event("customer.created", customer("cus_N", None), account=GYM, created=t),
+        event("customer.created", customer("cus_Z", "ann@example.com"), account=CLUB, created=t),
+    ]
+    rest = [
+        event("customer.subscription.created", subscription("sub_A", "cus_A"), account=GYM,
+              created=t + 1),  # linked
+        event("customer.subscription.created", subscription("sub_B", "cus_B"), account=GYM,
+              created=t + 1),  # case 1
+        event("customer.subscription.deleted", subscription("sub_B", "cus_B", "canceled"),
+              account=GYM, created=t + 5),  # ... then canceled
+        event("customer.subscription.created", subscription("sub_C", "cus_C"), account=GYM,
+              created=t + 1),  # case 2
+        event("customer.subscription.updated", subscription("sub_C", "cus_C", "past_due"),
+              account=GYM, created=t + 3),
+        event("customer.subscription.created", subscription("sub_D", "cus_D"), account=GYM,
+              created=t + 1),  # case 3, until ...
+        event("customer.updated", customer("cus_D", "erin@example.com"), account=GYM,
+              created=t + 4),  # ... the email becomes a member's: case 2
+        event("customer.subscription.created", subscription("sub_G", "cus_G"), account=GYM,
+              created=t + 1),  # two members share the email: candidates
+        event("customer.subscription.created", subscription("sub_N", "cus_N"), account=GYM,
+              created=t + 1),  # no email: case 3
+        event("customer.subscription.created", subscription("sub_Z", "cus_Z"), account=CLUB,
+              created=t + 1),  # Ann is a GYM member, not a CLUB one: case 3
+        event("checkout.session.completed",
+              checkout_session("cs_F", "cus_F", "sub_F", "frank@example.com"), account=GYM,
+              created=t + 2),  # email only from the checkout: case 2
+        event("customer.subscription.created", subscription("sub_U", "cus_U"), account=UNKNOWN,
+              created=t + 1),  # unrouted
+        event("customer.subscription.created", subscription("sub_L", "cus_A"), account=GYM,
+              livemode=True, created=t + 1),  # the venue is in test mode
+        event("invoice.paid", {"id": "in_1", "object": "invoice"}, account=GYM, created=t + 1),
+    ]
+    return created, rest
+
+
+def reset(db) -> None:  # type: ignore[no-untyped-def]
+    with db.session() as s:
+        for model in (Notification, Mismatch, Subscription, StripeCustomer):
+            s.execute(delete(model))
+        s.execute(update(StripeEvent).values(status="received", outcome=None, attempts=0,
+                                             last_error=None, processed_at=None))
+
+
+def state(db) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Everything matching writes, without ids and clocks."""
+    with db.session() as s:
+        refs = dict(s.execute(select(Member.id, Member.member_ref)).all())
+        subs = {m.id: m.subscription_id for m in s.scalars(select(Mismatch))}
+        return {
+            "events": sorted((e.event_id, e.status, e.outcome, e.attempts, e.last_error)
+                             for e in s.scalars(select(StripeEvent))),
+            "customers": sorted((c.account_id, c.customer_id, c.email, c.deleted,
+                                 c.last_event_created) for c in s.scalars(select(StripeCustomer))),
+            "subscriptions": sorted(
+                (x.account_id, x.subscription_id, x.customer_id, x.status, x.canceled, x.state,
+                 refs.get(x.member_id), x.last_event_created, x.venue_id)
+                for x in s.scalars(select(Subscription))),
+            "mismatches": sorted(
+                (m.account_id, m.subscription_id, m.case, m.customer_email,
+                 m.linked_customer_id, refs.get(m.member_id), str(m.candidates), m.note,
+                 m.status, m.resolution, m.notified_case)
+                for m in s.scalars(select(Mismatch))),
+            "notifications": sorted((subs.get(n.mismatch_id), n.recipient, n.kind)
+                                    for n in s.scalars(select(Notification))),
+        }
+
+
+def test_a_batch_leaves_the_state_one_event_at_a_time_leaves(venues, client, db, redis):
+    created, rest = scenario()
+    for payload in created + rest:
+        assert post_event(client, payload).status_code == 200
+    redis.flushdb()  # the jobs: this test calls the job functions itself
+
+    for seed in range(4):
+        rng = random.Random(seed)
+        order = [e["id"] for e in rng.sample(created, len(created))]
+        order += [e["id"] for e in rng.sample(rest, len(rest))]
+
+        reset(db)
+        for event_id in order:
+            process_event(event_id)
+        one_by_one = state(db)
+
+        reset(db)
+        size = (len(order), 5, 2, 3)[seed]
+        for start in range(0, len(order), size):
+            process_events(order[start:start + size])
+        assert state(db) == one_by_one, f"seed {seed}, batches of {size}"
+
+    mismatches = {m[1]: m for m in one_by_one["mismatches"]}
+    assert set(mismatches) == {"sub_B", "sub_C", "sub_D", "sub_G", "sub_N", "sub_Z", "sub_F"}
+    assert mismatches["sub_B"][2] == 1 and mismatches["sub_B"][8:10] == ("resolved", "canceled")
+    assert mismatches["sub_D"][2:4] == (2, "erin@example.com")
+    assert mismatches["sub_G"][2] == 2 and "m7" in mismatches["sub_G"][6]
+    assert [mismatches[s][2] for s in ("sub_C", "sub_N", "sub_Z", "sub_F")] == [2, 3, 3, 2]
+    outcomes = {e[0]: e[2] for e in one_by_one["events"]}
+    by_sub = {e["data"]["object"].get("id"): outcomes[e["id"]] for e in rest}
+    assert by_sub["sub_A"] == "linked" and by_sub["sub_U"] == "unrouted"
+    assert by_sub["sub_L"] == "livemode_mismatch" and by_sub["in_1"] == "unhandled_type"
+    notices = {(sub, kind) for sub, _recipient, kind in one_by_one["notifications"]}
+    assert notices >= {("sub_C", "case_2"), ("sub_D", "case_2"), ("sub_G", "case_2"),
+                       ("sub_N", "case_3"), ("sub_Z", "case_3"), ("sub_F", "case_2")}
+
+
+def test_the_worker_batches_and_leaves_rq_clean(venues, client, work, config, redis, db):
+    created, rest = scenario()
+    for payload in created + rest:
+        assert post_event(client, payload).status_code == 200
+    queue = get_queue(config)
+    assert queue.count >= len(created) + len(rest)  # and the member changes' re-checks
+    work()
+    with db.session() as s:
+        assert {e.status for e in s.scalars(select(StripeEvent))} <= {"processed", "ignored"}
+        assert s.scalar(select(Mismatch).where(Mismatch.subscription_id == "sub_D")).case == 2
+    assert queue.count == 0
+    assert redis.llen(IntermediateQueue(queue.key, redis).key) == 0
+    assert len(StartedJobRegistry(queue=queue)) == 0
+    assert not redis.keys("rq:job:event-*")  # finished with result_ttl=0: deleted, as RQ does
+
+
+def test_a_failing_event_sends_its_batch_one_by_one(venues, client, work, config, api):
+    """No mirror and no API key: that event cannot be classified yet and fails the batch;
+    every other event still gets processed, and the failing one is retried then failed."""
+    t = int(time.time())
+    good = [event("customer.created", customer("cus_C", "carol@example.com"), account=GYM,
+                  created=t),
+            event("customer.subscription.created", subscription("sub_C", "cus_C"), account=GYM,
+                  created=t + 1)]
+    stuck = event("customer.subscription.created", subscription("sub_X", "cus_X"),
+                  account=GYM, created=t + 1)
+    more = event("customer.subscription.created", subscription("sub_A", "cus_A"),
+                 account=GYM, created=t + 1)
+    for payload in (*good, stuck, more):
+        assert post_event(client, payload).status_code == 200
+    work()
+    statuses = {e["id"]: api.get(f"/api/events/{e['id']}").json for e in (*good, stuck, more)}
+    assert statuses[stuck["id"]]["status"] == "failed"
+    assert "cus_X" in statuses[stuck["id"]]["last_error"]
+    assert statuses[stuck["id"]]["attempts"] == 3  # first run and JOB_RETRY_INTERVALS=0,0
+    assert [statuses[e["id"]]["outcome"] for e in (*good, more)] == [
+        "customer_mirrored", "case_2", "linked"]
+    assert [m["subscription_id"] for m in
+            api.get("/api/mismatches").json["mismatches"]] == ["sub_C"]
+    assert get_queue(config).count == 0
+
