@@ -552,8 +552,11 @@ def explain(engine, statements: list[tuple[str, Any]]  # type: ignore[no-untyped
                     table = node.get("Relation Name")
                     if table in SCALING_TABLES:
                         how = node["Node Type"]
-                        if node.get("Index Name"):
-                            how += f" {node['Index Name']}"
+                        # A bitmap scan names its index on the Bitmap Index Scan nodes below.
+                        indexes = {n["Index Name"] for n in _plan_nodes(node)
+                                   if n.get("Index Name")}
+                        if indexes:
+                            how += f" {'+'.join(sorted(indexes))}"
                         access.setdefault(table, set()).add(how)
             else:
                 cur = raw.driver_connection.cursor()
@@ -714,6 +717,35 @@ def run_in_process(url: str, event_ids: list[str], samples: set[str]) -> dict[st
             "statements": stmts.count, "commits": stmts.commits, "by_verb": stmts.by_verb,
             "checkouts": checkouts["checkout"], "access": access, "pages": pages,
             "cpu": cpu}
+
+
+def run_batched(url: str, event_ids: list[str], batch: int, explain_first: bool
+                ) -> dict[str, Any]:
+    """jobs.process_events (what the worker runs for a queue of event jobs) in this process,
+    `batch` events per call; statements counted, the first batch's EXPLAINed."""
+    from workers.jobs import process_events
+    from workers.runtime import reset_runtime, runtime
+    from workers.stripe_api import StripeApi
+
+    os.environ["DATABASE_URL"] = url
+    reset_runtime()
+    _config, database = runtime()
+    database.ping()
+    stmts = StatementLog(database.engine)
+    captured: list[tuple[str, Any]] = []
+    calls_before = StripeApi.calls
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for start in range(0, len(event_ids), batch):
+        if explain_first and start == 0:
+            stmts.capture = captured
+        process_events(event_ids[start:start + batch])
+        stmts.capture = None
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    stmts.close()
+    access, pages = explain(database.engine, captured) if captured else ({}, [])
+    return {"seconds": seconds, "cpu": cpu, "api_calls": StripeApi.calls - calls_before,
+            "statements": stmts.count, "commits": stmts.commits, "access": access,
+            "pages": pages, "events": min(batch, len(event_ids)) if captured else 0}
 
 
 # --- the local fake Stripe ---------------------------------------------------------------
@@ -895,6 +927,14 @@ class SizeRun:
     access: dict[str, set[str]] = field(default_factory=dict)
     pages: list[int] = field(default_factory=list)
     service_eps: float | None = None
+    batched_events: int = 0  # in-process, jobs.process_events
+    batched_seconds: float = 0.0
+    batched_cpu: float = 0.0
+    batched_calls: int = 0
+    batched_statements: int = 0
+    batched_commits: int = 0
+    batched_access: dict[str, set[str]] = field(default_factory=dict)
+    batched_pages: list[float] = field(default_factory=list)  # per event of the sampled batch
     problems: list[str] = field(default_factory=list)
     summary: str = ""
 
@@ -998,10 +1038,33 @@ def measure_round(args, env: dict[str, str], config, runs: list[SizeRun], rnd: i
             run.by_verb.update(inproc["by_verb"])
             for table, hows in inproc["access"].items():
                 run.access.setdefault(table, set()).update(hows)
+    in_ok = {}
     for run in runs:
-        ok, run.summary = verify(run.bench.url, run.batch.expected)
-        if not ok:
+        in_ok[run.size], run.summary = verify(run.bench.url, run.batch.expected)
+        if not in_ok[run.size]:
             run.problems.append(f"in-process round {rnd + 1} at {run.size:,}: {run.summary}")
+
+    for run in runs:
+        run.bench.reset_results()
+    for start in starts:
+        for run in runs:
+            ids = run.event_ids[start:start + args.chunk]
+            batched = run_batched(run.bench.url, ids, args.batch, explain_first=start == 0)
+            run.batched_events += len(ids)
+            run.batched_seconds += batched["seconds"]
+            run.batched_cpu += batched["cpu"]
+            run.batched_calls += batched["api_calls"]
+            run.batched_statements += batched["statements"]
+            run.batched_commits += batched["commits"]
+            if batched["events"]:
+                run.batched_pages += [p / batched["events"] for p in batched["pages"]]
+            for table, hows in batched["access"].items():
+                run.batched_access.setdefault(table, set()).update(hows)
+    for run in runs:
+        ok, summary = verify(run.bench.url, run.batch.expected)
+        if not ok:
+            run.problems.append(f"batched round {rnd + 1} at {run.size:,}: {summary}")
+        ok = ok and in_ok[run.size]
         rq_events, rq_seconds, in_events, in_seconds = before[run.size]
         fork = f", mismatch worker {run.service_eps:,.0f}" if run.service_eps and rnd == 0 else ""
         print(f"  round {rnd + 1}: {run.size:>10,} members: RQ worker "
@@ -1055,14 +1118,27 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
               f"({first.commits / n:.1f}) and the pool's pre-ping ({first.checkouts / n:.1f}) = "
               f"{(statements + 2 * first.commits + first.checkouts) / n:.1f} round trips to "
               f"PostgreSQL")
+    print(f"\nBatched, in-process: jobs.process_events, {args.batch} events per transaction "
+          f"(what the worker runs when event jobs queue up)")
+    for r in runs:
+        pages = f"{_mean(r.batched_pages):.2f}" if r.batched_pages else "-"
+        print(f"  {r.size:>10,} members: {r.batched_events / r.batched_seconds:,.0f} ev/s, "
+              f"CPU {1000 * r.batched_cpu / r.batched_events:.2f} ms/ev, "
+              f"{r.batched_statements / r.batched_events:.2f} statements/ev in "
+              f"{r.batched_commits / r.batched_events:.2f} transactions/ev; pages per event "
+              f"for each batched lookup {pages}")
+    print("\nRQ worker: one worker process (RQ's in-process worker, batches of up to "
+          f"{args.batch} event jobs: workers.service.MismatchWorker); in-process: "
+          "jobs.process_event, one event per transaction, in a loop")
     print("CPU ms/ev: CPU time of the worker process (RQ) or of this process (in-process) per "
           "event; wall time well above it means waiting for PostgreSQL, Redis or a busy host")
     if any(r.pages for r in runs):
         print("pages/lookup: buffers EXPLAIN ANALYZE reads for one member or mirror lookup "
               "(index depth + heap): how the lookups scale, independent of the host's load")
     if noop_rate:
-        print(f"RQ alone: the same SimpleWorker drains no-op jobs at {noop_rate:,.0f} jobs/s "
-              f"({1000 / noop_rate:.1f} ms per job before any matching)")
+        print(f"RQ alone: the same worker drains no-op jobs at {noop_rate:,.0f} jobs/s "
+              f"({1000 / noop_rate:.1f} ms per job before any matching; what one job per "
+              f"event would cost without batches)")
     if args.service_worker:
         print(f"mismatch worker: the service's `mismatch worker --burst` on "
               f"{args.service_events} events per size (first to last processed_at), first round")
@@ -1097,10 +1173,15 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
                    all(uses_indexes(r.access) for r in runs),
                    "; ".join(f"{t}: {', '.join(sorted(last.access.get(t, ())))}"
                              for t in SCALING_TABLES)))
-    mirrored_calls = sum(r.inproc_calls + r.rq_calls for r in runs)
+    checks.append(("batched lookups use indexes (EXPLAIN of one batch, every size)",
+                   all(uses_indexes(r.batched_access) for r in runs),
+                   "; ".join(f"{t}: {', '.join(sorted(last.batched_access.get(t, ())))}"
+                             for t in SCALING_TABLES)))
+    mirrored_calls = sum(r.inproc_calls + r.rq_calls + r.batched_calls for r in runs)
     checks.append(("0 Stripe API calls per event with the customer mirrored",
                    mirrored_calls == 0 and unmirrored is not None,
-                   f"{mirrored_calls} calls in {sum(2 * r.events_run for r in runs):,} events"
+                   f"{mirrored_calls} calls in "
+                   f"{sum(r.rq_events + r.events_run + r.batched_events for r in runs):,} events"
                    if unmirrored is not None else "not measured (--no-stripe: no API to call)"))
     if unmirrored:
         worst_calls = max(unmirrored["first"] + unmirrored["repeat"])
