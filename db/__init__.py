@@ -6,10 +6,13 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 from db.models import (
     Base,
@@ -84,6 +87,32 @@ class Database:
             event.listen(self.engine, "begin", _sqlite_begin_immediate)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
+    @functools.cached_property
+    def _single_statements(self) -> Engine:
+        # Its own small pool: autocommit, and no pre-ping (the pool-wide pre-ping stays on for
+        # everything else). Only the web process ever opens it.
+        return create_engine(self.url, isolation_level="AUTOCOMMIT", pool_size=5,
+                             max_overflow=10)
+
+    def execute_single(self, statement: Executable, params: dict[str, Any]) -> Any:
+        """Run one statement as its own transaction and return its first column (or None).
+
+        On PostgreSQL that is ONE round trip (autocommit: no BEGIN, COMMIT or pre-ping, which
+        made three of the webhook's four round trips, benchmarks/intake.py); a connection the
+        server dropped (a restart) is retried once on a fresh one. SQLite takes its write lock
+        up front (BEGIN IMMEDIATE), as everywhere."""
+        if self.is_sqlite:
+            with self.engine.begin() as conn:
+                return conn.execute(statement, params).scalar_one_or_none()
+        for attempt in (1, 2):
+            try:
+                with self._single_statements.connect() as conn:
+                    return conn.execute(statement, params).scalar_one_or_none()
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
@@ -107,6 +136,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if "_single_statements" in self.__dict__:
+            self._single_statements.dispose()
 
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]

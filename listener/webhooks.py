@@ -206,23 +206,22 @@ def receive(endpoint: str) -> tuple[Response, int]:
 
     event_id = event["id"]
     try:
-        engine = current_db().engine
-        with engine.begin() as conn:  # commits before we enqueue or answer
-            row_id = conn.execute(
-                _insert_event(engine.dialect.name),
-                dict(
-                    event_id=event_id,
-                    endpoint=endpoint,
-                    account_id=event.get("account") or None,
-                    livemode=bool(event.get("livemode")),
-                    type=event["type"],
-                    created=event["created"],
-                    payload=body.decode("utf-8"),
-                    status="received",
-                    attempts=0,
-                    received_at=utcnow(),
-                ),
-            ).scalar_one_or_none()
+        db = current_db()
+        row_id = db.execute_single(  # committed before we enqueue or answer
+            _insert_event(db.engine.dialect.name),
+            dict(
+                event_id=event_id,
+                endpoint=endpoint,
+                account_id=event.get("account") or None,
+                livemode=bool(event.get("livemode")),
+                type=event["type"],
+                created=event["created"],
+                payload=body.decode("utf-8"),
+                status="received",
+                attempts=0,
+                received_at=utcnow(),
+            ),
+        )
     except SQLAlchemyError as exc:
         DELIVERIES.labels(endpoint, "store_failed").inc()
         log.error("could not store event %s: %s", event_id, type(exc).__name__)

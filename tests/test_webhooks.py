@@ -664,6 +664,30 @@ def test_database_down_answers_503_and_queues_nothing(make_client, db, config,
     assert metric(client, DELIVERIES, endpoint="connect", outcome="store_failed") == before + 1
 
 
+def test_a_postgresql_restart_loses_no_delivery(client, db, config):
+    """The inbox insert runs without a pre-ping: a connection the server dropped is retried
+    once on a fresh one, so the first delivery after a restart is stored, not a 503."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL only: SQLite has no server connections to drop")
+    first, second = connect_event(), connect_event()
+    assert post_event(client, first).status_code == 200
+    from sqlalchemy import create_engine, text
+
+    killer = create_engine(db.url)
+    with killer.connect() as conn:  # what a restart does to every pooled connection
+        killed = conn.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+    killer.dispose()
+    assert killed >= 1
+
+    response = post_event(client, second)
+
+    assert response.status_code == 200, response.json
+    assert [e.event_id for e in stored_events(db)] == [first["id"], second["id"]]
+    assert [args for _name, args in queued(config)] == [(first["id"],), (second["id"],)]
+
+
 def test_database_down_still_rejects_bad_signatures_with_400(make_client, db,
                                                              dead_database_url):
     # Recording the rejection fails too; the answer must still be the 400, not a 500.
