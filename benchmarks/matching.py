@@ -15,15 +15,18 @@ every customer mirrored; emails differing in case and spaces; case-3 emails that
 member of another venue, or to nobody).
 
 Then, in chunks of --chunk events that alternate between the sizes (so a change in the host's
-load hits every size alike), the events are enqueued with workers.queue.enqueue_event and ONE RQ
-worker process (a warm rq.SimpleWorker: no fork per job) drains them. Worker events/s is K over
-the wall time from the start of the first job to the end of the last (RQ's burst start-up and
-teardown, a second joining its pub/sub thread, are left out). Every event's outcome,
-subscription and mismatch is then checked against what the generated data implies, the events
-are put back to `received`, and workers.jobs.process_event is called in a loop in this process
-(no RQ) for a second figure, counting SQL statements and EXPLAINing the statements of one event
-of each kind to show whether the member and mirror lookups use their indexes. No-op jobs drained
-by the same worker show RQ's own cost per job; --service-worker also times the service's own
+load hits every size alike), the events are enqueued with workers.queue.enqueue_event and ONE
+worker process of the class `mismatch worker` runs (workers.service.MismatchWorker: a warm
+rq.SimpleWorker that takes up to --batch queued event jobs at once) drains them. Worker events/s
+is K over the wall time from the start of the first job to the end of the last (RQ's burst
+start-up and teardown, a second joining its pub/sub thread, are left out). Every event's
+outcome, subscription and mismatch is then checked against what the generated data implies,
+the events are put back to `received`, and workers.jobs.process_event is called in a loop in
+this process (no RQ, one event per transaction) for a second figure, counting SQL statements
+and EXPLAINing the statements of one event of each kind to show whether the member and mirror
+lookups use their indexes; then the same for workers.jobs.process_events (--batch events per
+transaction, what the worker runs), EXPLAINing one batch. No-op jobs drained by the same worker
+show RQ's own cost per job; --service-worker also times the service's own
 `mismatch worker --burst`.
 
 Venues have no admin emails, so the figures measure matching, not mail (no notices are owed).
@@ -646,7 +649,7 @@ def enqueue_all(config, event_ids: list[str]) -> float:  # type: ignore[no-untyp
 
 
 def rq_noop_rate(env: dict[str, str], config, jobs: int, log_path: Path) -> float:  # type: ignore[no-untyped-def]
-    """Jobs/s of the same SimpleWorker on jobs that do nothing: RQ's own per-job cost."""
+    """Jobs/s of the same worker on jobs that do nothing: RQ's own per-job cost."""
     from rq import Retry
 
     from workers.queue import get_queue
