@@ -10,7 +10,9 @@ What it does:
    (FLUSHES the given Redis database), then starts the real service
    (`gunicorn listener.wsgi:app`) and a bare Flask app (`benchmarks/bare_app.py`, one POST
    route answering 200 JSON) under gunicorn with the same settings, each on its own loopback
-   port.
+   port; and, unless --no-ceiling, the service with its insert and enqueue switched off
+   (`benchmarks/intake_unstored.py`), whose peak shows the most any store and queue could
+   leave on this machine (it only takes part in the peak phase).
 2. Drives signed, unique Stripe-shaped events (`customer.subscription.created` from a
    connected account, signed like Stripe signs them) at each from an asyncio load generator
    in this process, on persistent (keep-alive) connections:
@@ -631,7 +633,7 @@ def _fmt_cpu(stats: Stats) -> str:
     """Cores busy per group during the phase, and CPU µs per answered event."""
     wall = stats.cpu_wall or 1.0
     used = stats.cpu_seconds
-    order = ["service", "bare", "loadgen", "postgres", "redis", "other"]
+    order = ["service", "bare", "unstored", "loadgen", "postgres", "redis", "other"]
     cores = ", ".join(f"{k} {used.get(k, 0.0) / wall:.2f}" for k in order)
     line = f"cores busy: {cores}; idle {used.get('idle', 0.0) / wall:.2f}"
     if stats.ok:
@@ -650,7 +652,8 @@ def _cost_per_event(stats: Stats) -> float:
     if not stats.ok:
         return 0.0
     used = stats.cpu_seconds
-    seconds = sum(used.get(k, 0.0) for k in ("service", "bare", "loadgen", "postgres", "redis"))
+    seconds = sum(used.get(k, 0.0)
+                  for k in ("service", "bare", "unstored", "loadgen", "postgres", "redis"))
     return seconds / stats.ok * 1e6
 
 
@@ -681,9 +684,15 @@ def run(args: argparse.Namespace) -> int:
         )
         service = start_server("service", "listener.wsgi:app", args, env, tmp)
         bare = start_server("bare", "benchmarks.bare_app:app", args, env, tmp)
+        unstored = (start_server("unstored", "benchmarks.intake_unstored:app", args, env, tmp)
+                    if args.ceiling else None)
         wait_ready(service)
         wait_ready(bare)
-        meter = CpuMeter({service.proc.pid: "service", bare.proc.pid: "bare"})
+        groups = {service.proc.pid: "service", bare.proc.pid: "bare"}
+        if unstored is not None:
+            wait_ready(unstored)
+            groups[unstored.proc.pid] = "unstored"
+        meter = CpuMeter(groups)
 
         run_id = secrets.token_hex(4)
         service_events = EventFactory(run_id, CONNECT_SECRET)
@@ -717,12 +726,20 @@ def run(args: argparse.Namespace) -> int:
            warm_bare)
         go("service", closed_loop(service.port, service_events, args.connections, warmup,
                                   warm_service), warm_service)
+        unstored_events = EventFactory(run_id + "u", CONNECT_SECRET)
+        if unstored is not None:
+            warm_unstored = Stats("unstored")
+            go("unstored", closed_loop(unstored.port, unstored_events, args.connections, warmup,
+                                       warm_unstored), warm_unstored)
         print()
 
         bare_peak, service_peak = Stats("bare"), Stats("service")
+        unstored_peak = Stats("unstored")
         for i in range(rounds):
             print(f"  peak round {i + 1}/{rounds}:", end="")
             pair = [(bare, bare_events, bare_peak), (service, service_events, service_peak)]
+            if unstored is not None:
+                pair.append((unstored, unstored_events, unstored_peak))
             for server, events, stats in pair[:: 1 if i % 2 == 0 else -1]:
                 go(server.name, closed_loop(server.port, events, args.connections,
                                             peak_s / rounds, stats), stats)
@@ -773,6 +790,14 @@ def run(args: argparse.Namespace) -> int:
             errs = sum(s.errors.values()) + s.unsent
             print(f"{label:<40}{s.rate:>10.0f}{s.pct(50):>9.1f}{s.pct(99):>9.1f}{errs:>8}")
         print(f"{'throughput service / bare':<40}{ratio:>10.1%}")
+        ceiling = unstored_peak.rate / bare_peak.rate if unstored and bare_peak.rate else None
+        if ceiling is not None:
+            errs = sum(unstored_peak.errors.values())
+            print(f"{'peak (closed loop), unstored':<40}{unstored_peak.rate:>10.0f}"
+                  f"{unstored_peak.pct(50):>9.1f}{unstored_peak.pct(99):>9.1f}{errs:>8}")
+            print(f"{'throughput unstored / bare':<40}{ceiling:>10.1%}   (the service with its "
+                  f"insert and enqueue switched off:\n{'':40}the most any store and queue "
+                  f"could leave on this machine)")
         print("\ntargets")
         target("intake throughput ≥ 50% of the bare endpoint", f"{ratio:.1%}",
                ratio >= RATIO_TARGET)
@@ -784,6 +809,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nCPU during the peak phases ({os.cpu_count()} cores in all)")
         print(f"  bare:    {_fmt_cpu(bare_peak)}")
         print(f"  service: {_fmt_cpu(service_peak)}")
+        if unstored is not None:
+            print(f"  unstored: {_fmt_cpu(unstored_peak)}")
         cost_bare, cost_service = _cost_per_event(bare_peak), _cost_per_event(service_peak)
         if cost_bare and cost_service:
             print(f"  CPU per event of everything the run needs (server, load generator, "
@@ -834,6 +861,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="per worker, gthread only")
     parser.add_argument("--keep-alive", type=int, default=5, help="gunicorn --keep-alive seconds")
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                        help="skip the third endpoint: the service with its insert and "
+                             "enqueue switched off (benchmarks/intake_unstored.py)")
     parser.add_argument("--connections", type=int, default=16,
                         help="concurrent connections in the peak phase")
     parser.add_argument("--max-connections", type=int, default=64,

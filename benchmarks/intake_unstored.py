@@ -1,0 +1,28 @@
+"""The real service with its inbox insert and its enqueue switched off, for
+benchmarks/intake.py: the throughput the webhook endpoint would reach on this machine if
+storing and queueing cost nothing (signature, checks, metrics and logs still run).
+
+Never a way to run the service: it answers 200 and keeps nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import workers.queue
+from db import Database
+from listener.wsgi import app
+
+__all__ = ["app"]
+
+
+def _not_stored(self: Database, statement: Any, params: dict[str, Any]) -> int:
+    return 1  # "a new row": what the real insert returns for a first delivery
+
+
+def _not_queued(config: Any, event_id: str) -> None:
+    return None
+
+
+Database.execute_single = _not_stored  # type: ignore[method-assign]
+workers.queue.enqueue_event = _not_queued
