@@ -41,37 +41,26 @@ def _queue_after_commit(config: Config, items: list[Any]) -> None:
 
 
 def process_event(event_id: str) -> str:
-    """Run the handler for one inbox event and record the outcome on the row."""
-    config, db = runtime()
+    """Run the handler for one inbox event and record the outcome on the row; a failure is
+    recorded on the row too (retried, or failed on the last attempt)."""
     try:
-        with db.session() as session:
-            event = session.scalar(
-                select(StripeEvent).where(StripeEvent.event_id == event_id).with_for_update()
-            )
-            if event is None:
-                log.warning("event %s not in the inbox", event_id)
-                return "missing"
-            if event.status in DONE:
-                return event.outcome or event.status
-            match = MatchContext(session, config, StripeApi(config))
-            outcome = _handle(match, event, _payload(event))
+        return process_events([event_id], prefetch_rows=False)[event_id]
     except Exception as exc:
-        _record_failure(db, event_id, exc)
+        _record_failure(runtime()[1], event_id, exc)
         raise
-    _queue_after_commit(config, match.after_commit)
-    log.info("event %s -> %s", event_id, outcome)
-    return outcome
 
 
-def process_events(event_ids: list[str]) -> dict[str, str]:
-    """Several inbox events in ONE transaction: the same handlers as process_event, with the
+def process_events(event_ids: list[str], *, prefetch_rows: bool = True) -> dict[str, str]:
+    """Several inbox events in ONE transaction: the handlers run in the order given, with the
     rows they look up loaded beforehand in a few set-based queries (matching.prefetch)
     rather than a dozen statements, a commit and a job per event (benchmarks/matching.py).
+    Events already done keep their outcome; ids not in the inbox answer "missing".
 
     All or nothing: on any error nothing is written and the exception propagates; the worker
     then runs each event's own job, so each gets its own retries and failure record."""
     config, db = runtime()
     outcomes: dict[str, str] = {}
+    handled: list[str] = []
     with db.session() as session:
         events = session.scalars(
             select(StripeEvent).where(StripeEvent.event_id.in_(event_ids))
@@ -85,16 +74,20 @@ def process_events(event_ids: list[str]) -> dict[str, str]:
                 outcomes[event.event_id] = event.outcome or event.status
             else:
                 todo.append((event, _payload(event)))
-        sightings = [s for event, payload in todo
-                     if (s := sighting(event, payload, _account(config, event))) is not None]
-        prefetch(session, sightings)
+        if prefetch_rows:
+            prefetch(session, [s for event, payload in todo
+                               if (s := sighting(event, payload, _account(config, event)))])
         match = MatchContext(session, config, StripeApi(config))
         for event, payload in todo:
             outcomes[event.event_id] = _handle(match, event, payload)
+            handled.append(event.event_id)
     _queue_after_commit(config, match.after_commit)
+    for event_id in handled:
+        log.info("event %s -> %s", event_id, outcomes[event_id])
     for event_id in event_ids:
-        outcome = outcomes.setdefault(event_id, "missing")
-        log.info("event %s -> %s", event_id, outcome)
+        if event_id not in outcomes:
+            log.warning("event %s not in the inbox", event_id)
+            outcomes[event_id] = "missing"
     return outcomes
 
 
