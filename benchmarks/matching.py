@@ -684,11 +684,34 @@ def failed_jobs(config) -> int:  # type: ignore[no-untyped-def]
     return FailedJobRegistry(queue=get_queue(config)).count
 
 
-def run_in_process(url: str, event_ids: list[str], samples: set[str]) -> dict[str, Any]:
-    """process_event in a loop in this process; statements counted, samples captured."""
+@dataclass
+class Tally:
+    """What the job functions added up to when run in this process (no RQ)."""
+
+    events: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    api_calls: int = 0
+    statements: int = 0
+    commits: int = 0
+    checkouts: int = 0
+    by_verb: Counter[str] = field(default_factory=Counter)
+    access: dict[str, set[str]] = field(default_factory=dict)
+    pages: list[float] = field(default_factory=list)  # buffer pages per event, per lookup
+
+    @property
+    def eps(self) -> float:
+        return self.events / self.seconds
+
+
+def run_in_process(url: str, event_ids: list[str], samples: set[str], batch: int,
+                   tally: Tally) -> None:
+    """The job functions in a loop in this process, into `tally`: process_event one event
+    per transaction (batch 1), else process_events `batch` events per transaction, as the
+    worker runs them. Statements counted; the calls holding a sample EXPLAINed."""
     from sqlalchemy import event
 
-    from workers.jobs import process_event
+    from workers.jobs import process_event, process_events
     from workers.runtime import reset_runtime, runtime
     from workers.stripe_api import StripeApi
 
@@ -699,56 +722,33 @@ def run_in_process(url: str, event_ids: list[str], samples: set[str]) -> dict[st
     stmts = StatementLog(database.engine)
     checkouts: Counter[str] = Counter()
     event.listen(database.engine.pool, "checkout", lambda *_: checkouts.update(["checkout"]))
-    captured: dict[str, list[tuple[str, Any]]] = {}
+    calls = [event_ids[i:i + batch] for i in range(0, len(event_ids), batch)]
+    captured: list[tuple[int, list[tuple[str, Any]]]] = []  # (events in the call, statements)
     calls_before = StripeApi.calls
     started, cpu_started = time.perf_counter(), time.process_time()
-    for event_id in event_ids:
-        if event_id in samples:
-            stmts.capture = captured.setdefault(event_id, [])
-        process_event(event_id)
+    for ids in calls:
+        if samples.intersection(ids):
+            stmts.capture = []
+            captured.append((len(ids), stmts.capture))
+        if batch == 1:
+            process_event(ids[0])
+        else:
+            process_events(ids)
         stmts.capture = None
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    tally.seconds += time.perf_counter() - started
+    tally.cpu += time.process_time() - cpu_started
     stmts.close()
-    access: dict[str, set[str]] = {}
-    pages: list[int] = []
-    for statements in captured.values():
+    for events, statements in captured:
         how, read = explain(database.engine, statements)
-        pages += read
+        tally.pages += [pages / events for pages in read]
         for table, hows in how.items():
-            access.setdefault(table, set()).update(hows)
-    return {"seconds": seconds, "api_calls": StripeApi.calls - calls_before,
-            "statements": stmts.count, "commits": stmts.commits, "by_verb": stmts.by_verb,
-            "checkouts": checkouts["checkout"], "access": access, "pages": pages,
-            "cpu": cpu}
-
-
-def run_batched(url: str, event_ids: list[str], batch: int, explain_first: bool
-                ) -> dict[str, Any]:
-    """jobs.process_events (what the worker runs for a queue of event jobs) in this process,
-    `batch` events per call; statements counted, the first batch's EXPLAINed."""
-    from workers.jobs import process_events
-    from workers.runtime import reset_runtime, runtime
-    from workers.stripe_api import StripeApi
-
-    os.environ["DATABASE_URL"] = url
-    reset_runtime()
-    _config, database = runtime()
-    database.ping()
-    stmts = StatementLog(database.engine)
-    captured: list[tuple[str, Any]] = []
-    calls_before = StripeApi.calls
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for start in range(0, len(event_ids), batch):
-        if explain_first and start == 0:
-            stmts.capture = captured
-        process_events(event_ids[start:start + batch])
-        stmts.capture = None
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    stmts.close()
-    access, pages = explain(database.engine, captured) if captured else ({}, [])
-    return {"seconds": seconds, "cpu": cpu, "api_calls": StripeApi.calls - calls_before,
-            "statements": stmts.count, "commits": stmts.commits, "access": access,
-            "pages": pages, "events": min(batch, len(event_ids)) if captured else 0}
+            tally.access.setdefault(table, set()).update(hows)
+    tally.events += len(event_ids)
+    tally.api_calls += StripeApi.calls - calls_before
+    tally.statements += stmts.count
+    tally.commits += stmts.commits
+    tally.checkouts += checkouts["checkout"]
+    tally.by_verb.update(stmts.by_verb)
 
 
 # --- the local fake Stripe ---------------------------------------------------------------
@@ -918,26 +918,10 @@ class SizeRun:
     rq_seconds: float = 0.0
     rq_cpu: float = 0.0
     failed_jobs: int = 0
-    events_run: int = 0  # in-process
-    inproc_seconds: float = 0.0
-    inproc_cpu: float = 0.0
     rq_calls: int = 0
-    inproc_calls: int = 0
-    statements: int = 0
-    commits: int = 0
-    checkouts: int = 0
-    by_verb: Counter[str] = field(default_factory=Counter)
-    access: dict[str, set[str]] = field(default_factory=dict)
-    pages: list[int] = field(default_factory=list)
+    inproc: Tally = field(default_factory=Tally)  # process_event, one event per transaction
+    batched: Tally = field(default_factory=Tally)  # process_events, as the worker runs them
     service_eps: float | None = None
-    batched_events: int = 0  # in-process, jobs.process_events
-    batched_seconds: float = 0.0
-    batched_cpu: float = 0.0
-    batched_calls: int = 0
-    batched_statements: int = 0
-    batched_commits: int = 0
-    batched_access: dict[str, set[str]] = field(default_factory=dict)
-    batched_pages: list[float] = field(default_factory=list)  # per event of the sampled batch
     problems: list[str] = field(default_factory=list)
     summary: str = ""
 
@@ -958,10 +942,6 @@ class SizeRun:
     @property
     def rq_eps(self) -> float:
         return self.rq_events / self.rq_seconds
-
-    @property
-    def inproc_eps(self) -> float:
-        return self.events_run / self.inproc_seconds
 
 
 def load_size(args, env: dict[str, str], size: int,  # type: ignore[no-untyped-def]
@@ -989,7 +969,8 @@ def measure_round(args, env: dict[str, str], config, runs: list[SizeRun], rnd: i
     """
     worker_log = workdir / "worker.log"
     starts = range(0, args.events, args.chunk)
-    before = {r.size: (r.rq_events, r.rq_seconds, r.events_run, r.inproc_seconds) for r in runs}
+    before = {r.size: (r.rq_events, r.rq_seconds, r.inproc.events, r.inproc.seconds)
+              for r in runs}
 
     for run in runs:
         run.bench.reset_results()
@@ -1024,60 +1005,33 @@ def measure_round(args, env: dict[str, str], config, runs: list[SizeRun], rnd: i
             # shut-down are left out.
             run.service_eps = (len(sample) - 1) / run.bench.processing_span(sample)
 
-    for run in runs:
-        run.bench.reset_results()
-    for start in starts:
+    in_ok: dict[int, bool] = {run.size: True for run in runs}
+    for label, batch in (("in-process", 1), ("batched", args.batch)):
         for run in runs:
-            ids = run.event_ids[start:start + args.chunk]
-            inproc = run_in_process(run.bench.url, ids, run.samples & set(ids))
-            run.events_run += len(ids)
-            run.inproc_seconds += inproc["seconds"]
-            run.inproc_cpu += inproc["cpu"]
-            run.pages += inproc["pages"]
-            run.inproc_calls += inproc["api_calls"]
-            run.statements += inproc["statements"]
-            run.commits += inproc["commits"]
-            run.checkouts += inproc["checkouts"]
-            run.by_verb.update(inproc["by_verb"])
-            for table, hows in inproc["access"].items():
-                run.access.setdefault(table, set()).update(hows)
-    in_ok = {}
-    for run in runs:
-        in_ok[run.size], run.summary = verify(run.bench.url, run.batch.expected)
-        if not in_ok[run.size]:
-            run.problems.append(f"in-process round {rnd + 1} at {run.size:,}: {run.summary}")
-
-    for run in runs:
-        run.bench.reset_results()
-    for start in starts:
+            run.bench.reset_results()
+        for start in starts:
+            for run in runs:
+                ids = run.event_ids[start:start + args.chunk]
+                run_in_process(run.bench.url, ids, run.samples & set(ids), batch,
+                               run.inproc if batch == 1 else run.batched)
         for run in runs:
-            ids = run.event_ids[start:start + args.chunk]
-            batched = run_batched(run.bench.url, ids, args.batch, explain_first=start == 0)
-            run.batched_events += len(ids)
-            run.batched_seconds += batched["seconds"]
-            run.batched_cpu += batched["cpu"]
-            run.batched_calls += batched["api_calls"]
-            run.batched_statements += batched["statements"]
-            run.batched_commits += batched["commits"]
-            if batched["events"]:
-                run.batched_pages += [p / batched["events"] for p in batched["pages"]]
-            for table, hows in batched["access"].items():
-                run.batched_access.setdefault(table, set()).update(hows)
+            ok, run.summary = verify(run.bench.url, run.batch.expected)
+            if not ok:
+                in_ok[run.size] = False
+                run.problems.append(f"{label} round {rnd + 1} at {run.size:,}: {run.summary}")
     for run in runs:
-        ok, summary = verify(run.bench.url, run.batch.expected)
-        if not ok:
-            run.problems.append(f"batched round {rnd + 1} at {run.size:,}: {summary}")
-        ok = ok and in_ok[run.size]
+        ok = in_ok[run.size]
         rq_events, rq_seconds, in_events, in_seconds = before[run.size]
         fork = f", mismatch worker {run.service_eps:,.0f}" if run.service_eps and rnd == 0 else ""
+        in_eps = (run.inproc.events - in_events) / (run.inproc.seconds - in_seconds)
         print(f"  round {rnd + 1}: {run.size:>10,} members: RQ worker "
               f"{(run.rq_events - rq_events) / (run.rq_seconds - rq_seconds):,.0f} ev/s, "
-              f"in-process {(run.events_run - in_events) / (run.inproc_seconds - in_seconds):,.0f}"
+              f"in-process {in_eps:,.0f}"
               f" ev/s{fork}; results {'OK' if rq_ok[run.size] and ok else 'WRONG'}", flush=True)
     print(f"  (load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
-def _mean(values: list[int]) -> float:
+def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -1085,7 +1039,7 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
                  backend: str, noop_rate: float | None) -> bool:
     """The table and the targets; returns True when every target is met."""
     rq_eps = {r.size: r.rq_eps for r in runs}
-    in_eps = {r.size: r.inproc_eps for r in runs}
+    in_eps = {r.size: r.inproc.eps for r in runs}
     first, last = runs[0], runs[-1]
     print(f"\nMatching benchmark - {backend}\n{args.events:,} customer.subscription.created "
           f"Connect events per size ({', '.join(KINDS)} in equal parts, every customer "
@@ -1099,9 +1053,9 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
     print(header)
     print("-" * len(header))
     for r in runs:
-        calls = (r.inproc_calls + r.rq_calls) / (r.rq_events + r.events_run)
-        cpu = f"{1000 * r.rq_cpu / r.rq_events:.1f} | {1000 * r.inproc_cpu / r.events_run:.1f}"
-        pages = f"{sum(r.pages) / len(r.pages):.1f}" if r.pages else "-"
+        calls = (r.inproc.api_calls + r.rq_calls) / (r.rq_events + r.inproc.events)
+        cpu = f"{1000 * r.rq_cpu / r.rq_events:.1f} | {1000 * r.inproc.cpu / r.inproc.events:.1f}"
+        pages = f"{_mean(r.inproc.pages):.1f}" if r.inproc.pages else "-"
         line = (f"{r.size:>10,} {r.load_s:>7.1f} {rq_eps[r.size]:>15,.0f} "
                 f"{rq_eps[r.size] / rq_eps[first.size]:>9.2f} {in_eps[r.size]:>16,.0f} "
                 f"{in_eps[r.size] / in_eps[first.size]:>9.2f} {cpu:>21} {pages:>13} "
@@ -1109,33 +1063,36 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
         if args.service_worker:
             line += f" {r.service_eps or 0:>21,.0f}"
         print(line)
-    n = first.events_run
-    verbs = {k: v for k, v in first.by_verb.items() if k != "BEGIN"}  # SQLite's BEGIN IMMEDIATE
+    n = first.inproc.events
+    # (without SQLite's BEGIN IMMEDIATE)
+    verbs = {k: v for k, v in first.inproc.by_verb.items() if k != "BEGIN"}
     statements = sum(verbs.values())
     listed = ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(verbs.items()))
     if first.bench.is_sqlite:
         print(f"\nSQL per event: {statements / n:.1f} statements ({listed}) in "
-              f"{first.commits / n:.1f} transaction(s)")
+              f"{first.inproc.commits / n:.1f} transaction(s)")
     else:
         print(f"\nSQL per event: {statements / n:.1f} statements ({listed}) plus BEGIN, COMMIT "
-              f"({first.commits / n:.1f}) and the pool's pre-ping ({first.checkouts / n:.1f}) = "
-              f"{(statements + 2 * first.commits + first.checkouts) / n:.1f} round trips to "
+              f"({first.inproc.commits / n:.1f}) and the pool's pre-ping "
+              f"({first.inproc.checkouts / n:.1f}) = "
+              f"{(statements + 2 * first.inproc.commits + first.inproc.checkouts) / n:.1f} "
+              f"round trips to "
               f"PostgreSQL")
     print(f"\nBatched, in-process: jobs.process_events, {args.batch} events per transaction "
           f"(what the worker runs when event jobs queue up)")
     for r in runs:
-        pages = f"{_mean(r.batched_pages):.2f}" if r.batched_pages else "-"
-        print(f"  {r.size:>10,} members: {r.batched_events / r.batched_seconds:,.0f} ev/s, "
-              f"CPU {1000 * r.batched_cpu / r.batched_events:.2f} ms/ev, "
-              f"{r.batched_statements / r.batched_events:.2f} statements/ev in "
-              f"{r.batched_commits / r.batched_events:.2f} transactions/ev; pages per event "
-              f"for each batched lookup {pages}")
+        b = r.batched
+        pages = f"{_mean(b.pages):.2f}" if b.pages else "-"
+        print(f"  {r.size:>10,} members: {b.eps:,.0f} ev/s, CPU {1000 * b.cpu / b.events:.2f} "
+              f"ms/ev, {b.statements / b.events:.2f} statements/ev in "
+              f"{b.commits / b.events:.2f} transactions/ev; pages per event for each batched "
+              f"lookup {pages}")
     print("\nRQ worker: one worker process (RQ's in-process worker, batches of up to "
           f"{args.batch} event jobs: workers.service.MismatchWorker); in-process: "
           "jobs.process_event, one event per transaction, in a loop")
     print("CPU ms/ev: CPU time of the worker process (RQ) or of this process (in-process) per "
           "event; wall time well above it means waiting for PostgreSQL, Redis or a busy host")
-    if any(r.pages for r in runs):
+    if any(r.inproc.pages for r in runs):
         print("pages/lookup: buffers EXPLAIN ANALYZE reads for one member or mirror lookup "
               "(index depth + heap): how the lookups scale, independent of the host's load")
     if noop_rate:
@@ -1163,28 +1120,30 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
                    f"lowest {rq_eps[worst.size]:,.0f} at {worst.size:,}"))
     if len(runs) > 1:
         cpu_per_event = {"RQ worker": lambda r: r.rq_cpu / r.rq_events,
-                         "in-process": lambda r: r.inproc_cpu / r.events_run}
+                         "in-process": lambda r: r.inproc.cpu / r.inproc.events}
         for label, best in (("RQ worker", rq_eps), ("in-process", in_eps)):
             slowdown = 1 - best[last.size] / best[first.size]
             cpu = cpu_per_event[label]
             checks.append((f"<= {TARGET_MAX_SLOWDOWN:.0%} slower at {last.size:,} than at "
                            f"{first.size:,} ({label})", slowdown <= TARGET_MAX_SLOWDOWN,
                            f"{slowdown:+.0%} (CPU per event {cpu(last) / cpu(first) - 1:+.0%}"
-                           + (f", pages per lookup {_mean(last.pages):.1f} vs "
-                              f"{_mean(first.pages):.1f})" if first.pages else ")")))
+                           + (f", pages per lookup {_mean(last.inproc.pages):.1f} vs "
+                              f"{_mean(first.inproc.pages):.1f})" if first.inproc.pages
+                              else ")")))
     checks.append(("member and mirror lookups use indexes (EXPLAIN, every size)",
-                   all(uses_indexes(r.access) for r in runs),
-                   "; ".join(f"{t}: {', '.join(sorted(last.access.get(t, ())))}"
+                   all(uses_indexes(r.inproc.access) for r in runs),
+                   "; ".join(f"{t}: {', '.join(sorted(last.inproc.access.get(t, ())))}"
                              for t in SCALING_TABLES)))
     checks.append(("batched lookups use indexes (EXPLAIN of one batch, every size)",
-                   all(uses_indexes(r.batched_access) for r in runs),
-                   "; ".join(f"{t}: {', '.join(sorted(last.batched_access.get(t, ())))}"
+                   all(uses_indexes(r.batched.access) for r in runs),
+                   "; ".join(f"{t}: {', '.join(sorted(last.batched.access.get(t, ())))}"
                              for t in SCALING_TABLES)))
-    mirrored_calls = sum(r.inproc_calls + r.rq_calls + r.batched_calls for r in runs)
+    mirrored_calls = sum(r.inproc.api_calls + r.rq_calls + r.batched.api_calls for r in runs)
     checks.append(("0 Stripe API calls per event with the customer mirrored",
                    mirrored_calls == 0 and unmirrored is not None,
                    f"{mirrored_calls} calls in "
-                   f"{sum(r.rq_events + r.events_run + r.batched_events for r in runs):,} events"
+                   f"{sum(r.rq_events + r.inproc.events + r.batched.events for r in runs):,} "
+                   f"events"
                    if unmirrored is not None else "not measured (--no-stripe: no API to call)"))
     if unmirrored:
         worst_calls = max(unmirrored["first"] + unmirrored["repeat"])
