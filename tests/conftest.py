@@ -17,7 +17,14 @@ from sqlalchemy import text
 
 from config import Config, load_config
 from db import Base, Database, upgrade
-from tests.support import API_TOKEN, CONNECT_SECRET, PLATFORM_ACCOUNT, PLATFORM_SECRET
+from tests.support import (
+    API_TOKEN,
+    CLUB,
+    CONNECT_SECRET,
+    GYM,
+    PLATFORM_ACCOUNT,
+    PLATFORM_SECRET,
+)
 from workers.queue import get_queue, redis_url
 from workers.runtime import reset_runtime
 from workers.service import MismatchWorker
@@ -160,3 +167,13 @@ def work(config: Config, redis: redis_lib.Redis):  # type: ignore[no-untyped-def
                                                                    logging_level="WARNING")
 
     return run
+
+
+@pytest.fixture
+def venues(api):  # type: ignore[no-untyped-def]
+    """Two test-mode venues, GYM and CLUB, each with one admin; returns the API client."""
+    for account, name in ((GYM, "Harbour Gym"), (CLUB, "City Club")):
+        assert api.put(f"/api/venues/{account}", json={
+            "name": name, "admin_emails": [f"admin@{name.split()[0].lower()}.test"],
+            "livemode": False}).status_code == 201
+    return api

@@ -13,6 +13,8 @@ PLATFORM_SECRET = "whsec_platform_test_secret"
 PLATFORM_SECRET_OLD = "whsec_platform_old_secret"
 CONNECT_SECRET = "whsec_connect_test_secret"
 PLATFORM_ACCOUNT = "acct_1Platform0000000"
+GYM = "acct_1Gym000000000000"  # the two venues of the `venues` fixture (conftest.py)
+CLUB = "acct_1Club00000000000"
 API_TOKEN = "test-api-token"
 
 _seq = itertools.count(1)

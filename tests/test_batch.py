@@ -13,30 +13,24 @@ from rq.registry import StartedJobRegistry
 from sqlalchemy import delete, select, update
 
 from db import Member, Mismatch, Notification, StripeCustomer, StripeEvent, Subscription
-from tests.support import checkout_session, customer, event, post_event, subscription
+from tests.support import CLUB, GYM, checkout_session, customer, event, post_event, subscription
 from workers.jobs import process_event, process_events
 from workers.queue import get_queue
 
-GYM = "acct_1Gym000000000000"
-CLUB = "acct_1Club00000000000"
 UNKNOWN = "acct_1Nobody000000000"
 
 
 @pytest.fixture
-def venues(api):
-    for account, name in ((GYM, "Harbour Gym"), (CLUB, "City Club")):
-        assert api.put(f"/api/venues/{account}", json={
-            "name": name, "admin_emails": [f"admin@{name.split()[0].lower()}.test"],
-            "livemode": False}).status_code == 201
+def members(venues):  # type: ignore[no-untyped-def]
     members = [("m1", "ann@example.com", "cus_A", GYM), ("m2", "bob@example.com", "cus_Old", GYM),
                ("m3", "carol@example.com", None, GYM), ("m4", "erin@example.com", None, GYM),
                ("m5", "frank@example.com", None, GYM), ("m6", "gus@example.com", None, GYM),
                ("m7", "GUS@example.com ", None, GYM), ("c1", "zoe@example.com", None, CLUB)]
     for ref, email, cus, account in members:
-        response = api.put(f"/api/venues/{account}/members/{ref}",
-                           json={"email": email, "name": ref, "stripe_customer_id": cus})
+        response = venues.put(f"/api/venues/{account}/members/{ref}",
+                              json={"email": email, "name": ref, "stripe_customer_id": cus})
         assert response.status_code == 201, response.json
-    return api
+    return venues
 
 
 def scenario() -> tuple[list[dict], list[dict]]:
@@ -117,7 +111,7 @@ def state(db) -> dict[str, object]:  # type: ignore[no-untyped-def]
         }
 
 
-def test_a_batch_leaves_the_state_one_event_at_a_time_leaves(venues, client, db, redis):
+def test_a_batch_leaves_the_state_one_event_at_a_time_leaves(members, client, db, redis):
     created, rest = scenario()
     for payload in created + rest:
         assert post_event(client, payload).status_code == 200
@@ -154,7 +148,7 @@ def test_a_batch_leaves_the_state_one_event_at_a_time_leaves(venues, client, db,
                        ("sub_N", "case_3"), ("sub_Z", "case_3"), ("sub_F", "case_2")}
 
 
-def test_the_worker_batches_and_leaves_rq_clean(venues, client, work, config, redis, db):
+def test_the_worker_batches_and_leaves_rq_clean(members, client, work, config, redis, db):
     created, rest = scenario()
     for payload in created + rest:
         assert post_event(client, payload).status_code == 200
@@ -170,7 +164,7 @@ def test_the_worker_batches_and_leaves_rq_clean(venues, client, work, config, re
     assert not redis.keys("rq:job:event-*")  # finished with result_ttl=0: deleted, as RQ does
 
 
-def test_a_failing_event_sends_its_batch_one_by_one(venues, client, work, config, api):
+def test_a_failing_event_sends_its_batch_one_by_one(members, client, work, config, api):
     """No mirror and no API key: that event cannot be classified yet and fails the batch;
     every other event still gets processed, and the failing one is retried then failed."""
     t = int(time.time())

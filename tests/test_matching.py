@@ -9,6 +9,8 @@ from sqlalchemy import select
 
 from db import StripeEvent, Subscription
 from tests.support import (
+    CLUB,
+    GYM,
     PLATFORM_ACCOUNT,
     checkout_session,
     customer,
@@ -16,18 +18,6 @@ from tests.support import (
     post_event,
     subscription,
 )
-
-GYM = "acct_1Gym000000000000"
-CLUB = "acct_1Club00000000000"
-
-
-@pytest.fixture
-def venues(api):
-    for account, name in ((GYM, "Harbour Gym"), (CLUB, "City Club")):
-        assert api.put(f"/api/venues/{account}", json={
-            "name": name, "admin_emails": [f"admin@{name.split()[0].lower()}.test"],
-            "livemode": False}).status_code == 201
-    return api
 
 
 def member(api, ref, email, cus=None, account=GYM):
