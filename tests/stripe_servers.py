@@ -18,6 +18,21 @@ __all__ = ["ConnectStripe", "LocalStripe", "RecordingStripe"]
 Responder = Callable[[str, dict[str, str]], tuple[int, dict[str, Any]]]
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """Answers in JSON, as Stripe's API does; quiet."""
+
+    def answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 class RecordingStripe:
     """A loopback HTTP server answering like Stripe's API from a responder function, and
     recording each request's path and headers."""
@@ -26,20 +41,11 @@ class RecordingStripe:
         self.requests: list[tuple[str, dict[str, str]]] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802
                 headers = {k: v for k, v in self.headers.items()}
                 owner.requests.append((self.path, headers))
-                status, body = responder(self.path, headers)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.answer(*responder(self.path, headers))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -65,14 +71,7 @@ class ConnectStripe:
         self.created = 0
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonHandler):
 
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
@@ -85,12 +84,12 @@ class ConnectStripe:
                         store = owner.customers.get(account, {})
                         page["data"] = [{**s, "customer": store.get(s["customer"], s["customer"])}
                                         for s in page["data"]]
-                    self._answer(200, page)
+                    self.answer(200, page)
                 elif parts.path.startswith("/v1/customers/"):
                     cid = parts.path.rsplit("/", 1)[-1]
                     found = owner.customers.get(account, {}).get(cid)
                     if found:
-                        self._answer(200, found)
+                        self.answer(200, found)
                     else:
                         message = f"No such customer: '{cid}'"
                         if cid in owner.other_mode:
@@ -98,11 +97,11 @@ class ConnectStripe:
                             other = "test" if mode == "live" else "live"
                             message += (f"; a similar object exists in {mode} mode, but a "
                                         f"{other} mode key was used to make this request.")
-                        self._answer(404, {"error": {"type": "invalid_request_error",
+                        self.answer(404, {"error": {"type": "invalid_request_error",
                                                      "code": "resource_missing",
                                                      "message": message, "param": "id"}})
                 else:
-                    self._answer(404, {"error": {"type": "invalid_request_error",
+                    self.answer(404, {"error": {"type": "invalid_request_error",
                                                  "message": "Unrecognized request URL"}})
 
             def do_POST(self) -> None:  # noqa: N802
@@ -114,13 +113,10 @@ class ConnectStripe:
                     owner.created += 1
                     customer = owner.add_customer(account, f"cus_New{owner.created:04d}",
                                                   form.get("email"), name=form.get("name"))
-                    self._answer(200, customer)
+                    self.answer(200, customer)
                 else:
-                    self._answer(404, {"error": {"type": "invalid_request_error",
+                    self.answer(404, {"error": {"type": "invalid_request_error",
                                                  "message": "Unrecognized request URL"}})
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
