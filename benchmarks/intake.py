@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from listener.demo import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -280,6 +282,20 @@ class Stats:
         return data[index] * 1000
 
 
+async def exchange(conn: Conn, data: bytes, since: float, stats: Stats) -> bool:
+    """One request on `conn`, recorded in `stats` with its latency from `since`; a failed
+    one closes the connection (it reopens on the next request). True when answered."""
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            status, body = await conn.request(data)
+    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+        conn.close()
+        stats.failed(exc)
+        return False
+    stats.record(time.perf_counter() - since, status, body)
+    return True
+
+
 async def closed_loop(port: int, factory: EventFactory, connections: int, duration: float,
                       stats: Stats) -> None:
     loop = asyncio.get_running_loop()
@@ -291,16 +307,8 @@ async def closed_loop(port: int, factory: EventFactory, connections: int, durati
         try:
             while loop.time() < deadline:
                 data = factory.request(host)
-                started = time.perf_counter()
-                try:
-                    async with asyncio.timeout(REQUEST_TIMEOUT):
-                        status, body = await conn.request(data)
-                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
-                    conn.close()
-                    stats.failed(exc)
+                if not await exchange(conn, data, time.perf_counter(), stats):
                     await asyncio.sleep(0.01)
-                    continue
-                stats.record(time.perf_counter() - started, status, body)
         finally:
             stats.connects += conn.connects
             conn.close()
@@ -325,13 +333,7 @@ async def open_loop(port: int, factory: EventFactory, rate: float, duration: flo
 
     async def one(conn: Conn, data: bytes, scheduled: float) -> None:
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                status, body = await conn.request(data)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
-            conn.close()
-            stats.failed(exc)
-        else:
-            stats.record(time.perf_counter() - scheduled, status, body)
+            await exchange(conn, data, scheduled, stats)
         finally:
             pool.put_nowait(conn)
 
@@ -470,12 +472,6 @@ def stop_children() -> None:
     _children.clear()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     name: str
@@ -496,7 +492,7 @@ def gunicorn_args(args: argparse.Namespace, port: int) -> list[str]:
 
 def start_server(name: str, app: str, args: argparse.Namespace, env: dict[str, str],
                  logdir: Path) -> Server:
-    port = _free_port()
+    port = free_port()
     log = logdir / f"{name}.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(

@@ -32,10 +32,10 @@ show RQ's own cost per job; --service-worker also times the service's own
 Venues have no admin emails, so the figures measure matching, not mail (no notices are owed).
 
 Stripe API calls are counted with workers.stripe_api.StripeApi.calls against a local fake Stripe
-(localstripe, bound to 127.0.0.1, state in memory only), so an API read would be made and counted
-if matching wanted one: the target is 0 per event with the customer mirrored. A last batch of
-platform events (localstripe has no Connect) whose customers are NOT mirrored must cost at most
-1 call per event.
+(localstripe, started by listener.demo.LocalStripe, state in the work dir), so an API read
+would be made and counted if matching wanted one: the target is 0 per event with the customer
+mirrored. A last batch of platform events (localstripe has no Connect) whose customers are NOT
+mirrored must cost at most 1 call per event.
 
 Exit status: 0; 1 with --strict when a target is missed; 1 whenever the matching results are
 wrong (the figures would mean nothing). The schemas / files are dropped at the end unless
@@ -50,8 +50,6 @@ import logging
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,7 +57,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from listener.demo import LocalStripe
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -753,71 +754,21 @@ def run_in_process(url: str, event_ids: list[str], samples: set[str], batch: int
 
 # --- the local fake Stripe ---------------------------------------------------------------
 
-LOCALSTRIPE_BOOT = """
-import logging, sys
-import localstripe.resources as resources
-# Keep state in memory: localstripe otherwise pickles it to /tmp/localstripe.pickle.
-resources.Store.dump_to_disk = lambda self: None
-from aiohttp import web
-from localstripe.server import app
-access = logging.getLogger("aiohttp.access")
-access.setLevel(logging.INFO)
-access.addHandler(logging.StreamHandler())
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=access, print=None)
-"""
+def start_stripe(workdir: Path) -> LocalStripe:
+    """localstripe (listener.demo's launcher, state under `workdir`); it has no Connect, so
+    Stripe-Account is ignored: the unmirrored events are platform events."""
+    from listener.demo import LocalStripe
+
+    return LocalStripe(workdir)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def customer_reads(stripe: LocalStripe) -> int:
+    """Customer reads localstripe served, from its access log."""
+    return sum(1 for line in stripe.log_path.read_text().splitlines()
+               if '"GET /v1/customers/' in line)
 
 
-class FakeStripe:
-    """localstripe on 127.0.0.1 (no Connect: Stripe-Account is ignored), state in memory."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "localstripe.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-c", LOCALSTRIPE_BOOT, str(self.port)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"localstripe did not start; see {self.log_path}"
-                                       ) from None
-                time.sleep(0.1)
-
-    def client(self):  # type: ignore[no-untyped-def]
-        import stripe
-
-        return stripe.StripeClient("sk_test_benchmark", base_addresses={"api": self.base},
-                                   max_network_retries=0)
-
-    def customer_reads(self) -> int:
-        return sum(1 for line in self.log_path.read_text().splitlines()
-                   if '"GET /v1/customers/' in line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-def unmirrored_batch(stripe: FakeStripe, members: int = 40) -> tuple[Batch, list[tuple]]:
+def unmirrored_batch(stripe: LocalStripe, members: int = 40) -> tuple[Batch, list[tuple]]:
     """Platform events whose customers are only in (fake) Stripe: first sighting and repeat."""
     from tests import support
 
@@ -858,7 +809,7 @@ def unmirrored_batch(stripe: FakeStripe, members: int = 40) -> tuple[Batch, list
     return batch, member_rows
 
 
-def run_unmirrored(bench: BenchDb, stripe: FakeStripe) -> dict[str, Any]:
+def run_unmirrored(bench: BenchDb, stripe: LocalStripe) -> dict[str, Any]:
     from sqlalchemy import insert, select
 
     from db import Database, Member, Venue, normalize_email
@@ -886,7 +837,7 @@ def run_unmirrored(bench: BenchDb, stripe: FakeStripe) -> dict[str, Any]:
     bench.insert_events(batch.events)
     os.environ["DATABASE_URL"] = bench.url
     reset_runtime()
-    reads_before = stripe.customer_reads()
+    reads_before = customer_reads(stripe)
     per_round: dict[int, list[int]] = {0: [], 1: []}
     wrong_calls = []
     for row in batch.events:
@@ -898,7 +849,7 @@ def run_unmirrored(bench: BenchDb, stripe: FakeStripe) -> dict[str, Any]:
             wrong_calls.append(f"{row['event_id']}: {spent} calls, expected "
                                f"{batch.expected[row['event_id']].api_calls}")
     ok, summary = verify(bench.url, batch.expected)
-    http_reads = stripe.customer_reads() - reads_before
+    http_reads = customer_reads(stripe) - reads_before
     return {"ok": ok and not wrong_calls, "summary": summary, "wrong_calls": wrong_calls,
             "first": per_round[0], "repeat": per_round[1], "http_reads": http_reads,
             "counted": sum(per_round[0]) + sum(per_round[1])}
@@ -1227,7 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-matching-"))
-    stripe: FakeStripe | None = None
+    stripe: LocalStripe | None = None
     runs: list[SizeRun] = []
     created: list[BenchDb] = []
     config = None
@@ -1236,7 +1187,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sqlite is not None:
             db_url = f"sqlite:///{Path(args.sqlite or workdir / 'bench.sqlite3').resolve()}"
         if not args.no_stripe:
-            stripe = FakeStripe(workdir)
+            stripe = start_stripe(workdir)
         env = {k: v for k, v in os.environ.items()
                if k not in ("SMTP_URL", "SUPPORT_EMAIL", "PROMETHEUS_MULTIPROC_DIR",
                             "STRIPE_SECRET_KEY", "STRIPE_API_BASE")}
@@ -1254,7 +1205,7 @@ def main(argv: list[str] | None = None) -> int:
         if stripe is not None:
             # Every run can reach (fake) Stripe, so a mirrored event that still called the
             # API would be counted, not silently skipped for want of a key.
-            env.update({"STRIPE_SECRET_KEY": "sk_test_benchmark", "STRIPE_API_BASE": stripe.base})
+            env.update({"STRIPE_SECRET_KEY": "sk_test_benchmark", "STRIPE_API_BASE": stripe.url})
         os.environ.clear()
         os.environ.update(env)  # the in-process runs read the environment like a worker
 
@@ -1268,7 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
             backend = (f"PostgreSQL {config.database_url.split('@')[-1]} (schema bench_<size> "
                        f"per size)")
         print(f"database: {backend}\nredis: {args.redis_url} (queue {args.queue}); stripe: "
-              f"{stripe.base if stripe else 'none'}; work dir: {workdir}")
+              f"{stripe.url if stripe else 'none'}; work dir: {workdir}")
         print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
               f"(other work on the host lowers every figure)\n", flush=True)
 

@@ -77,7 +77,8 @@ def _event(type_: str, obj: dict[str, Any], account: str, n: int) -> dict[str, A
             "data": {"object": obj}, "api_version": "2024-06-20"}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -88,9 +89,10 @@ class LocalStripe:
     /tmp). The demo's stand-in for Stripe; the tests use it too."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(state_dir / "localstripe.log", "w")  # noqa: SIM115
+        self.log_path = state_dir / "localstripe.log"  # its access log: one line per request
+        self.log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCH_LOCALSTRIPE, str(state_dir / "localstripe.pickle"),
              "--port", str(self.port), "--from-scratch"],

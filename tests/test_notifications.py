@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import re
 import shutil
-import socket
 from collections import Counter
 from email import policy
 from email.message import EmailMessage
@@ -19,6 +18,7 @@ from sqlalchemy import select, update
 
 from config import load_config
 from db import Notification
+from listener.demo import free_port
 from notifications.links import read_link
 from notifications.outbox import build_digests
 from notifications.send import deliver, outbox_dir
@@ -34,12 +34,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "emails"
 
 
 # --- a real SMTP server -----------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Mailbox:
     """aiosmtpd handler: keeps every accepted message; can refuse for a while."""
