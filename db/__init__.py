@@ -86,13 +86,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin_immediate)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
-
-    @functools.cached_property
-    def _single_statements(self) -> Engine:
-        # Its own small pool: autocommit, and no pre-ping (the pool-wide pre-ping stays on for
-        # everything else). Only the web process ever opens it.
-        return create_engine(self.url, isolation_level="AUTOCOMMIT", pool_size=5,
-                             max_overflow=10)
+        # For execute_single: its own small pool, autocommit, no pre-ping (the pre-ping stays
+        # on for everything else). It connects on first use: only the web process does.
+        self._single_statements: Engine | None = None if self.is_sqlite else create_engine(
+            url, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=10)
 
     def execute_single(self, statement: Executable, params: dict[str, Any]) -> Any:
         """Run one statement as its own transaction and return its first column (or None).
@@ -101,7 +98,7 @@ class Database:
         made three of the webhook's four round trips, benchmarks/intake.py); a connection the
         server dropped (a restart) is retried once on a fresh one. SQLite takes its write lock
         up front (BEGIN IMMEDIATE), as everywhere."""
-        if self.is_sqlite:
+        if self._single_statements is None:
             with self.engine.begin() as conn:
                 return conn.execute(statement, params).scalar_one_or_none()
         for attempt in (1, 2):
@@ -136,7 +133,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if "_single_statements" in self.__dict__:
+        if self._single_statements is not None:
             self._single_statements.dispose()
 
 
