@@ -59,16 +59,15 @@ class Config:
     support_email: str | None
     job_retry_intervals: tuple[int, ...]
     sweep_after_seconds: int
-    stripe_backoff_seconds: float
+    # Requests per second for all processes together (Stripe: 25 test, 100 live); None: by
+    # the key's mode.
+    stripe_rate_limit: int | None
+    stripe_max_retries: int  # stripe-python's own retries (connection errors, 409, 5xx, …)
+    stripe_timeout: float  # seconds per HTTP request to Stripe
     queue_name: str
-    extra: Mapping[str, str] = field(default_factory=dict)
     # Support-console sign-in: user name -> werkzeug password hash (never a plain password).
     support_users: Mapping[str, str] = field(default_factory=dict)
     mismatch_link_max_age: int = MISMATCH_LINK_MAX_AGE_DEFAULT
-
-    @property
-    def database_is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 def _secrets(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -245,7 +244,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         support_email=env.get("SUPPORT_EMAIL", "").strip() or None,
         job_retry_intervals=intervals or (0,),
         sweep_after_seconds=_int(env, "SWEEP_AFTER_SECONDS", 60),
-        stripe_backoff_seconds=_float(env, "STRIPE_BACKOFF_SECONDS", 0.5),
+        stripe_rate_limit=_int(env, "STRIPE_RATE_LIMIT", 0, minimum=0) or None,
+        stripe_max_retries=_int(env, "STRIPE_MAX_RETRIES", 2),
+        stripe_timeout=_float(env, "STRIPE_TIMEOUT", 30.0) or 30.0,
         queue_name=env.get("RQ_QUEUE", "").strip() or "mismatch",
         support_users=_support_users(env),
         mismatch_link_max_age=_int(env, "MISMATCH_LINK_MAX_AGE", MISMATCH_LINK_MAX_AGE_DEFAULT,

@@ -32,7 +32,7 @@ show RQ's own cost per job; --service-worker also times the service's own
 Venues have no admin emails, so the figures measure matching, not mail (no notices are owed).
 
 Stripe API calls are counted with workers.stripe_api.StripeApi.calls against a local fake Stripe
-(localstripe, started by listener.demo.LocalStripe, state in the work dir), so an API read
+(localstripe, started by listener.stand_ins.LocalStripe, state in the work dir), so an API read
 would be made and counted if matching wanted one: the target is 0 per event with the customer
 mirrored. A last batch of platform events (localstripe has no Connect) whose customers are NOT
 mirrored must cost at most 1 call per event.
@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from listener.demo import LocalStripe
+    from listener.stand_ins import LocalStripe
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -755,9 +755,9 @@ def run_in_process(url: str, event_ids: list[str], samples: set[str], batch: int
 # --- the local fake Stripe ---------------------------------------------------------------
 
 def start_stripe(workdir: Path) -> LocalStripe:
-    """localstripe (listener.demo's launcher, state under `workdir`); it has no Connect, so
+    """localstripe (listener.stand_ins, state under `workdir`); it has no Connect, so
     Stripe-Account is ignored: the unmirrored events are platform events."""
-    from listener.demo import LocalStripe
+    from listener.stand_ins import LocalStripe
 
     return LocalStripe(workdir)
 

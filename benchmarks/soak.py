@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from listener.demo import free_port
+from listener.stand_ins import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -78,7 +78,7 @@ SERVICE_VARS = (
     "STRIPE_API_BASE", "STRIPE_WEBHOOK_SECRETS", "STRIPE_CONNECT_WEBHOOK_SECRETS",
     "STRIPE_WEBHOOK_TOLERANCE", "MAX_WEBHOOK_BYTES", "SMTP_URL", "MAIL_FROM",
     "PUBLIC_BASE_URL", "SECRET_KEY", "API_TOKEN", "SUPPORT_EMAIL", "JOB_RETRY_INTERVALS",
-    "STRIPE_BACKOFF_SECONDS", "SWEEP_AFTER_SECONDS", "INSTANCE_PATH", "RQ_QUEUE",
+    "SWEEP_AFTER_SECONDS", "INSTANCE_PATH", "RQ_QUEUE",
     "PROMETHEUS_MULTIPROC_DIR", "FLASK_ENV", "MISMATCH_ENV", "FLASK_APP",
 )
 

@@ -16,13 +16,18 @@ from sqlalchemy.sql.expression import Executable
 
 from db.models import (
     Base,
+    EventStatus,
     Member,
     Mismatch,
+    MismatchStatus,
     Notification,
+    NotificationStatus,
     RejectedDelivery,
+    Resolution,
     StripeCustomer,
     StripeEvent,
     Subscription,
+    SubscriptionState,
     Venue,
     isoformat,
     normalize_email,
@@ -32,13 +37,18 @@ from db.models import (
 __all__ = [
     "Base",
     "Database",
+    "EventStatus",
     "Member",
     "Mismatch",
+    "MismatchStatus",
     "Notification",
+    "NotificationStatus",
     "RejectedDelivery",
+    "Resolution",
     "StripeCustomer",
     "StripeEvent",
     "Subscription",
+    "SubscriptionState",
     "Venue",
     "normalize_email",
     "utcnow",
@@ -71,7 +81,8 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        kwargs: dict = {"echo": echo, "future": True}
+        # Bound values never reach an error's text or the log: they can be emails and names.
+        kwargs: dict = {"echo": echo, "future": True, "hide_parameters": True}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -89,7 +100,8 @@ class Database:
         # For execute_single: its own small pool, autocommit, no pre-ping (the pre-ping stays
         # on for everything else). It connects on first use: only the web process does.
         self._single_statements: Engine | None = None if self.is_sqlite else create_engine(
-            url, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=10)
+            url, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=10,
+            hide_parameters=True)
 
     def execute_single(self, statement: Executable, params: dict[str, Any]) -> Any:
         """Run one statement as its own transaction and return its first column (or None).

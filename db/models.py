@@ -7,6 +7,7 @@ behind it, so idempotency never rests on "check, then insert".
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -45,8 +47,44 @@ def isoformat(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+class EventStatus(StrEnum):
+    """Where an inbox event is. `received` covers "not yet handled" and "waiting for a retry"
+    (the reason is in `last_error`); `failed` means the retries ran out."""
+
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
+class SubscriptionState(StrEnum):
+    PENDING = "pending"  # recorded, not classified yet
+    LINKED = "linked"
+    MISMATCH = "mismatch"
+    UNROUTED = "unrouted"
+
+
+class MismatchStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class Resolution(StrEnum):
+    LINKED = "linked"  # a member is now linked to the subscription's customer
+    CANCELED = "canceled"  # Stripe canceled the subscription
+    MANUAL = "manual"  # someone marked it resolved, with a note
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    AWAITING_DIGEST = "awaiting_digest"  # a digest venue's item, not sent alone
+    BATCHED = "batched"  # the item is in a digest row that is not sent yet
+
+
 def normalize_email(email: str | None) -> str | None:
-    """Trim and casefold; nothing else (DESIGN rule 4: no dot or plus rewriting)."""
+    """Trim and casefold; nothing else (matching rule 4: no dot or plus rewriting)."""
     if email is None:
         return None
     value = email.strip().casefold()
@@ -121,7 +159,12 @@ class StripeEvent(Base):
     """The inbox: every verified delivery, stored before it is acknowledged."""
 
     __tablename__ = "stripe_events"
-    __table_args__ = (Index("ix_stripe_events_status_received", "status", "received_at"),)
+    __table_args__ = (
+        Index("ix_stripe_events_status_received", "status", "received_at"),
+        Index("ix_stripe_events_waiting_for", "waiting_for",
+              postgresql_where=text("waiting_for IS NOT NULL"),
+              sqlite_where=text("waiting_for IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), unique=True)
@@ -131,12 +174,14 @@ class StripeEvent(Base):
     type: Mapped[str] = mapped_column(String(128))
     created: Mapped[int] = mapped_column(BigInteger)
     payload: Mapped[str] = mapped_column(Text)
-    # received | processing | processed | ignored | failed
-    status: Mapped[str] = mapped_column(String(16), default="received")
+    status: Mapped[str] = mapped_column(String(16), default=EventStatus.RECEIVED)
     # What processing concluded: linked, case_1, unrouted, livemode_mismatch, ...
     outcome: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The customer whose email this event waits for (not mirrored yet, or Stripe does not
+    # know it); a `customer.*` event for it releases the event. NULL once handled.
+    waiting_for: Mapped[str | None] = mapped_column(String(64), nullable=True)
     received_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
 
@@ -175,8 +220,7 @@ class Subscription(Base):
     )
     status: Mapped[str | None] = mapped_column(String(32), nullable=True)  # Stripe's status
     canceled: Mapped[bool] = mapped_column(Boolean, default=False)
-    # linked | mismatch | unrouted
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))  # SubscriptionState
     member_id: Mapped[int | None] = mapped_column(
         ForeignKey("members.id", ondelete="SET NULL"), nullable=True
     )
@@ -208,8 +252,8 @@ class Mismatch(Base):
     )
     candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open | resolved
-    resolution: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=MismatchStatus.OPEN)
+    resolution: Mapped[str | None] = mapped_column(String(32), nullable=True)  # Resolution
     resolution_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The case the admins were last told about; a notice goes out when `case` differs.
     notified_case: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -220,11 +264,11 @@ class Mismatch(Base):
     venue: Mapped[Venue | None] = relationship()
     member: Mapped[Member | None] = relationship()
 
-    def resolve(self, resolution: str, note: str | None = None) -> bool:
-        """Close an open mismatch (linked, canceled, manual); False if already closed."""
-        if self.status == "resolved":
+    def resolve(self, resolution: Resolution, note: str | None = None) -> bool:
+        """Close an open mismatch; False if already closed."""
+        if self.status == MismatchStatus.RESOLVED:
             return False
-        self.status = "resolved"
+        self.status = MismatchStatus.RESOLVED
         self.resolution = resolution
         self.resolution_note = note
         self.resolved_at = utcnow()
@@ -249,7 +293,7 @@ class Notification(Base):
     )
     recipient: Mapped[str] = mapped_column(String(320))
     kind: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
+    status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     message_id: Mapped[str | None] = mapped_column(String(255), nullable=True)

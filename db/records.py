@@ -3,13 +3,15 @@ write them: one validation and one upsert for both doors."""
 
 from __future__ import annotations
 
+import csv
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import Member, Venue, normalize_email, utcnow
+from db import Database, Member, Venue, normalize_email, utcnow
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -135,3 +137,79 @@ def venue_json(venue: Venue) -> dict[str, Any]:
 def member_json(member: Member) -> dict[str, Any]:
     return {"member_ref": member.member_ref, "email": member.email, "name": member.name,
             "stripe_customer_id": member.stripe_customer_id}
+
+
+# --- CSV imports ------------------------------------------------------------------------------
+
+VENUE_HEADER = ["account_id", "name", "admin_emails", "livemode"]
+MEMBER_HEADER = ["account_id", "member_ref", "email", "name", "stripe_customer_id"]
+
+
+def _csv_rows(path: str, header: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) from a CSV whose header must be exactly `header`."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        try:
+            first = next(reader)
+        except StopIteration:
+            raise InvalidInput("line 1: the file is empty") from None
+        if [h.strip() for h in first] != header:
+            raise InvalidInput(f"line 1: header must be {','.join(header)} "
+                               f"(got {','.join(first)})")
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise InvalidInput(f"line {reader.line_num}: expected {len(header)} fields, "
+                                   f"got {len(row)}")
+            yield reader.line_num, dict(zip(header, (c.strip() for c in row), strict=True))
+
+
+def _import(db: Database, path: str, header: list[str],
+            apply: Callable[[Session, dict[str, str]], int]) -> tuple[int, set[int]]:
+    """Every row in one transaction: a bad row fails the file and nothing is written. Errors
+    read `FILE: line N: why`. Returns (rows, ids of the venues touched)."""
+    count, venues = 0, set()
+    try:
+        with db.session() as session:
+            for number, row in _csv_rows(path, header):
+                try:
+                    venues.add(apply(session, row))
+                except InvalidInput as exc:
+                    raise InvalidInput(f"line {number}: {exc}") from None
+                count += 1
+    except InvalidInput as exc:
+        raise InvalidInput(f"{path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: {exc.strerror}") from None
+    return count, venues
+
+
+def import_venues(db: Database, path: str) -> int:
+    """`account_id,name,admin_emails,livemode` (admin emails `;`-separated)."""
+
+    def apply(session: Session, row: dict[str, str]) -> int:
+        venue, _ = upsert_venue(session, row["account_id"], {
+            "name": row["name"], "admin_emails": row["admin_emails"].split(";"),
+            "livemode": row["livemode"]})
+        return venue.id
+
+    return _import(db, path, VENUE_HEADER, apply)[0]
+
+
+def import_members(db: Database, path: str) -> tuple[int, set[int]]:
+    """`account_id,member_ref,email,name,stripe_customer_id`; returns (rows, venue ids whose
+    open mismatches need a re-check)."""
+
+    def apply(session: Session, row: dict[str, str]) -> int:
+        venue = session.scalar(select(Venue).where(Venue.account_id == row["account_id"]))
+        if venue is None:
+            raise InvalidInput(f"no venue {row['account_id']!r}; import venues first")
+        upsert_member(session, venue, row["member_ref"], {
+            "email": row["email"], "name": row["name"] or None,
+            "stripe_customer_id": row["stripe_customer_id"] or None})
+        return venue.id
+
+    return _import(db, path, MEMBER_HEADER, apply)

@@ -15,16 +15,20 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     """Application factory; `config` defaults to the environment."""
     config = config or load_config()
     app = Flask(__name__, template_folder=str(_templates_dir()), static_folder=None)
-    app.config.update(SECRET_KEY=config.secret_key, MISMATCH=config, JSON_SORT_KEYS=False)
+    app.config.update(SECRET_KEY=config.secret_key, MISMATCH=config)
     app.config.update(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
 
     app.extensions["db"] = Database(config.database_url)
 
+    import db.cli
+    import workers
     from listener import api, cli, console, health, metrics, outbox_page, webhooks
 
     metrics.init_app(app)
+    db.cli.init_app(app)
+    workers.init_app(app)
     cli.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)

@@ -10,9 +10,8 @@ from flask import Blueprint, abort, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from db import Mismatch, StripeEvent, Venue, isoformat
-from listener import current_config, current_db
-from listener.sync import (
+from db import Mismatch, Resolution, StripeEvent, Venue, isoformat
+from db.records import (
     InvalidInput,
     check_account_id,
     delete_member,
@@ -21,6 +20,8 @@ from listener.sync import (
     upsert_venue,
     venue_json,
 )
+from listener import current_config, current_db
+from workers import enqueue_recheck, try_enqueue
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -53,12 +54,8 @@ def _body() -> dict[str, Any]:
 
 
 def _recheck(venue_id: int) -> None:
-    from workers.queue import enqueue_recheck
-
-    try:
-        enqueue_recheck(current_config(), venue_id)
-    except Exception as exc:  # noqa: BLE001 - recheck_requested_at lets the sweeper retry
-        log.warning("could not queue re-check of venue %s: %s", venue_id, type(exc).__name__)
+    # The venue's recheck_requested_at is committed: if Redis is down the sweeper queues it.
+    try_enqueue(enqueue_recheck, current_config(), venue_id)
 
 
 def _venue(session, account_id: str) -> Venue:  # type: ignore[no-untyped-def]
@@ -169,7 +166,7 @@ def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
         m = s.get(Mismatch, mismatch_id, with_for_update=True)
         if m is None:
             return jsonify(error=f"no mismatch {mismatch_id}"), 404
-        m.resolve("manual", note)
+        m.resolve(Resolution.MANUAL, note)
         return jsonify(mismatch_json(m))
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from flask import (
     Blueprint,
@@ -34,12 +33,12 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import (
-    Member,
+    EventStatus,
     Mismatch,
+    MismatchStatus,
     RejectedDelivery,
-    StripeCustomer,
+    Resolution,
     StripeEvent,
-    Subscription,
     Venue,
 )
 from listener import current_config, current_db
@@ -57,7 +56,14 @@ from listener.console_auth import (
     viewer_for,
 )
 from notifications.links import LinkExpired, LinkInvalid, describe_age, read_link
-from notifications.render import CASE_TITLES, dashboard_url
+from notifications.view import CASE_SHORT, CASE_TITLES, dashboard_url, guide_view, mismatch_view
+from workers import (
+    CUSTOMER_UNKNOWN,
+    enqueue_recheck_mismatch,
+    queue_depth,
+    requeue_event,
+    try_enqueue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +74,6 @@ TIMELINE_LIMIT = 50
 RECENT_LIMIT = 15
 LIST_LIMIT = 100
 NOTE_MAX = 2000
-# Stripe subscription statuses in which nothing has been charged yet.
-NO_CHARGE = {"trialing", "incomplete", "incomplete_expired"}
-CASE_SHORT = {
-    1: "Member has a different Stripe customer",
-    2: "Member has no Stripe customer yet",
-    3: "No member with this email",
-}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -236,10 +235,8 @@ class VenueRow:
 
 
 def _queue_depth() -> int | None:
-    from workers.queue import get_queue
-
     try:
-        return len(get_queue(current_config()))
+        return queue_depth(current_config())
     except Exception as exc:  # noqa: BLE001 - the page must render while Redis is down
         log.warning("console: queue depth unavailable (%s)", type(exc).__name__)
         return None
@@ -256,7 +253,7 @@ def dashboard():  # type: ignore[no-untyped-def]
             select(Mismatch.venue_id, Venue.name, Mismatch.account_id, Mismatch.livemode,
                    Mismatch.case, func.count())
             .outerjoin(Venue, Venue.id == Mismatch.venue_id)
-            .where(Mismatch.status == "open")
+            .where(Mismatch.status == MismatchStatus.OPEN)
             .group_by(Mismatch.venue_id, Venue.name, Mismatch.account_id, Mismatch.livemode,
                       Mismatch.case)
         ):
@@ -266,25 +263,32 @@ def dashboard():  # type: ignore[no-untyped-def]
         by_venue = sorted(venues.values(), key=lambda r: (-r.total, r.name.casefold()))
         newest_open = list(s.execute(
             select(Mismatch, Venue.name).outerjoin(Venue, Venue.id == Mismatch.venue_id)
-            .where(Mismatch.status == "open")
+            .where(Mismatch.status == MismatchStatus.OPEN)
             .order_by(Mismatch.opened_at.desc(), Mismatch.id.desc()).limit(RECENT_LIMIT)))
         accepted = list(s.scalars(select(StripeEvent).order_by(
             StripeEvent.received_at.desc(), StripeEvent.id.desc()).limit(RECENT_LIMIT)))
         rejected = list(s.scalars(select(RejectedDelivery).order_by(
             RejectedDelivery.received_at.desc(), RejectedDelivery.id.desc()
         ).limit(RECENT_LIMIT)))
-        failed = list(s.scalars(select(StripeEvent).where(StripeEvent.status == "failed")
+        failed = list(s.scalars(select(StripeEvent).where(StripeEvent.status == EventStatus.FAILED)
                                 .order_by(StripeEvent.received_at.desc()).limit(50)))
         failed_total = s.scalar(select(func.count()).select_from(StripeEvent)
-                                .where(StripeEvent.status == "failed")) or 0
+                                .where(StripeEvent.status == EventStatus.FAILED)) or 0
         oldest = _aware(s.scalar(select(func.min(StripeEvent.received_at)).where(
-            StripeEvent.status.in_(("received", "processing")))))
+            StripeEvent.status == EventStatus.RECEIVED)))
         pending = s.scalar(select(func.count()).select_from(StripeEvent).where(
-            StripeEvent.status.in_(("received", "processing")))) or 0
+            StripeEvent.status == EventStatus.RECEIVED)) or 0
         unrouted = list(s.execute(
             select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
                    func.max(StripeEvent.received_at))
             .where(StripeEvent.outcome == "unrouted")
+            .group_by(StripeEvent.account_id, StripeEvent.livemode)
+            .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
+        unknown_customers = list(s.execute(
+            select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
+                   func.max(StripeEvent.received_at), func.max(StripeEvent.last_error))
+            .where(StripeEvent.outcome == CUSTOMER_UNKNOWN,
+                   StripeEvent.status.in_((EventStatus.RECEIVED, EventStatus.FAILED)))
             .group_by(StripeEvent.account_id, StripeEvent.livemode)
             .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
     return render_template(
@@ -292,7 +296,8 @@ def dashboard():  # type: ignore[no-untyped-def]
         open_total=sum(r.total for r in by_venue), accepted=accepted, rejected=rejected,
         failed=failed, failed_total=failed_total, queue_depth=_queue_depth(),
         oldest_age=duration(time.time() - oldest.timestamp()) if oldest else None,
-        pending=pending, unrouted=unrouted, generated_at=datetime.now(UTC),
+        pending=pending, unrouted=unrouted, unknown_customers=unknown_customers,
+        generated_at=datetime.now(UTC),
         platform_account=current_config().stripe_platform_account)
 
 
@@ -302,20 +307,16 @@ def replay(event_id: str):  # type: ignore[no-untyped-def]
     who = _require_staff()
     if not isinstance(who, str):
         return who
-    from workers.queue import enqueue_event
-
     with current_db().session() as s:
         reset = s.execute(update(StripeEvent).where(StripeEvent.event_id == event_id,
-                                                    StripeEvent.status == "failed")
-                          .values(status="received")).rowcount
+                                                    StripeEvent.status == EventStatus.FAILED)
+                          .values(status=EventStatus.RECEIVED)).rowcount
     if not reset:
         flash(f"{event_id} is not a failed event (already replayed?): nothing queued.", "warn")
         return redirect(url_for("console.dashboard") + "#failed", 303)
-    try:
-        enqueue_event(current_config(), event_id)
+    if try_enqueue(requeue_event, current_config(), event_id):
         flash(f"{event_id} queued for replay.", "ok")
-    except Exception as exc:  # noqa: BLE001 - the row is `received`: the sweeper queues it
-        log.warning("console: could not queue replay of %s (%s)", event_id, type(exc).__name__)
+    else:  # the row is `received`: the sweeper queues it
         flash(f"{event_id} is marked for replay but the queue is unreachable; the sweeper will "
               "queue it.", "warn")
     log.info("console: replay of %s requested", event_id)
@@ -352,70 +353,6 @@ def mismatches():  # type: ignore[no-untyped-def]
 
 
 # --- one mismatch ----------------------------------------------------------------------------
-
-@dataclass
-class Facts:
-    """What the steps of a case refer to; on a guide page the IDs are placeholders."""
-
-    case: int
-    guide: bool = False
-    mismatch_id: int | None = None
-    venue_name: str = "the venue"
-    account_id: str = "acct_…"
-    livemode: bool = False
-    subscription_id: str = "sub_…"
-    subscription_status: str | None = None
-    customer_id: str = "cus_…"
-    linked_customer_id: str | None = None
-    email: str | None = None
-    customer_name: str | None = None
-    member_ref: str | None = None
-    member_name: str | None = None
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    subscription_url: str | None = None
-    customer_url: str | None = None
-    linked_customer_url: str | None = None
-    payments_url: str | None = None
-    account_url: str | None = None
-
-    @property
-    def mode(self) -> str:
-        return "live mode" if self.livemode else "test mode"
-
-    @property
-    def nothing_charged(self) -> bool:
-        return self.subscription_status in NO_CHARGE
-
-
-def _facts(s: Session, m: Mismatch, venue: Venue | None) -> Facts:
-    platform = current_config().stripe_platform_account
-
-    def dash(path: str) -> str:
-        return dashboard_url(m.account_id, m.livemode, path, platform)
-
-    mirrored = s.scalar(select(StripeCustomer).where(
-        StripeCustomer.account_id == m.account_id, StripeCustomer.livemode == m.livemode,
-        StripeCustomer.customer_id == m.customer_id))
-    sub = s.scalar(select(Subscription).where(Subscription.account_id == m.account_id,
-                                              Subscription.subscription_id == m.subscription_id))
-    member = s.get(Member, m.member_id) if m.member_id else None
-    return Facts(
-        case=m.case, mismatch_id=m.id, venue_name=venue.name if venue else m.account_id,
-        account_id=m.account_id, livemode=m.livemode, subscription_id=m.subscription_id,
-        subscription_status=sub.status if sub is not None else None,
-        customer_id=m.customer_id, linked_customer_id=m.linked_customer_id,
-        email=m.customer_email, customer_name=mirrored.name if mirrored else None,
-        member_ref=member.member_ref if member else None,
-        member_name=member.name if member else None,
-        candidates=list(m.candidates or []),
-        subscription_url=dash(f"subscriptions/{quote(m.subscription_id, safe='')}"),
-        customer_url=dash(f"customers/{quote(m.customer_id, safe='')}"),
-        linked_customer_url=dash(f"customers/{quote(m.linked_customer_id, safe='')}")
-        if m.linked_customer_id else None,
-        payments_url=dash(f"payments?customer={quote(m.customer_id, safe='')}"),
-        account_url=dash("dashboard"),
-    )
-
 
 def _timeline(s: Session, m: Mismatch) -> list[StripeEvent]:
     """The newest events of this account and mode whose payload names the subscription or
@@ -483,9 +420,9 @@ def mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
     with current_db().session() as s:
         m, viewer = _load_for(s, mismatch_id)
         venue = s.get(Venue, m.venue_id) if m.venue_id else None
-        facts = _facts(s, m, venue)
+        view = mismatch_view(current_config(), s, m, venue)
         events = _timeline(s, m)
-        return render_template("pages/mismatch.html", m=m, f=facts, events=events,
+        return render_template("pages/mismatch.html", m=m, v=view, events=events,
                                viewer=viewer, timeline_limit=TIMELINE_LIMIT,
                                platform_account=current_config().stripe_platform_account,
                                dashboard_url=dashboard_url)
@@ -501,7 +438,7 @@ def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
                   "sent), then mark it resolved.", "warn")
         elif len(note) > NOTE_MAX:
             flash(f"The note is too long (at most {NOTE_MAX} characters).", "warn")
-        elif m.resolve("manual", f"{viewer.actor()}: {note}"):
+        elif m.resolve(Resolution.MANUAL, f"{viewer.actor()}: {note}"):
             log.info("console: mismatch %s resolved manually (%s)", m.id,
                      "support" if viewer.is_staff else "venue link")
             flash("Marked as resolved.", "ok")
@@ -512,21 +449,15 @@ def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
 
 @bp.post("/mismatches/<int:mismatch_id>/recheck")
 def recheck(mismatch_id: int):  # type: ignore[no-untyped-def]
-    from workers.queue import enqueue_recheck_mismatch
-
     with current_db().session() as s:
         m, viewer = _load_for(s, mismatch_id)
-        is_open = m.status == "open"
+        is_open = m.status == MismatchStatus.OPEN
     if not is_open:
         flash("This mismatch is resolved; there is nothing to re-check.", "warn")
+    elif try_enqueue(enqueue_recheck_mismatch, current_config(), mismatch_id):
+        flash("Re-check queued. Reload this page in a few seconds to see the result.", "ok")
     else:
-        try:
-            enqueue_recheck_mismatch(current_config(), mismatch_id)
-            flash("Re-check queued. Reload this page in a few seconds to see the result.", "ok")
-        except Exception as exc:  # noqa: BLE001
-            log.warning("console: could not queue re-check of mismatch %s (%s)", mismatch_id,
-                        type(exc).__name__)
-            flash("The re-check could not be queued right now; try again in a minute.", "warn")
+        flash("The re-check could not be queued right now; try again in a minute.", "warn")
     return redirect(url_for("console.mismatch", mismatch_id=mismatch_id), 303)
 
 
@@ -541,4 +472,4 @@ def guides():  # type: ignore[no-untyped-def]
 def guide(case: int):  # type: ignore[no-untyped-def]
     if case not in (1, 2, 3):
         abort(404)
-    return render_template("pages/guide.html", f=Facts(case=case, guide=True))
+    return render_template("pages/guide.html", v=guide_view(case))

@@ -4,13 +4,9 @@ watch a webhook become a mismatch, a notice and a support page in a minute."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,28 +14,9 @@ from typing import Any
 import click
 import stripe
 
+from listener.stand_ins import LocalStripe
+
 DEMO_VENUE = "acct_1DemoHarbourGym"
-
-# localstripe keeps its state in /tmp unless told otherwise; this launcher points it at the
-# demo's own folder so runs do not share state.
-LAUNCH_LOCALSTRIPE = """
-import sys, pickle
-from localstripe import resources, server
-state = sys.argv.pop(1)
-def load(self):
-    try:
-        with open(state, 'rb') as f:
-            self.clear(); self.update(pickle.load(f))
-    except FileNotFoundError:
-        pass
-def dump(self):
-    with open(state, 'wb') as f:
-        pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
-resources.Store.try_load_from_disk = load
-resources.Store.dump_to_disk = dump
-server.start()
-"""
-
 
 class Service:
     """The running service, reached over HTTP like Stripe and the booking product reach it."""
@@ -75,56 +52,6 @@ def _event(type_: str, obj: dict[str, Any], account: str, n: int) -> dict[str, A
     return {"id": f"evt_demo_{int(time.time())}_{n}", "object": "event", "type": type_,
             "created": int(time.time()), "livemode": False, "account": account,
             "data": {"object": obj}, "api_version": "2024-06-20"}
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalStripe:
-    """localstripe in a subprocess on 127.0.0.1, its state pickled into `state_dir` (not
-    /tmp). The demo's stand-in for Stripe; the tests use it too."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = state_dir / "localstripe.log"  # its access log: one line per request
-        self.log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH_LOCALSTRIPE, str(state_dir / "localstripe.pickle"),
-             "--port", str(self.port), "--from-scratch"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("localstripe did not start") from None
-                time.sleep(0.1)
-
-    def client(self) -> stripe.StripeClient:
-        return stripe.StripeClient("sk_test_localstripe", base_addresses={"api": self.url})
-
-    def send_webhooks_to(self, url: str, secret: str) -> None:
-        """localstripe signs and POSTs every event it makes to `url`."""
-        request = urllib.request.Request(
-            f"{self.url}/_config/webhooks/mismatch", method="POST",
-            data=urllib.parse.urlencode({"url": url, "secret": secret}).encode())
-        urllib.request.urlopen(request, timeout=5).read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def _connect_stories(service: Service, secret: str, stamp: str) -> list[str]:

@@ -17,7 +17,7 @@ def healthz():  # type: ignore[no-untyped-def]
 @bp.get("/readyz")
 def readyz():  # type: ignore[no-untyped-def]
     """200 when both the database and Redis answer; else 503 naming the one that failed."""
-    from workers.queue import get_redis
+    from workers import get_redis
 
     checks: dict[str, str] = {}
     try:

@@ -50,9 +50,9 @@ class PipelineCollector:
         self.app = app
 
     def collect(self):  # type: ignore[no-untyped-def]
-        from db import Mismatch, Notification, StripeEvent
+        from db import EventStatus, Mismatch, Notification, StripeEvent
         from listener import current_config, current_db
-        from workers.queue import get_queue
+        from workers import queue_depth
 
         events = GaugeMetricFamily("mismatch_events", "Inbox events by status", labels=["status"])
         outcomes = GaugeMetricFamily(
@@ -93,7 +93,7 @@ class PipelineCollector:
                         mail.add_metric([status], n)
                     first = s.execute(
                         select(func.min(StripeEvent.received_at)).where(
-                            StripeEvent.status.in_(("received", "processing"))
+                            StripeEvent.status == EventStatus.RECEIVED
                         )
                     ).scalar()
                     if first is not None:
@@ -109,7 +109,7 @@ class PipelineCollector:
                 log.warning("metrics: database unreachable")
                 up.add_metric(["database"], 0)
             try:
-                depth.add_metric([], len(get_queue(current_config())))
+                depth.add_metric([], queue_depth(current_config()))
                 up.add_metric(["redis"], 1)
             except Exception:  # noqa: BLE001
                 log.warning("metrics: redis unreachable")

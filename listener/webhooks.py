@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from db import RejectedDelivery, StripeEvent, utcnow
 from listener import current_config, current_db
 from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
+from workers import enqueue_event, try_enqueue
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -229,15 +230,8 @@ def receive(endpoint: str) -> tuple[Response, int]:
         return jsonify(error="could not store the event; Stripe will retry"), 503
 
     duplicate = row_id is None
-    if not duplicate:
-        from workers.queue import enqueue_event
-
-        try:
-            enqueue_event(config, event_id)
-        except Exception as exc:  # noqa: BLE001 - stored already; the sweeper will queue it
-            ENQUEUE_FAILURES.labels(endpoint).inc()
-            log.warning("enqueue failed for %s (%s); left for the sweeper",
-                        event_id, type(exc).__name__)
+    if not duplicate and not try_enqueue(enqueue_event, config, event_id):
+        ENQUEUE_FAILURES.labels(endpoint).inc()
     DELIVERIES.labels(endpoint, "duplicate" if duplicate else "accepted").inc()
     log.info("webhook %s %s type=%s account=%s", "duplicate" if duplicate else "stored",
              event_id, event["type"], event.get("account") or "-")

@@ -21,6 +21,7 @@ from db import (
     Database,
     Mismatch,
     Notification,
+    NotificationStatus,
     StripeEvent,
     Venue,
     insert_ignoring_duplicates,
@@ -29,12 +30,13 @@ from db import (
 
 DIGEST_ITEM = "digest_item"
 DIGEST = "digest"
-AWAITING_DIGEST = "awaiting_digest"
-BATCHED = "batched"
+CUSTOMER_UNKNOWN = "customer_unknown"
+AWAITING_DIGEST = NotificationStatus.AWAITING_DIGEST
+BATCHED = NotificationStatus.BATCHED
 
 
 def _owe(session: Session, *, key: str, mismatch_id: int | None, recipient: str, kind: str,
-         context: dict, status: str = "pending") -> int | None:
+         context: dict, status: str = NotificationStatus.PENDING) -> int | None:
     """Create the row unless it exists; return its id when it was created now."""
     return insert_ignoring_duplicates(
         session,
@@ -58,7 +60,7 @@ def queue_mismatch_notices(session: Session, mismatch: Mismatch, venue: Venue) -
         return []
     session.flush()  # the mismatch's id, for the notices' keys
     kind = DIGEST_ITEM if venue.digest else f"case_{mismatch.case}"
-    status = AWAITING_DIGEST if venue.digest else "pending"
+    status = AWAITING_DIGEST if venue.digest else NotificationStatus.PENDING
     created = []
     for recipient in recipients:
         new_id = _owe(session, key=f"mismatch:{mismatch.id}:{kind}:{recipient}",
@@ -80,6 +82,23 @@ def queue_unrouted_alert(session: Session, config: Config, account_id: str,
                   recipient=recipient, kind="unrouted",
                   context={"account_id": account_id, "day": day, "event_id": event.event_id,
                            "event_type": event.type, "livemode": event.livemode})
+    return [new_id] if new_id is not None else []
+
+
+def queue_customer_unknown_alert(session: Session, config: Config, account_id: str,
+                                 livemode: bool, customer_id: str, event_id: str,
+                                 reason: str) -> list[int]:
+    """Tell support once per account per day that Stripe denies knowing a subscription's
+    customer (rule 3): our key or mode is wrong, so the venue is told nothing."""
+    if not config.support_email:
+        return []
+    day = datetime.now(UTC).date().isoformat()
+    recipient = config.support_email.strip().lower()
+    new_id = _owe(session, key=f"{CUSTOMER_UNKNOWN}:{account_id}:{day}:{recipient}",
+                  mismatch_id=None, recipient=recipient, kind=CUSTOMER_UNKNOWN,
+                  context={"account_id": account_id, "livemode": livemode, "day": day,
+                           "customer_id": customer_id, "event_id": event_id,
+                           "reason": reason})
     return [new_id] if new_id is not None else []
 
 
@@ -133,9 +152,9 @@ def retry_failed(db: Database) -> list[int]:
     their ids to queue. They keep their Message-ID and their last error until sent."""
     with db.session() as session:
         ids = list(session.scalars(select(Notification.id)
-                                   .where(Notification.status == "failed")
+                                   .where(Notification.status == NotificationStatus.FAILED)
                                    .order_by(Notification.id)))
         if ids:
             session.execute(update(Notification).where(Notification.id.in_(ids))
-                            .values(status="pending"))
+                            .values(status=NotificationStatus.PENDING))
     return ids

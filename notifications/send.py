@@ -22,12 +22,13 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, parseaddr
 from pathlib import Path
 
+from redis import Redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from config import Config
-from db import Database, Notification, utcnow
-from notifications.outbox import AWAITING_DIGEST, BATCHED, DIGEST, DIGEST_ITEM
+from db import Database, Notification, NotificationStatus, utcnow
+from notifications.outbox import DIGEST, DIGEST_ITEM
 from notifications.render import render_notice
 
 log = logging.getLogger(__name__)
@@ -141,20 +142,15 @@ def _write_local(config: Config, notification_id: int, kind: str, msg: EmailMess
     partial.replace(final)  # atomic: the outbox page never reads half a message
 
 
-def _lock(config: Config, notification_id: int):  # type: ignore[no-untyped-def]
-    from workers.queue import get_redis
-
-    return get_redis(config).lock(f"mismatch:notification-lock:{notification_id}",
-                                  timeout=LOCK_SECONDS, blocking=False)
-
-
-def deliver(config: Config, db: Database, notification_id: int, *,
+def deliver(config: Config, db: Database, redis: Redis, notification_id: int, *,
             final_attempt: bool = True) -> str:
     """Send one outbox row unless it was already sent; record the reason on failure.
+    `redis` holds the short per-row lock.
 
     Returns sent | already_sent | in_progress | awaiting_digest | missing | failed; raises
     SendFailed (or a rendering error) when the job should be retried."""
-    lock = _lock(config, notification_id)
+    lock = redis.lock(f"mismatch:notification-lock:{notification_id}", timeout=LOCK_SECONDS,
+                      blocking=False)
     if not lock.acquire():
         return "in_progress"  # another job holds it; it retries or finishes the row itself
     try:
@@ -169,8 +165,9 @@ def deliver(config: Config, db: Database, notification_id: int, *,
 def _record_failure(db: Database, notification_id: int, reason: str, failed: bool) -> None:
     with db.session() as session:
         session.execute(update(Notification).where(
-            Notification.id == notification_id, Notification.status != "sent"
-        ).values(last_error=reason[:2000], status="failed" if failed else "pending"))
+            Notification.id == notification_id, Notification.status != NotificationStatus.SENT
+        ).values(last_error=reason[:2000],
+                 status=NotificationStatus.FAILED if failed else NotificationStatus.PENDING))
 
 
 def _deliver_locked(config: Config, db: Database, notification_id: int,
@@ -179,7 +176,7 @@ def _deliver_locked(config: Config, db: Database, notification_id: int,
         notification = session.get(Notification, notification_id)
         if notification is None:
             return "missing"
-        if notification.status == "sent":
+        if notification.status == NotificationStatus.SENT:
             return "already_sent"
         if notification.kind == DIGEST_ITEM:
             return "awaiting_digest"  # goes out inside the venue's digest, never alone
@@ -213,7 +210,8 @@ def _deliver_locked(config: Config, db: Database, notification_id: int,
     with db.session() as session:
         now = utcnow()
         session.execute(update(Notification).where(Notification.id == notification_id)
-                        .values(status="sent", sent_at=now, message_id=msg["Message-ID"]))
+                        .values(status=NotificationStatus.SENT, sent_at=now,
+                                message_id=msg["Message-ID"]))
         if kind == DIGEST:
             _mark_digest_items_sent(session, notification_id, msg["Message-ID"], now)
     log.info("notification %s sent kind=%s", notification_id, kind)
@@ -227,8 +225,10 @@ def _mark_digest_items_sent(session: Session, digest_id: int, msg_id: str,
     item_ids = list(digest.context.get("item_ids", []))
     if item_ids:
         session.execute(update(Notification).where(
-            Notification.id.in_(item_ids), Notification.status.in_((BATCHED, AWAITING_DIGEST))
-        ).values(status="sent", sent_at=now, message_id=msg_id))
+            Notification.id.in_(item_ids),
+            Notification.status.in_((NotificationStatus.BATCHED,
+                                     NotificationStatus.AWAITING_DIGEST))
+        ).values(status=NotificationStatus.SENT, sent_at=now, message_id=msg_id))
 
 
 __all__ = ["deliver", "build_message", "message_id", "outbox_dir", "SendFailed"]

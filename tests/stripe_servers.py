@@ -10,20 +10,24 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from listener.demo import LocalStripe
+from listener.stand_ins import LocalStripe
 
 __all__ = ["ConnectStripe", "LocalStripe", "RecordingStripe"]
 
 
-Responder = Callable[[str, dict[str, str]], tuple[int, dict[str, Any]]]
+# (status, body) or (status, body, extra response headers)
+Responder = Callable[[str, dict[str, str]], tuple[Any, ...]]
 
 
 class JsonHandler(BaseHTTPRequestHandler):
     """Answers in JSON, as Stripe's API does; quiet."""
 
-    def answer(self, status: int, body: dict[str, Any]) -> None:
+    def answer(self, status: int, body: dict[str, Any],
+               headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -1,6 +1,6 @@
-"""The worker's batches: many events in one transaction (jobs.process_events) must leave
-exactly the state that the same events leave one at a time (jobs.process_event), and a batch
-that fails must fall back to one job per event without losing or doubling any work."""
+"""Batches: many events in one transaction (workers.inbox) must leave exactly the state that
+the same events leave one at a time, an event that fails must not hold back the rest, and
+the worker must leave RQ clean (no job left behind, none failed)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import random
 import time
 
 import pytest
-from rq.intermediate_queue import IntermediateQueue
-from rq.registry import StartedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy import delete, select, update
 
 from db import Member, Mismatch, Notification, StripeCustomer, StripeEvent, Subscription
 from tests.support import CLUB, GYM, checkout_session, customer, event, post_event, subscription
-from workers.jobs import process_event, process_events
+from workers.inbox import handle_events
 from workers.queue import get_queue
+from workers.stripe_api import StripeApi
 
 UNKNOWN = "acct_1Nobody000000000"
 
@@ -84,7 +84,8 @@ def reset(db) -> None:  # type: ignore[no-untyped-def]
         for model in (Notification, Mismatch, Subscription, StripeCustomer):
             s.execute(delete(model))
         s.execute(update(StripeEvent).values(status="received", outcome=None, attempts=0,
-                                             last_error=None, processed_at=None))
+                                             last_error=None, processed_at=None,
+                                             waiting_for=None))
 
 
 def state(db) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -111,7 +112,8 @@ def state(db) -> dict[str, object]:  # type: ignore[no-untyped-def]
         }
 
 
-def test_a_batch_leaves_the_state_one_event_at_a_time_leaves(members, client, db, redis):
+def test_a_batch_leaves_the_state_one_event_at_a_time_leaves(members, client, db, redis,
+                                                             config):
     created, rest = scenario()
     for payload in created + rest:
         assert post_event(client, payload).status_code == 200
@@ -124,13 +126,13 @@ def test_a_batch_leaves_the_state_one_event_at_a_time_leaves(members, client, db
 
         reset(db)
         for event_id in order:
-            process_event(event_id)
+            handle_events(config, db, StripeApi(config), [event_id])
         one_by_one = state(db)
 
         reset(db)
         size = (len(order), 5, 2, 3)[seed]
         for start in range(0, len(order), size):
-            process_events(order[start:start + size])
+            handle_events(config, db, StripeApi(config), order[start:start + size])
         assert state(db) == one_by_one, f"seed {seed}, batches of {size}"
 
     mismatches = {m[1]: m for m in one_by_one["mismatches"]}
@@ -159,9 +161,11 @@ def test_the_worker_batches_and_leaves_rq_clean(members, client, work, config, r
         assert {e.status for e in s.scalars(select(StripeEvent))} <= {"processed", "ignored"}
         assert s.scalar(select(Mismatch).where(Mismatch.subscription_id == "sub_D")).case == 2
     assert queue.count == 0
-    assert redis.llen(IntermediateQueue(queue.key, redis).key) == 0
     assert len(StartedJobRegistry(queue=queue)) == 0
-    assert not redis.keys("rq:job:event-*")  # finished with result_ttl=0: deleted, as RQ does
+    assert len(FailedJobRegistry(queue=queue)) == 0
+    assert not redis.keys("rq:job:event-*")  # finished (result_ttl=0) or taken off: deleted
+    with db.session() as s:  # every event handled exactly once, most of them in one batch
+        assert {e.attempts for e in s.scalars(select(StripeEvent))} == {1}
 
 
 def test_a_failing_event_sends_its_batch_one_by_one(members, client, work, config, api):

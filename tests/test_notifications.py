@@ -13,15 +13,15 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import select, update
 
 from config import load_config
 from db import Notification
-from listener.demo import free_port
+from listener.stand_ins import free_port
 from notifications.links import read_link
 from notifications.outbox import build_digests
 from notifications.send import deliver, outbox_dir
+from tests.smtp_server import SmtpServer
 from tests.support import API_TOKEN, PLATFORM_ACCOUNT, customer, event, post_event, subscription
 from workers.queue import enqueue_notification
 
@@ -31,57 +31,6 @@ ADMINS = ["owner@harbour.test", "Desk@Harbour.test"]
 RECIPIENTS = sorted(a.lower() for a in ADMINS)
 SUPPORT = "support@platform.test"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "emails"
-
-
-# --- a real SMTP server -----------------------------------------------------------------------
-
-class Mailbox:
-    """aiosmtpd handler: keeps every accepted message; can refuse for a while."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.envelopes: list[list[str]] = []
-        self.data_attempts = 0
-        self.refuse_next = 0  # answer 451 to this many DATA commands, then accept
-        self.reject_rcpt: str | None = None  # a permanent RCPT refusal, e.g. "550 ..."
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
-        if self.reject_rcpt:
-            return self.reject_rcpt
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        self.data_attempts += 1
-        if self.refuse_next > 0:
-            self.refuse_next -= 1
-            return "451 4.3.0 Try again later"
-        self.envelopes.append(list(envelope.rcpt_tos))
-        self.messages.append(BytesParser(policy=policy.default).parsebytes(envelope.content))
-        return "250 Message accepted"
-
-    def to(self, recipient: str) -> list[EmailMessage]:
-        return [m for m in self.messages if m["To"] == recipient]
-
-
-class SmtpServer:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.mailbox = Mailbox()
-        self.controller: Controller | None = None
-
-    def start(self) -> None:
-        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-    @property
-    def messages(self) -> list[EmailMessage]:
-        return self.mailbox.messages
 
 
 def _smtp_env(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
@@ -441,7 +390,7 @@ def test_a_new_case_for_the_same_mismatch_is_a_new_notice(smtp, api, client, wor
     assert smtp.messages[0]["Message-ID"] != smtp.messages[1]["Message-ID"]
 
 
-def test_a_resend_carries_the_same_message_id(smtp, api, client, work, db, config):
+def test_a_resend_carries_the_same_message_id(smtp, api, client, work, db, config, redis):
     venue(api, admins=["boss@harbour.test"])
     outside_subscription(client, "cus_Again0001", "again@example.com", "sub_Again0001")
     work()
@@ -451,8 +400,8 @@ def test_a_resend_carries_the_same_message_id(smtp, api, client, work, db, confi
     with db.session() as s:
         s.execute(update(Notification).where(Notification.id == row.id)
                   .values(status="pending"))
-    assert deliver(config, db, row.id) == "sent"
-    assert deliver(config, db, row.id) == "already_sent"
+    assert deliver(config, db, redis, row.id) == "sent"
+    assert deliver(config, db, redis, row.id) == "already_sent"
     assert len(smtp.messages) == 2
     assert smtp.messages[1]["Message-ID"] == first["Message-ID"]
 
@@ -467,10 +416,10 @@ def test_a_row_being_sent_by_another_job_is_left_to_it(smtp, api, client, work, 
         s.execute(update(Notification).values(status="pending"))
     held = redis.lock(f"mismatch:notification-lock:{row.id}", timeout=30)
     assert held.acquire(blocking=False)
-    assert deliver(config, db, row.id) == "in_progress"
+    assert deliver(config, db, redis, row.id) == "in_progress"
     assert len(smtp.messages) == 1 and rows(db)[0].status == "pending"
     held.release()
-    assert deliver(config, db, row.id) == "sent"
+    assert deliver(config, db, redis, row.id) == "sent"
     assert len(smtp.messages) == 2
 
 

@@ -18,7 +18,6 @@ GYM = "acct_1Gym000000000000"
 @pytest.fixture
 def stripe_key(env, monkeypatch):
     monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_recovery")
-    monkeypatch.setenv("STRIPE_BACKOFF_SECONDS", "0.01")
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from rq.job import Job, JobStatus
 
 from tests.support import customer, event, post_event
-from workers.jobs import sweep
 from workers.queue import get_queue, job_id
+from workers.sweep import sweep
 
 ACCOUNT = "acct_1SweepVenue00000"
 

@@ -28,8 +28,8 @@ from tests.support import (
     post_event,
     sign,
 )
-from workers.jobs import sweep
 from workers.queue import get_queue
+from workers.sweep import sweep
 
 PLATFORM_URL = "/webhooks/stripe"
 CONNECT_URL = "/webhooks/stripe/connect"

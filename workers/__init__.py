@@ -1,0 +1,46 @@
+"""The work: everything after the webhook has answered (matching, Stripe reads, notices).
+
+The web and the CLI hand work over only through the names exported here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from workers.queue import (
+    enqueue_event,
+    enqueue_notification,
+    enqueue_recheck,
+    enqueue_recheck_mismatch,
+    get_redis,
+    queue_depth,
+    redis_url,
+    requeue_event,
+    try_enqueue,
+)
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+# The outcome of an event that waits because Stripe says it has no such customer (rule 3).
+CUSTOMER_UNKNOWN = "customer_unknown"
+
+__all__ = [
+    "CUSTOMER_UNKNOWN",
+    "enqueue_event",
+    "enqueue_notification",
+    "enqueue_recheck",
+    "enqueue_recheck_mismatch",
+    "get_redis",
+    "init_app",
+    "queue_depth",
+    "redis_url",
+    "requeue_event",
+    "try_enqueue",
+]
+
+
+def init_app(app: Flask) -> None:
+    """Register the workers' commands (worker, sweep, replay, …) on the `mismatch` CLI."""
+    from workers import cli
+
+    cli.init_app(app)

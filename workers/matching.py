@@ -1,41 +1,69 @@
 """The matching rules: which member (if any) a subscription's customer belongs to, and the
-lifecycle of the one Mismatch per (account, subscription).
+lifecycle of the one Mismatch per (account, subscription). docs/design.md states the rules;
+the numbers below are theirs.
 
 Every write here is safe under duplicate, late and concurrent events: rows are created with
 INSERT ... ON CONFLICT DO NOTHING and then locked, and older events never undo newer state.
+Every read goes through the Batch, and nothing here waits on Stripe: an email that only
+Stripe can give was asked for before the transaction (Batch.answers) or is not known yet.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
-from sqlalchemy.orm import Session
+from sqlalchemy import update
 
-from config import Config
 from db import (
+    EventStatus,
     Member,
     Mismatch,
+    MismatchStatus,
+    Resolution,
     StripeCustomer,
+    StripeEvent,
     Subscription,
+    SubscriptionState,
     Venue,
     insert_ignoring_duplicates,
     normalize_email,
     utcnow,
 )
-from workers.stripe_api import StripeApi, StripeUnavailable
+from workers.batch import Batch
+from workers.queue import enqueue_notification, requeue_event
+from workers.stripe_api import CustomerRecord, StripeUnavailable, is_live_key
+from workers.subjects import CustomerKey, CustomerSeen, SubscriptionSeen
 
 log = logging.getLogger(__name__)
 
 NO_EMAIL_NOTE = "customer has no email"
-PREFETCHED = "mismatch.prefetched"  # the Session.info key of a batch's Prefetched rows
-NOT_FOUND_NOTE = "customer not found in this Stripe account"
+SIMILAR_MODE = re.compile(r"exists in (live|test) mode", re.IGNORECASE)
 
 
 class EmailNotYetKnown(Exception):
-    """The customer's email cannot be found yet; retry rather than guess case 3."""
+    """The customer's email cannot be known in this transaction; the event waits and retries
+    rather than guess case 3. The message names IDs only."""
+
+    def __init__(self, key: CustomerKey, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+
+
+class LookupNeeded(EmailNotYetKnown):
+    """Only Stripe can say: ask it (outside any transaction), then handle the event again."""
+
+
+class CustomerUnknownToStripe(EmailNotYetKnown):
+    """Stripe says it has no such customer in the subscription's account (or our key cannot
+    see it). A subscription's customer always lives in its account, so our key or mode is
+    wrong (rule 3): support is alerted, the venue is told nothing until the customer is known."""
+
+    def __init__(self, key: CustomerKey, reason: str, stripe_message: str) -> None:
+        super().__init__(key, reason)
+        self.stripe_message = stripe_message
 
 
 @dataclass
@@ -55,238 +83,117 @@ class Linked:
     member: Member
 
 
-@dataclass
-class MatchContext:
-    """What a matching call needs besides the session; `after_commit` collects work to
-    queue once the transaction is durable (notices)."""
+# --- the mirror ------------------------------------------------------------------------------
 
-    session: Session
-    config: Config
-    api: StripeApi
-    after_commit: list[Any] = field(default_factory=list)
-    notices_due: int = 0  # mismatches opened (or changed case) in this unit of work
-
-
-@dataclass(frozen=True)
-class Sighting:
-    """A subscription an event names, as the lookups of its handler will key it."""
-
-    account_id: str
-    livemode: bool
-    subscription_id: str
-    customer_id: str
-
-
-@dataclass
-class Prefetched:
-    """What the lookups below would read for a batch of events, loaded up front in a few
-    set-based queries (prefetch). Keyed by each lookup's own arguments; a key present with
-    None means "no such row". A key that is absent falls through to the lookup's own query,
-    so this only saves round trips: the answers, and the rules, stay those of one event at a
-    time. Lives in Session.info for one transaction."""
-
-    venues: dict[str, Venue | None] = field(default_factory=dict)
-    linked: dict[tuple[int, str], Member | None] = field(default_factory=dict)
-    mirrored: dict[tuple[str, bool, str], StripeCustomer | None] = field(default_factory=dict)
-    members: dict[tuple[int, str], list[Member]] = field(default_factory=dict)
-    # Locked FOR UPDATE by prefetch: while this transaction holds a subscription's row, no
-    # one else can create its mismatch, so "no mismatch" stays true until we create it.
-    subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
-    mismatches: dict[tuple[str, str], Mismatch | None] = field(default_factory=dict)
-
-
-def _prefetched(session: Session) -> Prefetched | None:
-    return session.info.get(PREFETCHED)
-
-
-def prefetch(session: Session, sightings: list[Sighting]) -> Prefetched:
-    """Load, lock and remember the rows handling these sightings will read: six queries for
-    the whole batch instead of six per event. Locks subscriptions in key order, so batches
-    that share a subscription queue up rather than deadlock."""
-    found = Prefetched()
-    session.info[PREFETCHED] = found
-    accounts = sorted({s.account_id for s in sightings})
-    if not accounts:
-        return found
-    for venue in session.scalars(select(Venue).where(Venue.account_id.in_(accounts))):
-        found.venues[venue.account_id] = venue
-    for account in accounts:
-        found.venues.setdefault(account, None)
-    routed = [(s, v) for s in sightings
-              if (v := found.venues[s.account_id]) is not None and v.livemode == s.livemode]
-    if not routed:
-        return found
-
-    first: dict[tuple[str, str], tuple[Sighting, Venue]] = {}
-    for s, venue in routed:
-        first.setdefault((s.account_id, s.subscription_id), (s, venue))
-    insert_ignoring_duplicates(session, Subscription, [
-        _new_subscription(s.account_id, s.livemode, s.subscription_id, s.customer_id, venue)
-        for s, venue in first.values()
-    ])
-    keys = sorted(first)
-    sub_key = tuple_(Subscription.account_id, Subscription.subscription_id)
-    for sub in session.scalars(select(Subscription).where(sub_key.in_(keys))
-                               .order_by(Subscription.account_id, Subscription.subscription_id)
-                               .with_for_update()):
-        found.subscriptions[(sub.account_id, sub.subscription_id)] = sub
-    found.mismatches = dict.fromkeys(keys)
-    mismatch_key = tuple_(Mismatch.account_id, Mismatch.subscription_id)
-    for mismatch in session.scalars(select(Mismatch).where(mismatch_key.in_(keys))
-                                    .with_for_update()):
-        found.mismatches[(mismatch.account_id, mismatch.subscription_id)] = mismatch
-
-    pairs = sorted({(venue.id, s.customer_id) for s, venue in routed})
-    found.linked = dict.fromkeys(pairs)
-    for member in session.scalars(select(Member).where(
-            tuple_(Member.venue_id, Member.stripe_customer_id).in_(pairs))):
-        found.linked[(member.venue_id, member.stripe_customer_id)] = member  # type: ignore[index]
-
-    unlinked = sorted({(s.account_id, s.livemode, s.customer_id) for s, venue in routed
-                       if found.linked[(venue.id, s.customer_id)] is None})
-    if not unlinked:
-        return found
-    found.mirrored = dict.fromkeys(unlinked)
-    for customer in session.scalars(select(StripeCustomer).where(tuple_(
-            StripeCustomer.account_id, StripeCustomer.livemode, StripeCustomer.customer_id
-    ).in_(unlinked))):
-        found.mirrored[(customer.account_id, customer.livemode, customer.customer_id)] = customer
-
-    wanted = sorted({(venue.id, email) for s, venue in routed
-                     if (c := found.mirrored.get((s.account_id, s.livemode, s.customer_id)))
-                     and (email := normalize_email(c.email))})
-    if wanted:
-        found.members = {key: [] for key in wanted}
-        for member in session.scalars(select(Member).where(
-                tuple_(Member.venue_id, Member.email_normalized).in_(wanted))
-                .order_by(Member.member_ref)):
-            found.members[(member.venue_id, member.email_normalized)].append(member)
-    return found
-
-
-def venue_for(session: Session, account_id: str | None) -> Venue | None:
-    if not account_id:
-        return None
-    if (found := _prefetched(session)) and account_id in found.venues:
-        return found.venues[account_id]
-    return session.scalar(select(Venue).where(Venue.account_id == account_id))
-
-
-def linked_member(session: Session, venue: Venue, customer_id: str) -> Member | None:
-    if (found := _prefetched(session)) and (venue.id, customer_id) in found.linked:
-        return found.linked[(venue.id, customer_id)]
-    return session.scalar(
-        select(Member).where(Member.venue_id == venue.id, Member.stripe_customer_id == customer_id)
-    )
-
-
-def mirror_customer(
-    session: Session,
-    account_id: str,
-    livemode: bool,
-    customer_id: str,
-    *,
-    email: str | None,
-    name: str | None,
-    deleted: bool,
-    event_created: int,
-) -> None:
+def mirror_customer(batch: Batch, customer: CustomerSeen) -> None:
     """Apply one customer snapshot; an older snapshot never overwrites a newer one, and a
-    deleted customer stays deleted."""
-    if found := _prefetched(session):
-        found.mirrored.pop((account_id, livemode, customer_id), None)  # read it afresh
+    deleted customer stays deleted. `created=0` (a checkout's or an API read's answer) yields
+    to any customer.* event."""
+    assert customer.account_id
+    key = (customer.account_id, customer.livemode, customer.customer_id)
+    batch.forget_mirrored(key)
     inserted = insert_ignoring_duplicates(
-        session,
-        StripeCustomer,
-        dict(account_id=account_id, livemode=livemode, customer_id=customer_id, email=email,
-             name=name, deleted=deleted, last_event_created=event_created, updated_at=utcnow()),
+        batch.session, StripeCustomer,
+        dict(account_id=customer.account_id, livemode=customer.livemode,
+             customer_id=customer.customer_id, email=customer.email, name=customer.name,
+             deleted=customer.deleted, last_event_created=customer.created,
+             updated_at=utcnow()),
         returning=StripeCustomer.id,
     )
     if inserted is not None:
         return
-    key = (
-        (StripeCustomer.account_id == account_id)
-        & (StripeCustomer.livemode == livemode)
-        & (StripeCustomer.customer_id == customer_id)
-    )
-    values: dict[str, Any] = dict(email=email, name=name, last_event_created=event_created,
-                                  updated_at=utcnow())
-    if deleted:
+    where = ((StripeCustomer.account_id == customer.account_id)
+             & (StripeCustomer.livemode == customer.livemode)
+             & (StripeCustomer.customer_id == customer.customer_id))
+    values: dict[str, Any] = dict(email=customer.email, name=customer.name,
+                                  last_event_created=customer.created, updated_at=utcnow())
+    if customer.deleted:
         values["deleted"] = True
-    session.execute(
-        update(StripeCustomer)
-        .where(key, StripeCustomer.last_event_created <= event_created)
-        .values(**values)
-    )
-    if deleted:  # even when a newer snapshot is already here: deletion is final in Stripe
-        session.execute(update(StripeCustomer).where(key).values(deleted=True))
+    batch.session.execute(update(StripeCustomer)
+                          .where(where, StripeCustomer.last_event_created <= customer.created)
+                          .values(**values))
+    if customer.deleted:  # even when a newer snapshot is already here: deletion is final
+        batch.session.execute(update(StripeCustomer).where(where).values(deleted=True))
 
 
-def find_mirrored(session: Session, account_id: str, livemode: bool, customer_id: str
-                  ) -> StripeCustomer | None:
-    if (found := _prefetched(session)) and (account_id, livemode, customer_id) in found.mirrored:
-        return found.mirrored[(account_id, livemode, customer_id)]
-    return session.scalar(
-        select(StripeCustomer).where(
-            StripeCustomer.account_id == account_id,
-            StripeCustomer.livemode == livemode,
-            StripeCustomer.customer_id == customer_id,
-        )
-    )
+def release_waiting_events(batch: Batch, event_account: str | None, livemode: bool,
+                           customer_id: str) -> None:
+    """Rule 3: events that waited because Stripe did not know this customer go again now
+    that it is known (after commit), failed ones included."""
+    account = (StripeEvent.account_id.is_(None) if event_account is None
+               else StripeEvent.account_id == event_account)
+    released = batch.session.scalars(
+        update(StripeEvent)
+        .where(StripeEvent.waiting_for == customer_id, account,
+               StripeEvent.livemode == livemode,
+               StripeEvent.status.in_((EventStatus.RECEIVED, EventStatus.FAILED)))
+        .values(status=EventStatus.RECEIVED)
+        .returning(StripeEvent.event_id)).all()
+    if released:
+        log.info("customer %s is known: %d waiting events go again", customer_id,
+                 len(released))
+    batch.queue(requeue_event, released)
 
 
-def find_email(
-    ctx: MatchContext,
-    account_id: str,
-    livemode: bool,
-    customer_id: str,
-    checkout_email: str | None = None,
-    recorded: tuple[str | None, str | None] | None = None,
-) -> tuple[str | None, str | None]:
-    """DESIGN rule 3: mirror, then the checkout session, then one API read by ID.
+# --- rules 3 and 4 ---------------------------------------------------------------------------
 
-    `recorded` (a re-check's earlier (email, note)) stands in for the API read.
-    Returns (email, note). Raises EmailNotYetKnown when none of these can answer now.
-    """
-    mirrored = find_mirrored(ctx.session, account_id, livemode, customer_id)
+def find_email(batch: Batch, key: CustomerKey, checkout_email: str | None = None,
+               recorded: tuple[str | None, str | None] | None = None
+               ) -> tuple[str | None, str | None]:
+    """Rule 3: the mirror, then the checkout session, then what Stripe answered before the
+    transaction. `recorded` (a re-check's earlier (email, note)) stands in for Stripe.
+    Returns (email, note); raises EmailNotYetKnown when none of these can answer."""
+    account_id, livemode, customer_id = key
+    mirrored = batch.find_mirrored(*key)
     if mirrored is not None:
         return (mirrored.email, None) if mirrored.email else (None, NO_EMAIL_NOTE)
     if checkout_email:
         return checkout_email, None
     if recorded is not None:
         return recorded
-    if not ctx.api.enabled:
-        raise EmailNotYetKnown(
-            f"email of {customer_id} unknown: not mirrored yet and STRIPE_SECRET_KEY is unset"
-        )
-    try:
-        record = ctx.api.retrieve_customer(account_id, customer_id)
-    except StripeUnavailable as exc:
-        raise EmailNotYetKnown(f"email of {customer_id} unknown: {exc}") from exc
-    if not record.found:
-        return None, NOT_FOUND_NOTE
-    # Keep what we learned so the next event for this customer needs no call;
-    # last_event_created=0 lets any customer.* event override it.
-    mirror_customer(ctx.session, account_id, livemode, customer_id, email=record.email,
-                    name=record.name, deleted=record.deleted, event_created=0)
-    return (record.email, None) if record.email else (None, NO_EMAIL_NOTE)
+    answer = batch.answers.get(key)
+    if answer is None:
+        if not batch.config.stripe_secret_key:
+            raise EmailNotYetKnown(key, f"email of {customer_id} unknown: not mirrored yet "
+                                        f"and STRIPE_SECRET_KEY is unset")
+        raise LookupNeeded(key, f"email of {customer_id} unknown: ask Stripe")
+    if isinstance(answer, StripeUnavailable):
+        raise EmailNotYetKnown(key, f"email of {customer_id} unknown: {answer}")
+    if not answer.found:
+        raise CustomerUnknownToStripe(
+            key, unknown_customer_reason(batch, key, answer), answer.not_found_message or "")
+    # Keep what we learned, so the next event for this customer needs no call.
+    mirror_customer(batch, CustomerSeen(account_id, livemode, customer_id, answer.email,
+                                        answer.name, answer.deleted, created=0))
+    return (answer.email, None) if answer.email else (None, NO_EMAIL_NOTE)
 
 
-def classify(session: Session, venue: Venue, email: str | None, note: str | None = None
+def unknown_customer_reason(batch: Batch, key: CustomerKey, answer: CustomerRecord) -> str:
+    """One line for the inbox row and support's alert: which customer, and the likely cause."""
+    account_id, livemode, customer_id = key
+    mode = "live" if livemode else "test"
+    message = answer.not_found_message or ""
+    other = SIMILAR_MODE.search(message)
+    key_mode = "live" if is_live_key(batch.config.stripe_secret_key) else "test"
+    if other:
+        cause = (f"the customer exists in {other.group(1).lower()} mode and our "
+                 f"STRIPE_SECRET_KEY is a {key_mode}-mode key: set the {mode}-mode key")
+    elif "access to account" in message or "does not have access" in message:
+        cause = (f"our key cannot act as {account_id}: the account disconnected from the "
+                 f"platform, or STRIPE_SECRET_KEY is another platform's key")
+    else:
+        cause = (f"STRIPE_SECRET_KEY belongs to another Stripe platform or account than the "
+                 f"one that sent this {mode}-mode event")
+    return f"Stripe has no customer {customer_id} in {account_id} ({mode} mode): likely {cause}"
+
+
+def classify(batch: Batch, venue: Venue, email: str | None, note: str | None = None
              ) -> Classification:
-    """DESIGN rule 4: members of this venue with the same normalized email."""
+    """Rule 4: members of this venue with the same normalized email."""
     normalized = normalize_email(email)
     if normalized is None:
         return Classification(case=3, email=email, note=note or NO_EMAIL_NOTE)
-    found = _prefetched(session)
-    if found and (venue.id, normalized) in found.members:
-        members = found.members[(venue.id, normalized)]
-    else:
-        members = list(session.scalars(
-            select(Member)
-            .where(Member.venue_id == venue.id, Member.email_normalized == normalized)
-            .order_by(Member.member_ref)
-        ))
+    members = batch.members_with_email(venue, normalized)
     if not members:
         return Classification(case=3, email=email, note=note)
     with_customer = [m for m in members if m.stripe_customer_id]
@@ -304,119 +211,68 @@ def classify(session: Session, venue: Venue, email: str | None, note: str | None
                           candidates=candidates, note=note)
 
 
-def evaluate(
-    ctx: MatchContext,
-    venue: Venue,
-    customer_id: str,
-    livemode: bool,
-    checkout_email: str | None = None,
-    recorded: tuple[str | None, str | None] | None = None,
-) -> Linked | Classification:
+def evaluate(batch: Batch, venue: Venue, key: CustomerKey, checkout_email: str | None = None,
+             recorded: tuple[str | None, str | None] | None = None) -> Linked | Classification:
     """Rules 2-4 for one customer of one venue."""
-    member = linked_member(ctx.session, venue, customer_id)
+    member = batch.linked_member(venue, key[2])
     if member is not None:
         return Linked(member)
-    email, note = find_email(ctx, venue.account_id, livemode, customer_id,
-                             checkout_email=checkout_email, recorded=recorded)
-    return classify(ctx.session, venue, email, note)
+    email, note = find_email(batch, key, checkout_email=checkout_email, recorded=recorded)
+    return classify(batch, venue, email, note)
 
 
-def _new_subscription(account_id: str, livemode: bool, subscription_id: str, customer_id: str,
-                      venue: Venue | None) -> dict[str, Any]:
-    return dict(account_id=account_id, livemode=livemode, subscription_id=subscription_id,
-                customer_id=customer_id, venue_id=venue.id if venue else None, canceled=False,
-                state="unrouted" if venue is None else "pending", last_event_created=0,
-                updated_at=utcnow())
+# --- subscriptions (rules 1, 2, 5, 6) --------------------------------------------------------
+
+def record_unrouted(batch: Batch, seen: SubscriptionSeen) -> None:
+    assert seen.account_id
+    row = batch.locked_subscription(seen.account_id, seen.livemode, seen.subscription_id,
+                                    seen.customer_id, None)
+    row.state = SubscriptionState.UNROUTED
 
 
-def _locked_subscription(session: Session, account_id: str, livemode: bool, subscription_id: str,
-                         customer_id: str, venue: Venue | None) -> Subscription:
-    if (found := _prefetched(session)) and (account_id, subscription_id) in found.subscriptions:
-        return found.subscriptions[(account_id, subscription_id)]
-    insert_ignoring_duplicates(
-        session, Subscription,
-        _new_subscription(account_id, livemode, subscription_id, customer_id, venue),
-    )
-    row = session.scalar(
-        select(Subscription)
-        .where(Subscription.account_id == account_id,
-               Subscription.subscription_id == subscription_id)
-        .with_for_update()
-    )
-    assert row is not None
-    return row
+def observe_subscription(batch: Batch, venue: Venue, seen: SubscriptionSeen) -> str:
+    """Apply one sighting of a subscription (an event, or reconcile); returns the outcome.
 
-
-def record_unrouted(session: Session, account_id: str, livemode: bool, subscription_id: str,
-                    customer_id: str) -> None:
-    row = _locked_subscription(session, account_id, livemode, subscription_id, customer_id, None)
-    row.state = "unrouted"
-
-
-def observe_subscription(
-    ctx: MatchContext,
-    venue: Venue,
-    *,
-    livemode: bool,
-    subscription_id: str,
-    customer_id: str,
-    status: str | None,
-    canceled: bool,
-    event_created: int,
-    checkout_email: str | None = None,
-) -> str:
-    """Apply one sighting of a subscription (event or reconcile); returns the outcome."""
-    sub = _locked_subscription(ctx.session, venue.account_id, livemode, subscription_id,
-                               customer_id, venue)
-    if canceled:
+    Raises EmailNotYetKnown (before writing anything) when rule 3 cannot answer yet."""
+    # Rule 3 first: if the email cannot be known now, nothing of this event is written.
+    with batch.session.no_autoflush:
+        if seen.customer is not None:
+            mirror_customer(batch, seen.customer)
+        result = evaluate(batch, venue, seen.customer_key, checkout_email=seen.checkout_email)
+    sub = batch.locked_subscription(venue.account_id, seen.livemode, seen.subscription_id,
+                                    seen.customer_id, venue)
+    if seen.canceled:
         sub.canceled = True
         sub.status = "canceled"
-    elif status and event_created >= sub.last_event_created and not sub.canceled:
-        sub.status = status
-    sub.last_event_created = max(sub.last_event_created, event_created)
+    elif seen.status and seen.created >= sub.last_event_created and not sub.canceled:
+        sub.status = seen.status
+    sub.last_event_created = max(sub.last_event_created, seen.created)
     sub.venue_id = venue.id
-
-    # The lookups below never read the subscription row: keep its changes pending so they
-    # reach the database in one UPDATE with the verdict, not one UPDATE each.
-    with ctx.session.no_autoflush:
-        result = evaluate(ctx, venue, customer_id, livemode, checkout_email=checkout_email)
-    return apply_result(ctx, venue, sub, result)
+    return apply_result(batch, venue, sub, result)
 
 
-def apply_result(ctx: MatchContext, venue: Venue, sub: Subscription,
+def apply_result(batch: Batch, venue: Venue, sub: Subscription,
                  result: Linked | Classification) -> str:
     """Record the verdict on the subscription and its one Mismatch (rules 2, 5, 6)."""
-    session = ctx.session
     if isinstance(result, Linked):
-        sub.state = "linked"
+        sub.state = SubscriptionState.LINKED
         sub.member_id = result.member.id
-        mismatch = _mismatch_for_update(session, sub.account_id, sub.subscription_id)
-        if mismatch is not None and mismatch.status == "open":
-            mismatch.resolve("linked")
+        mismatch = batch.mismatch_for_update(sub.account_id, sub.subscription_id)
+        if mismatch is not None and mismatch.status == MismatchStatus.OPEN:
+            mismatch.resolve(Resolution.LINKED)
             log.info("mismatch %s resolved: %s now linked", mismatch.id, sub.customer_id)
         return "linked"
 
-    sub.state = "mismatch"
+    sub.state = SubscriptionState.MISMATCH
     sub.member_id = result.member.id if result.member else None
     now = utcnow()
-    values = dict(account_id=sub.account_id, livemode=sub.livemode,
-                  subscription_id=sub.subscription_id, venue_id=venue.id, case=result.case,
-                  customer_id=sub.customer_id, customer_email=result.email,
-                  linked_customer_id=result.linked_customer_id,
-                  member_id=result.member.id if result.member else None,
-                  candidates=result.candidates, note=result.note, status="open",
-                  opened_at=now, updated_at=now)
-    key = (sub.account_id, sub.subscription_id)
-    found = _prefetched(session)
-    if found and key in found.mismatches and found.mismatches[key] is None:
-        # We hold the subscription's lock and saw no mismatch: add it with the batch's flush.
-        mismatch = found.mismatches[key] = Mismatch(**values)
-        session.add(mismatch)
-    else:
-        insert_ignoring_duplicates(session, Mismatch, values)
-        mismatch = _mismatch_for_update(session, sub.account_id, sub.subscription_id)
-    assert mismatch is not None
-    if mismatch.status == "open":
+    mismatch = batch.open_mismatch(dict(
+        account_id=sub.account_id, livemode=sub.livemode, subscription_id=sub.subscription_id,
+        venue_id=venue.id, case=result.case, customer_id=sub.customer_id,
+        customer_email=result.email, linked_customer_id=result.linked_customer_id,
+        member_id=result.member.id if result.member else None, candidates=result.candidates,
+        note=result.note, status=MismatchStatus.OPEN, opened_at=now, updated_at=now))
+    if mismatch.status == MismatchStatus.OPEN:
         mismatch.case = result.case
         mismatch.customer_email = result.email
         mismatch.linked_customer_id = result.linked_customer_id
@@ -425,50 +281,41 @@ def apply_result(ctx: MatchContext, venue: Venue, sub: Subscription,
         mismatch.note = result.note
         mismatch.venue_id = venue.id
     if sub.canceled:
-        if mismatch.status == "open":
-            mismatch.resolve("canceled")
+        if mismatch.status == MismatchStatus.OPEN:
+            mismatch.resolve(Resolution.CANCELED)
         return f"case_{mismatch.case}_canceled"
-    if mismatch.status == "open" and mismatch.notified_case != mismatch.case:
+    if mismatch.status == MismatchStatus.OPEN and mismatch.notified_case != mismatch.case:
         from notifications.outbox import queue_mismatch_notices
 
-        ctx.after_commit.extend(queue_mismatch_notices(session, mismatch, venue))
+        batch.queue(enqueue_notification, queue_mismatch_notices(batch.session, mismatch, venue))
         mismatch.notified_case = mismatch.case
-        ctx.notices_due += 1
+        batch.notices_due += 1
     return f"case_{mismatch.case}"
 
 
-def _mismatch_for_update(session: Session, account_id: str, subscription_id: str
-                         ) -> Mismatch | None:
-    if (found := _prefetched(session)) and (account_id, subscription_id) in found.mismatches:
-        return found.mismatches[(account_id, subscription_id)]
-    return session.scalar(
-        select(Mismatch)
-        .where(Mismatch.account_id == account_id, Mismatch.subscription_id == subscription_id)
-        .with_for_update()
-    )
-
-
-def recheck_open_mismatches(ctx: MatchContext, venue: Venue,
+def recheck_open_mismatches(batch: Batch, venue: Venue,
                             customer_id: str | None = None) -> dict[str, int]:
     """Re-run rules 2-4 for a venue's open mismatches (after a member or customer changed).
 
-    Uses the mirror and the email already recorded; never calls Stripe.
-    """
+    Uses the mirror and the email already recorded; never needs Stripe."""
+    from sqlalchemy import select
+
     query = select(Mismatch.subscription_id, Mismatch.livemode, Mismatch.customer_id).where(
-        Mismatch.venue_id == venue.id, Mismatch.status == "open"
-    )
+        Mismatch.venue_id == venue.id, Mismatch.status == MismatchStatus.OPEN
+    ).order_by(Mismatch.subscription_id)  # the key order batches lock subscriptions in
     if customer_id:
         query = query.where(Mismatch.customer_id == customer_id)
     counts: dict[str, int] = {}
-    for subscription_id, livemode, customer in list(ctx.session.execute(query)):
+    for subscription_id, livemode, customer in list(batch.session.execute(query)):
         # Same lock order as observe_subscription (subscription, then mismatch): no deadlock.
-        sub = _locked_subscription(ctx.session, venue.account_id, livemode, subscription_id,
-                                   customer, venue)
-        mismatch = _mismatch_for_update(ctx.session, venue.account_id, subscription_id)
-        if mismatch is None or mismatch.status != "open":
+        sub = batch.locked_subscription(venue.account_id, livemode, subscription_id, customer,
+                                        venue)
+        mismatch = batch.mismatch_for_update(venue.account_id, subscription_id)
+        if mismatch is None or mismatch.status != MismatchStatus.OPEN:
             continue
-        result = evaluate(ctx, venue, mismatch.customer_id, mismatch.livemode,
+        result = evaluate(batch, venue, (venue.account_id, mismatch.livemode,
+                                         mismatch.customer_id),
                           recorded=(mismatch.customer_email, mismatch.note))
-        outcome = apply_result(ctx, venue, sub, result)
+        outcome = apply_result(batch, venue, sub, result)
         counts[outcome] = counts.get(outcome, 0) + 1
     return counts

@@ -7,48 +7,41 @@ All three read Stripe by list (paginated, never search) or by ID, within the rat
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
 from config import Config
-from db import Database, Member, StripeEvent, Venue, insert_ignoring_duplicates, utcnow
+from db import (
+    Database,
+    EventStatus,
+    Member,
+    StripeEvent,
+    Venue,
+    insert_ignoring_duplicates,
+    utcnow,
+)
+from workers.batch import Batch
 from workers.handlers import HANDLERS
-from workers.matching import MatchContext, find_mirrored, mirror_customer, observe_subscription
+from workers.matching import SIMILAR_MODE, EmailNotYetKnown, mirror_customer, observe_subscription
 from workers.stripe_api import StripeApi, StripeUnavailable
+from workers.subjects import CustomerSeen, SubscriptionSeen
 
 EVENT_RETENTION = timedelta(days=30)  # Stripe's Events API returns the last 30 days only
 
 Echo = Callable[[str], None]
+T = TypeVar("T")
+# Wraps a loop's items for a progress display (the CLI passes click's progress bar).
+Track = Callable[[Iterable[Any], str], Iterable[Any]]
 
 
-class Progress:
-    """A bar on a terminal, plain lines every `every` items elsewhere (logs, CI)."""
-
-    def __init__(self, label: str, echo: Echo, tty: bool, every: int = 100) -> None:
-        self.label, self.echo, self.tty, self.every, self.count = label, echo, tty, every, 0
-
-    def tick(self) -> None:
-        self.count += 1
-        if self.tty:
-            import sys
-
-            sys.stderr.write(f"\r{self.label}: {self.count} " + "#" * min(40, self.count // 25))
-            sys.stderr.flush()
-        elif self.count % self.every == 0:
-            self.echo(f"{self.label}: {self.count}")
-
-    def done(self) -> None:
-        if self.tty:
-            import sys
-
-            sys.stderr.write("\n")
-        self.echo(f"{self.label}: {self.count} done")
+def _untracked(items: Iterable[T], _label: str) -> Iterable[T]:
+    return items
 
 
 def _accounts(session, config: Config, account: str | None  # type: ignore[no-untyped-def]
@@ -79,7 +72,8 @@ class ReplaySummary:
 
 
 def replay(config: Config, db: Database, api: StripeApi, since: datetime,
-           account: str | None = None, echo: Echo = print, tty: bool = False) -> ReplaySummary:
+           account: str | None = None, echo: Echo = print, track: Track = _untracked
+           ) -> ReplaySummary:
     """Feed events Stripe has but our inbox lacks through the same inbox (dedup by id)."""
     summary = ReplaySummary()
     oldest = datetime.now(UTC) - EVENT_RETENTION
@@ -90,18 +84,15 @@ def replay(config: Config, db: Database, api: StripeApi, since: datetime,
         since = oldest
     with db.session() as session:
         targets = _accounts(session, config, account)
-    progress = Progress("events", echo, tty)
     for acct, _venue in targets:
-        if acct is None and not config.stripe_platform_account and account is None:
-            pass  # platform events are still worth storing: they show up as unrouted
+        # Listed before the transaction: no Stripe call while one is open.
         events = list(api.list_all(f"events.list {acct or 'platform'}", api.client.v1.events.list,
                                    acct, {"created": {"gte": int(since.timestamp())}}))
         # The API answers newest first; the handlers are order-independent, but oldest
         # first keeps the mirror and timeline natural.
         events.sort(key=lambda e: (e.get("created", 0), e.get("id", "")))
         with db.session() as session:
-            for item in events:
-                progress.tick()
+            for item in track(events, f"events of {acct or 'the platform'}"):
                 summary.listed += 1
                 if item.get("type") not in HANDLERS:
                     summary.skipped_types += 1
@@ -112,22 +103,18 @@ def replay(config: Config, db: Database, api: StripeApi, since: datetime,
                     event_id=item["id"], endpoint="connect" if acct else "platform",
                     account_id=acct, livemode=bool(item.get("livemode")), type=item["type"],
                     created=int(item.get("created") or 0), payload=json.dumps(item),
-                    status="received", attempts=0, received_at=utcnow(),
+                    status=EventStatus.RECEIVED, attempts=0, received_at=utcnow(),
                 ), returning=StripeEvent.id)
                 if new_id is None:
                     summary.known += 1
                 else:
                     summary.new += 1
                     summary.new_event_ids.append(item["id"])
-    progress.done()
     summary.list_calls = api.list_calls
     return summary
 
 
 # --- reconcile ------------------------------------------------------------------------------
-
-SIMILAR_MODE = re.compile(r"exists in (live|test) mode", re.IGNORECASE)
-
 
 @dataclass
 class Finding:
@@ -147,56 +134,64 @@ class ReconcileSummary:
     list_calls: int = 0
     subscriptions: int = 0
     new_mismatches: int = 0
+    notices: list[int] = field(default_factory=list)  # outbox rows to send
 
 
 def reconcile(config: Config, db: Database, api: StripeApi, account: str | None = None,
-              echo: Echo = print, tty: bool = False, check_members: bool = True,
-              queue_notices: Callable[[list[int]], None] | None = None) -> ReconcileSummary:
+              echo: Echo = print, track: Track = _untracked, check_members: bool = True
+              ) -> ReconcileSummary:
     """Classify every non-canceled subscription of each venue with the matching rules."""
     summary = ReconcileSummary()
     with db.session() as session:
         targets = [(acct, v) for acct, v in _accounts(session, config, account) if v is not None]
-    progress = Progress("subscriptions", echo, tty)
     for acct, venue in targets:
         assert venue is not None
         counts: Counter = Counter()
         seen_at = int(time.time())
         # Default listing excludes canceled subscriptions; no search, one call per page, and
-        # the customers come expanded so classifying needs no call per subscription.
-        for page in api.list_pages(f"subscriptions.list {venue.account_id}",
-                                   api.client.v1.subscriptions.list, acct,
-                                   {"expand": ["data.customer"]}):
+        # the customers come expanded so classifying needs no call per subscription. Each
+        # page is fetched before its transaction opens.
+        pages = api.list_pages(f"subscriptions.list {venue.account_id}",
+                               api.client.v1.subscriptions.list, acct,
+                               {"expand": ["data.customer"]})
+        for page in track(pages, f"subscription pages of {venue.account_id}"):
             with db.session() as session:  # one transaction per page
                 venue_row = session.get(Venue, venue.id)
-                match = MatchContext(session, config, api)
+                assert venue_row is not None
+                batch = Batch(session, config)
                 for sub in page:
-                    progress.tick()
-                    if sub.get("status") == "canceled":
-                        continue
-                    if bool(sub.get("livemode")) != venue.livemode:
-                        counts["other_mode"] += 1
-                        continue
-                    summary.subscriptions += 1
-                    customer = sub.get("customer")
-                    customer_id = customer.get("id") if isinstance(customer, dict) else customer
-                    if isinstance(customer, dict):
-                        mirror_customer(session, venue.account_id, venue.livemode, customer_id,
-                                        email=customer.get("email"), name=customer.get("name"),
-                                        deleted=bool(customer.get("deleted")),
-                                        event_created=seen_at)
-                    counts[observe_subscription(
-                        match, venue_row, livemode=venue.livemode, subscription_id=sub["id"],
-                        customer_id=customer_id, status=sub.get("status"), canceled=False,
-                        event_created=seen_at)] += 1
-            summary.new_mismatches += match.notices_due
-            if queue_notices and match.after_commit:
-                queue_notices(match.after_commit)
+                    outcome = _reconcile_one(batch, venue_row, sub, seen_at)
+                    if outcome != "canceled":  # the listing leaves them out anyway
+                        counts[outcome] += 1
+                    if outcome not in ("canceled", "other_mode"):
+                        summary.subscriptions += 1
+            summary.new_mismatches += batch.notices_due
+            summary.notices += [key for _work, key in batch.after_commit]
         summary.by_venue[venue.account_id] = counts
         if check_members:
             summary.findings += _check_member_links(config, db, api, venue)
-    progress.done()
     summary.list_calls = api.list_calls
     return summary
+
+
+def _reconcile_one(batch: Batch, venue: Venue, sub: dict[str, Any], seen_at: int) -> str:
+    """One listed subscription through the same rules as its events; the list is the newest
+    truth, so it counts as seen now."""
+    if sub.get("status") == "canceled":
+        return "canceled"
+    if bool(sub.get("livemode")) != venue.livemode:
+        return "other_mode"
+    customer = sub.get("customer")
+    seen = SubscriptionSeen(
+        venue.account_id, venue.livemode, sub["id"],
+        customer.get("id") if isinstance(customer, dict) else customer,
+        sub.get("status"), canceled=False, created=seen_at,
+        customer=CustomerSeen.from_object(customer, venue.account_id, venue.livemode, seen_at)
+        if isinstance(customer, dict) else None)
+    try:
+        return observe_subscription(batch, venue, seen)
+    except EmailNotYetKnown:  # an unexpanded customer nobody mirrored: its events will tell
+        return "email_unknown"
 
 
 def _check_member_links(config: Config, db: Database, api: StripeApi, venue: Venue
@@ -206,8 +201,9 @@ def _check_member_links(config: Config, db: Database, api: StripeApi, venue: Ven
     with db.session() as session:
         members = list(session.scalars(select(Member).where(
             Member.venue_id == venue.id, Member.stripe_customer_id.is_not(None))))
-        unmirrored = [m for m in members if find_mirrored(
-            session, venue.account_id, venue.livemode, m.stripe_customer_id or "") is None]
+        batch = Batch(session, config)
+        unmirrored = [m for m in members if batch.find_mirrored(
+            venue.account_id, venue.livemode, m.stripe_customer_id or "") is None]
     for member in unmirrored:
         customer_id = member.stripe_customer_id or ""
         verdict = locate_customer(config, api, customer_id, venue)
@@ -216,8 +212,9 @@ def _check_member_links(config: Config, db: Database, api: StripeApi, venue: Ven
                                     verdict.problem, verdict.sentence))
         elif verdict.found_in == venue.account_id:
             with db.session() as session:
-                mirror_customer(session, venue.account_id, venue.livemode, customer_id,
-                                email=verdict.email, name=None, deleted=False, event_created=0)
+                mirror_customer(Batch(session, config), CustomerSeen(
+                    venue.account_id, venue.livemode, customer_id, verdict.email, None,
+                    deleted=False, created=0))
     return findings
 
 
@@ -331,26 +328,44 @@ def diagnose(config: Config, db: Database, api: StripeApi, customer_id: str,
     return Diagnosis(location, members, fix, fixable)
 
 
+@dataclass
+class MemberLinkFix:
+    venue_id: int
+    changes: list[tuple[str, str, str]]  # (member_ref, old customer id, new customer id)
+
+
 def fix_member_link(config: Config, db: Database, api: StripeApi, customer_id: str,
-                    account_id: str) -> list[tuple[str, str, str]]:
+                    account_id: str) -> MemberLinkFix:
     """Give each member of the venue that links to `customer_id` a new customer in the
-    venue's own account; returns (member_ref, old id, new id)."""
-    changes = []
+    venue's own account. Read, then create in Stripe with no transaction open (idempotency
+    key per member and old customer), then relink in a short transaction of its own."""
     with db.session() as session:
         venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
         if venue is None:
             raise ValueError(f"no venue {account_id}")
-        members = list(session.scalars(select(Member).where(
-            Member.venue_id == venue.id, Member.stripe_customer_id == customer_id)))
-        for member in members:
-            new_id = api.create_customer(
-                None if account_id == config.stripe_platform_account else account_id,
-                member.email, member.name,
-                metadata={"member_ref": member.member_ref, "replaces": customer_id},
-                idempotency_key=f"mismatch-fix-{account_id}-{member.member_ref}-{customer_id}")
+        venue_id, livemode = venue.id, venue.livemode
+        members = [(m.id, m.member_ref, m.email, m.name) for m in session.scalars(
+            select(Member).where(Member.venue_id == venue.id,
+                                 Member.stripe_customer_id == customer_id))]
+    created = []
+    for member_id, member_ref, email, name in members:
+        new_id = api.create_customer(
+            None if account_id == config.stripe_platform_account else account_id,
+            email, name, metadata={"member_ref": member_ref, "replaces": customer_id},
+            idempotency_key=f"mismatch-fix-{account_id}-{member_ref}-{customer_id}")
+        created.append((member_id, member_ref, email, name, new_id))
+    changes = []
+    with db.session() as session:
+        batch = Batch(session, config)
+        for member_id, member_ref, email, name, new_id in created:
+            member = session.get(Member, member_id)
+            if member is None or member.stripe_customer_id != customer_id:
+                continue  # changed meanwhile: leave it as the booking product set it
             member.stripe_customer_id = new_id
-            mirror_customer(session, account_id, venue.livemode, new_id, email=member.email,
-                            name=member.name, deleted=False, event_created=0)
-            changes.append((member.member_ref, customer_id, new_id))
-        venue.recheck_requested_at = utcnow()
-    return changes
+            mirror_customer(batch, CustomerSeen(account_id, livemode, new_id, email, name,
+                                                deleted=False, created=0))
+            changes.append((member_ref, customer_id, new_id))
+        venue = session.get(Venue, venue_id)
+        if venue is not None:
+            venue.recheck_requested_at = utcnow()
+    return MemberLinkFix(venue_id, changes)

@@ -17,12 +17,7 @@ import signal
 import time
 
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker
-from rq.intermediate_queue import IntermediateQueue
-from rq.job import Job
-from rq.results import Result
-from rq.timeouts import JobTimeoutException
-from rq.worker import WorkerStatus
+from rq import SimpleWorker
 
 from config import Config
 from workers.queue import get_queue, get_redis
@@ -37,101 +32,21 @@ SWEEP_LOCK = "mismatch:sweep-lock"
 MAINTENANCE_SECONDS = 30
 
 
-# Event jobs taken together: one transaction and one round of RQ bookkeeping per batch.
-EVENTS_PER_BATCH = 100
-PROCESS_EVENT = "workers.jobs.process_event"
-# Move up to ARGV[1] job ids from the head of the queue to RQ's intermediate list (where
-# RQ's own dequeue puts the one job it takes), atomically, in one round trip.
-_TAKE_JOBS = """
-local taken = {}
-for i = 1, tonumber(ARGV[1]) do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not id then break end
-  taken[i] = id
-end
-return taken
-"""
-
-
 class MismatchWorker(SimpleWorker):
-    """RQ's in-process worker that, when more event jobs wait behind the one it dequeued,
-    takes up to EVENTS_PER_BATCH of them and processes their events together
-    (jobs.process_events). RQ costs about 4 ms of bookkeeping per job here (status,
-    registries, heartbeats), and matching one event at a time a dozen statements and a
-    commit: together they capped a worker near 80 events/s (benchmarks/matching.py).
+    """RQ's in-process worker, remembering whether it was asked to stop (SIGTERM/SIGINT): RQ's
+    loop also returns when Redis fails under it, and then we start it again. Batching is not
+    the worker's business: each event's job takes a batch of events itself (workers.inbox)."""
 
-    The batch is all or nothing. When it succeeds the taken jobs are finished as RQ would
-    finish them (result_ttl=0: deleted); the dequeued job still runs through RQ and finds its
-    event done. When it fails, every job runs on its own through RQ, with its own retries."""
+    stop_requested = False
 
-    batch_size = EVENTS_PER_BATCH
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.jobs_done = 0  # jobs finished by this worker, batched or not (benchmarks)
-        self._take = self.connection.register_script(_TAKE_JOBS)
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        if job.func_name != PROCESS_EVENT or self.batch_size <= 1:
-            self._execute_one(job, queue)
-            return
-        taken = self._take_jobs(queue, self.batch_size - 1)
-        batch = [j for j in taken if j.func_name == PROCESS_EVENT]
-        alone = [job, *batch]
-        if batch:
-            # Busy, so that a SIGTERM now waits for the batch (RQ's warm shutdown).
-            self.set_state(WorkerStatus.BUSY)
-            try:
-                from workers.jobs import process_events
-
-                with self.death_penalty_class(job.timeout or queue.DEFAULT_TIMEOUT,
-                                              JobTimeoutException, job_id=job.id):
-                    process_events([job.args[0], *(j.args[0] for j in batch)])
-            except Exception as exc:  # noqa: BLE001 - each job runs alone below, with retries
-                log.warning("batch of %d events failed (%s); running them one by one",
-                            len(batch) + 1, type(exc).__name__)
-            else:
-                self._finish(queue, batch)
-                alone = [job]
-        for one in alone + [j for j in taken if j.func_name != PROCESS_EVENT]:
-            self._execute_one(one, queue)
-
-    def _execute_one(self, job: Job, queue: Queue) -> None:
-        super().execute_job(job, queue)
-        self.jobs_done += 1
-
-    def _take_jobs(self, queue: Queue, limit: int) -> list[Job]:
-        intermediate = IntermediateQueue(queue.key, self.connection)
-        ids = [i.decode() for i in self._take(keys=[queue.key, intermediate.key], args=[limit])]
-        if not ids:
-            return []
-        jobs = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
-        gone = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
-        if gone:  # deleted while queued: forget them, as RQ's dequeue does
-            with self.connection.pipeline() as pipe:
-                for job_id in gone:
-                    pipe.lrem(intermediate.key, 1, job_id)
-                pipe.execute()
-        return [job for job in jobs if job is not None]
-
-    def _finish(self, queue: Queue, jobs: list[Job]) -> None:
-        """What RQ does for a successful job with result_ttl=0 (delete it), for many jobs in
-        one round trip. These jobs never started, so no execution, registry or result refers
-        to them: Job.delete would also look each one's executions up, a round trip per job."""
-        intermediate = IntermediateQueue(queue.key, self.connection)
-        with self.connection.pipeline() as pipe:
-            for job in jobs:
-                pipe.lrem(intermediate.key, 1, job.id)
-                pipe.delete(job.key, job.dependents_key, job.dependencies_key,
-                            Result.get_key(job.id))
-            pipe.hincrby(self.key, "successful_job_count", len(jobs))
-            pipe.execute()
-        self.jobs_done += len(jobs)
+    def handle_warm_shutdown_request(self) -> None:
+        self.stop_requested = True
+        super().handle_warm_shutdown_request()
 
 
 def sweep_once(config: Config) -> None:
     """Sweep unless another worker swept within the interval (a Redis lock)."""
-    from workers.jobs import sweep
+    from workers.sweep import sweep
 
     redis = get_redis(config)
     if not redis.set(SWEEP_LOCK, "1", nx=True, ex=max(5, config.sweep_after_seconds // 2)):
@@ -196,7 +111,7 @@ def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0
             # RQ's loop also returns when Redis fails under a running job ("found an
             # unhandled exception, quitting"): a Redis restart would end the worker, and
             # `mismatch serve` with it. Only a SIGTERM/SIGINT (or --burst) ends ours.
-            if burst or (worker is not None and worker._shutdown_requested_date is not None):
+            if burst or (worker is not None and worker.stop_requested):
                 return
             log.warning("RQ worker stopped on an error (Redis gone?); starting it again")
             if not _pause(2.0):

@@ -1,7 +1,9 @@
-"""The few Stripe API reads the workers make: by ID, as the connected account, with backoff.
+"""The Stripe API as the workers use it: reads by ID or by list, as the connected account,
+under ONE rate limit that every process shares, with stripe-python's own retries.
 
-API calls are the scarce resource (25/s in test mode), so callers try the local mirror
-first; `calls` counts what was spent so benchmarks and commands can report it.
+API calls are the scarce resource (25/s in test mode, 100/s live), so callers try the local
+mirror first. No caller holds a database transaction open across a call here: a call can
+wait for the limit, for Stripe, and for stripe-python's retry back-off.
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import stripe
+from limits import RateLimitItemPerSecond
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from config import Config
 
 log = logging.getLogger(__name__)
 
+# Stripe's documented global limits per account, requests per second.
+LIVE_RATE_LIMIT, TEST_RATE_LIMIT = 100, 25
+
 
 class StripeUnavailable(Exception):
-    """Stripe could not answer now (no key, rate limit, outage): try again later."""
+    """Stripe could not answer now (no key, rate limited, outage): try again later."""
 
 
 @dataclass
@@ -31,23 +40,65 @@ class CustomerRecord:
     deleted: bool
     found: bool = True
     livemode: bool | None = None
-    # Stripe's words when not found, e.g. "a similar object exists in live mode".
+    # Stripe's words when it does not show us the customer, e.g. "No such customer: 'cus_…';
+    # a similar object exists in live mode, but a test mode key was used to make this request."
     not_found_message: str | None = None
 
 
-class StripeApi:
-    calls = 0  # process-wide count of HTTP requests made, for benchmarks and summaries
+def is_live_key(key: str | None) -> bool:
+    return bool(key) and "_live_" in (key or "")
 
-    def __init__(self, config: Config, *, attempts: int = 4) -> None:
+
+class SharedRateLimit:
+    """Stripe's per-second budget, counted in Redis (a moving window from `limits`), so every
+    worker, the CLI and any other process using our key draw from the same budget."""
+
+    def __init__(self, config: Config, connection: redis.Redis) -> None:
+        live = is_live_key(config.stripe_secret_key)
+        per_second = config.stripe_rate_limit or (LIVE_RATE_LIMIT if live else TEST_RATE_LIMIT)
+        self.item = RateLimitItemPerSecond(per_second)
+        self.key = "live" if live else "test"
+        kwargs = connection.connection_pool.connection_kwargs
+        uri = (f"redis+unix://{kwargs['path']}" if "path" in kwargs
+               else f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}")
+        storage = RedisStorage(uri, connection_pool=connection.connection_pool,
+                               key_prefix="mismatch:stripe-rate")
+        self.limiter = MovingWindowRateLimiter(storage)
+
+    def acquire(self) -> float:
+        """Take one request's place in the window, waiting until there is one; returns the
+        seconds waited."""
+        waited = 0.0
+        while not self.limiter.hit(self.item, self.key):
+            reset = self.limiter.get_window_stats(self.item, self.key).reset_time
+            pause = min(1.0, max(0.005, reset - time.time()))
+            time.sleep(pause)
+            waited += pause
+        return waited
+
+
+class LimitedHttpClient(stripe.RequestsClient):
+    """stripe-python's requests client, taking a place in the shared limit before every
+    HTTP request it sends, its own retries included (each retry costs Stripe a request)."""
+
+    def __init__(self, limit: SharedRateLimit, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.limit = limit
+
+    def request(self, method: str, url: str, headers: Any, post_data: Any = None
+                ) -> Any:
+        self.limit.acquire()
+        StripeApi.calls += 1
+        return super().request(method, url, headers, post_data)
+
+
+class StripeApi:
+    calls = 0  # HTTP requests this process sent to Stripe, for benchmarks and summaries
+
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.attempts = attempts
-        self.base_delay = config.stripe_backoff_seconds
         self._client: stripe.StripeClient | None = None
         self.list_calls = 0  # list requests made by this instance (one per page)
-        key = config.stripe_secret_key or ""
-        # Stripe's documented limits: 100 requests/s in live mode, 25/s in test mode.
-        self.min_interval = 1 / (100 if "_live_" in key else 25)
-        self._last_call = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -58,10 +109,18 @@ class StripeApi:
         if self._client is None:
             if not self.config.stripe_secret_key:
                 raise StripeUnavailable("STRIPE_SECRET_KEY is not set")
+            from workers.queue import get_redis
+
+            http = LimitedHttpClient(SharedRateLimit(self.config, get_redis(self.config)),
+                                     timeout=self.config.stripe_timeout)
             self._client = stripe.StripeClient(
                 self.config.stripe_secret_key,
                 base_addresses={"api": self.config.stripe_api_base},
-                max_network_retries=0,  # we back off ourselves, and count each try
+                # Connection errors, 409, 5xx and whatever Stripe marks Stripe-Should-Retry.
+                # A plain 429 is not retried by stripe-python: it becomes StripeUnavailable
+                # and the job retries later, with RQ's back-off.
+                max_network_retries=self.config.stripe_max_retries,
+                http_client=http,
             )
         return self._client
 
@@ -72,34 +131,21 @@ class StripeApi:
         return {}
 
     def call(self, what: str, fn, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-untyped-def]
-        """Run one API request, backing off exponentially on 429, 5xx and network errors."""
-        delay = self.base_delay
-        for attempt in range(1, self.attempts + 1):
-            wait = self._last_call + self.min_interval - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            self._last_call = time.monotonic()
-            StripeApi.calls += 1
-            try:
-                return fn(*args, **kwargs)
-            except (stripe.RateLimitError, stripe.APIConnectionError) as exc:
-                error: Exception = exc
-            except stripe.APIError as exc:
-                if (exc.http_status or 500) < 500:
-                    raise
-                error = exc
-            except stripe.StripeError as exc:
-                if exc.http_status in (429,) or (exc.http_status or 0) >= 500:
-                    error = exc
-                else:
-                    raise
-            log.warning("stripe %s failed (%s), attempt %d/%d", what, type(error).__name__,
-                        attempt, self.attempts)
-            if attempt < self.attempts:
-                time.sleep(delay)
-                delay *= 2
-        raise StripeUnavailable(f"Stripe {what} failed after {self.attempts} attempts: "
-                                f"{type(error).__name__}")
+        """One API request; what Stripe cannot answer now becomes StripeUnavailable (with the
+        error's type, never its message: messages can carry customer data)."""
+        try:
+            return fn(*args, **kwargs)
+        except (stripe.RateLimitError, stripe.APIConnectionError,
+                stripe.AuthenticationError) as exc:
+            error: Exception = exc
+        except stripe.StripeError as exc:
+            if (exc.http_status or 500) < 500:
+                raise
+            error = exc
+        except redis.RedisError as exc:  # the shared limit lives in Redis
+            error = exc
+        log.warning("stripe %s failed (%s)", what, type(error).__name__)
+        raise StripeUnavailable(f"Stripe {what} failed: {type(error).__name__}") from error
 
     def list_pages(self, what: str, method, account_id: str | None,  # type: ignore[no-untyped-def]
                    params: dict[str, Any] | None = None) -> Iterator[list[dict[str, Any]]]:
@@ -123,6 +169,8 @@ class StripeApi:
             yield from page
 
     def retrieve_customer(self, account_id: str | None, customer_id: str) -> CustomerRecord:
+        """The customer as `account_id` sees it. Not found (404) and not visible to our key
+        (403) come back as a record with found=False and Stripe's message."""
         try:
             customer = self.call(
                 f"customers.retrieve {customer_id}",
@@ -130,12 +178,12 @@ class StripeApi:
                 customer_id,
                 options=self.options(account_id),
             )
-        except stripe.InvalidRequestError as exc:
-            if exc.http_status == 404:
+        except (stripe.InvalidRequestError, stripe.PermissionError) as exc:
+            if exc.http_status in (403, 404):
                 return CustomerRecord(customer_id, None, None, deleted=False, found=False,
                                       not_found_message=exc.user_message or str(exc))
             raise
-        data = customer.to_dict() if hasattr(customer, "to_dict") else dict(customer)
+        data = customer.to_dict()
         return CustomerRecord(
             customer_id=customer_id,
             email=data.get("email"),

@@ -1,0 +1,234 @@
+"""The workers' commands on the `mismatch` CLI: run a worker, sweep, feed records in, catch up
+with Stripe, send the daily digest. Each hands work to the queue through `try_enqueue`, so a
+Redis outage leaves it to the sweeper instead of aborting halfway."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import click
+from flask import Flask
+
+from config import Config
+from db import Database
+from db.records import InvalidInput, import_members, import_venues
+from workers.queue import enqueue_event, enqueue_notification, enqueue_recheck, try_enqueue
+from workers.runtime import runtime
+from workers.stripe_api import StripeApi
+
+T = TypeVar("T")
+
+
+def init_app(app: Flask) -> None:
+    for command in (worker, sweep_cmd, venues_group, members_group, replay_cmd,
+                    reconcile_cmd, diagnose_cmd, digest_cmd, retry_notices_cmd):
+        app.cli.add_command(command)
+
+
+def _state() -> tuple[Config, Database]:
+    """The process's configuration and database, as the jobs see them."""
+    return runtime()
+
+
+def _stripe(config: Config) -> StripeApi:
+    if not config.stripe_secret_key:
+        raise click.ClickException("STRIPE_SECRET_KEY is not set: this command reads Stripe")
+    return StripeApi(config)
+
+
+def _track(items: Iterable[T], label: str) -> Iterator[T]:
+    """A progress bar on a terminal (stderr, so the command's output stays clean)."""
+    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield from bar
+
+
+def _queue_all(enqueue, config: Config, keys: Iterable, what: str) -> None:  # type: ignore[no-untyped-def]
+    left = [key for key in keys if not try_enqueue(enqueue, config, key)]
+    if left:
+        click.echo(f"note: {len(left)} {what} not queued (Redis unreachable); the sweeper "
+                   f"queues them within a minute", err=True)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Drain the queue, then exit.")
+@click.option("--sweep-every", default=30.0, show_default=True,
+              help="Seconds between sweeps for stuck events (0 disables).")
+def worker(burst: bool, sweep_every: float) -> None:
+    """Run an RQ worker for the mismatch queue (with retries and the periodic sweep)."""
+    from workers.service import run_worker
+
+    run_worker(_state()[0], burst=burst, sweep_every=sweep_every)
+
+
+@click.command("sweep")
+@click.option("--failed", "include_failed", is_flag=True,
+              help="Also reset and replay events that failed for good.")
+@click.option("--all", "everything", is_flag=True,
+              help="Do not wait for the one-minute grace period.")
+def sweep_cmd(include_failed: bool, everything: bool) -> None:
+    """Queue again stored events, re-checks and notices that were never queued."""
+    from workers.sweep import sweep
+
+    config, db = _state()
+    counts = sweep(config, db, include_failed=include_failed,
+                   older_than=timedelta(0) if everything else None)
+    click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+# --- records from the booking product ---------------------------------------------------------
+
+@click.group("venues")
+def venues_group() -> None:
+    """Venues (connected accounts)."""
+
+
+@venues_group.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+def venues_import(path: str) -> None:
+    """Upsert venues from CSV: account_id,name,admin_emails,livemode (emails ';'-separated)."""
+    try:
+        count = import_venues(_state()[1], path)
+    except InvalidInput as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"imported {count} venues")
+
+
+@click.group("members")
+def members_group() -> None:
+    """Members of venues."""
+
+
+@members_group.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+def members_import(path: str) -> None:
+    """Upsert members from CSV: account_id,member_ref,email,name,stripe_customer_id."""
+    config, db = _state()
+    try:
+        count, venues = import_members(db, path)
+    except InvalidInput as exc:
+        raise click.ClickException(str(exc)) from None
+    _queue_all(enqueue_recheck, config, sorted(venues), "venue re-checks")
+    click.echo(f"imported {count} members")
+
+
+# --- catching up with Stripe ----------------------------------------------------------------
+
+@click.command("replay")
+@click.option("--since", required=True, type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Replay events created at or after this date (UTC).")
+@click.option("--account", default=None, help="Only this account (acct_…).")
+@click.option("--now", "inline", is_flag=True, help="Process here instead of queueing.")
+def replay_cmd(since: datetime, account: str | None, inline: bool) -> None:
+    """List events through the Events API and feed the missing ones through the inbox."""
+    from workers.inbox import handle_events
+    from workers.recovery import replay
+
+    config, db = _state()
+    summary = replay(config, db, _stripe(config), since.replace(tzinfo=UTC), account,
+                     echo=click.echo, track=_track)
+    if inline:
+        outcomes = handle_events(config, db, StripeApi(config), summary.new_event_ids)
+        for event_id, outcome in outcomes.items():
+            if not outcome.done:
+                click.echo(f"{event_id}: {outcome.reason}", err=True)
+    else:
+        _queue_all(enqueue_event, config, summary.new_event_ids, "events")
+    click.echo(f"listed {summary.listed} events in {summary.list_calls} list calls: "
+               f"{summary.new} new, {summary.known} already in the inbox, "
+               f"{summary.skipped_types} of types we do not handle")
+
+
+@click.command("reconcile")
+@click.option("--account", default=None, help="Only this venue (acct_…).")
+@click.option("--no-member-check", is_flag=True,
+              help="Skip checking members' stored customer IDs (wrong account / mode).")
+def reconcile_cmd(account: str | None, no_member_check: bool) -> None:
+    """Classify every non-canceled subscription of each venue ("Sync from Stripe")."""
+    from workers.recovery import reconcile
+
+    config, db = _state()
+    summary = reconcile(config, db, _stripe(config), account, echo=click.echo, track=_track,
+                        check_members=not no_member_check)
+    _queue_all(enqueue_notification, config, summary.notices, "notices")
+    click.echo(f"\n{'venue':<28} {'linked':>7} {'case 1':>7} {'case 2':>7} {'case 3':>7} "
+               f"{'canceled':>9} {'other mode':>10}")
+    for acct, counts in summary.by_venue.items():
+        case = {n: sum(v for k, v in counts.items() if k.startswith(f"case_{n}"))
+                for n in (1, 2, 3)}
+        canceled = sum(v for k, v in counts.items() if k.endswith("_canceled"))
+        click.echo(f"{acct:<28} {counts.get('linked', 0):>7} {case[1]:>7} {case[2]:>7} "
+                   f"{case[3]:>7} {canceled:>9} {counts.get('other_mode', 0):>10}")
+    for finding in summary.findings:
+        click.echo(f"finding: {finding.account_id} member {finding.member_ref} -> "
+                   f"{finding.customer_id}: {finding.problem.replace('_', ' ')} — "
+                   f"{finding.detail}")
+    click.echo(f"\n{summary.subscriptions} subscriptions, {summary.new_mismatches} new "
+               f"mismatches, {summary.list_calls} list calls")
+
+
+@click.command("diagnose")
+@click.argument("customer_id")
+@click.option("--account", default=None, help="The venue the customer should belong to.")
+@click.option("--fix", is_flag=True, help="Create the customer in the right account and "
+                                          "relink the member.")
+@click.option("--yes", is_flag=True, help="Do not ask before --fix changes anything.")
+def diagnose_cmd(customer_id: str, account: str | None, fix: bool, yes: bool) -> None:
+    """Explain a "No such customer" error: which account and mode hold the customer."""
+    from workers.recovery import diagnose, fix_member_link
+
+    if not customer_id.startswith("cus_"):
+        raise click.ClickException(f"{customer_id!r} is not a customer ID (cus_…)")
+    config, db = _state()
+    api = _stripe(config)
+    result = diagnose(config, db, api, customer_id, account)
+    loc = result.location
+    click.echo(f"customer:  {customer_id}")
+    click.echo(f"found in:  {loc.found_in or 'no account we can reach'}"
+               + (f" ({'live' if loc.livemode else 'test'} mode)" if loc.found_in else "")
+               + (" — deleted" if loc.deleted else ""))
+    members = ", ".join(f"{a} member {r}" for a, r in result.members) or "none"
+    click.echo(f"linked by: {members}")
+    click.echo(f"\n{loc.sentence}\nFix: {result.fix}")
+    if not fix:
+        return
+    if not result.fixable:
+        raise click.ClickException("nothing --fix can do here; see the fix above")
+    target = account or result.members[0][0]
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException("--fix changes Stripe and our records: add --yes")
+        click.confirm(f"Create a new customer in {target} and relink?", abort=True)
+    fixed = fix_member_link(config, db, api, customer_id, target)
+    for member_ref, old, new in fixed.changes:
+        click.echo(f"member {member_ref}: {old} -> {new}")
+    _queue_all(enqueue_recheck, config, [fixed.venue_id], "venue re-checks")
+
+
+# --- notices ---------------------------------------------------------------------------------
+
+@click.command("digest")
+@click.option("--account", default=None, help="Only this venue (acct_…).")
+def digest_cmd(account: str | None) -> None:
+    """Send each digest venue's admins one email listing its new mismatches (run daily)."""
+    from notifications.outbox import build_digests
+
+    config, db = _state()
+    ids = build_digests(db, account)
+    _queue_all(enqueue_notification, config, ids, "digest emails")
+    click.echo(f"queued {len(ids)} digest emails")
+
+
+@click.command("retry-notices")
+def retry_notices_cmd() -> None:
+    """Send again the notices that failed for good (after fixing SMTP_URL)."""
+    from notifications.outbox import retry_failed
+
+    config, db = _state()
+    ids = retry_failed(db)
+    _queue_all(enqueue_notification, config, ids, "notices")
+    click.echo(f"queued {len(ids)} failed notices again")
