@@ -63,3 +63,13 @@ def csrf_from(html: str) -> str:
     match = CSRF.search(html)
     assert match, "no CSRF token in the page"
     return match.group(1)
+
+
+def sign_in(client, user: str = STAFF_USER, password: str = STAFF_PASSWORD,  # type: ignore[no-untyped-def]
+            next_: str | None = None):
+    """Sign a test client in as support staff, through the form (CSRF token included)."""
+    token = csrf_from(client.get("/support/login").get_data(as_text=True))
+    data = {"csrf_token": token, "username": user, "password": password}
+    if next_ is not None:
+        data["next"] = next_
+    return client.post("/support/login", data=data)

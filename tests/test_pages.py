@@ -28,6 +28,7 @@ from tests.pages_support import (
     SUPPORT_USERS,
     build_scene,
     csrf_from,
+    sign_in,
 )
 from tests.support import customer, event, post_event, sign
 from workers.queue import get_queue
@@ -64,15 +65,6 @@ def open_link(client, config, mismatch_id: int, account: str):  # type: ignore[n
     assert response.status_code == 303, page(response)
     assert response.headers["Location"] == f"/mismatches/{mismatch_id}"
     return client.get(f"/mismatches/{mismatch_id}")
-
-
-def sign_in(client, user: str = STAFF_USER, password: str = STAFF_PASSWORD,  # type: ignore[no-untyped-def]
-            next_: str | None = None):
-    token = csrf_from(page(client.get("/support/login")))
-    data = {"csrf_token": token, "username": user, "password": password}
-    if next_ is not None:
-        data["next"] = next_
-    return client.post("/support/login", data=data)
 
 
 def mismatch_row(db, mismatch_id: int) -> Mismatch:  # type: ignore[no-untyped-def]
