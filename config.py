@@ -65,6 +65,7 @@ class Config:
     stripe_max_retries: int  # stripe-python's own retries (connection errors, 409, 5xx, …)
     stripe_timeout: float  # seconds per HTTP request to Stripe
     queue_name: str
+    events_per_batch: int  # inbox events one worker transaction handles at most
     # Support-console sign-in: user name -> werkzeug password hash (never a plain password).
     support_users: Mapping[str, str] = field(default_factory=dict)
     mismatch_link_max_age: int = MISMATCH_LINK_MAX_AGE_DEFAULT
@@ -248,6 +249,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         stripe_max_retries=_int(env, "STRIPE_MAX_RETRIES", 2),
         stripe_timeout=_float(env, "STRIPE_TIMEOUT", 30.0) or 30.0,
         queue_name=env.get("RQ_QUEUE", "").strip() or "mismatch",
+        events_per_batch=_int(env, "EVENTS_PER_BATCH", 100, minimum=1),
         support_users=_support_users(env),
         mismatch_link_max_age=_int(env, "MISMATCH_LINK_MAX_AGE", MISMATCH_LINK_MAX_AGE_DEFAULT,
                                    minimum=60),

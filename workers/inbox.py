@@ -1,7 +1,7 @@
 """How inbox events get handled: which events a run takes, the transactions it handles them
 in, and what is written down when an event cannot be handled yet.
 
-A run is one event's RQ job. It takes its own event and up to BATCH_SIZE - 1 other fresh
+A run is one event's RQ job. It takes its own event and up to EVENTS_PER_BATCH - 1 other fresh
 events (received, never attempted, not waiting for a customer) that no other run holds
 (`SELECT … FOR UPDATE SKIP LOCKED`; SQLite has one writer anyway), and handles them in ONE
 short transaction with the same handlers, their rows loaded up front (Batch.load).
@@ -38,7 +38,6 @@ from workers.subjects import CustomerKey, Subject, SubscriptionSeen
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 100  # events one transaction handles at most
 DONE = (EventStatus.PROCESSED, EventStatus.IGNORED)
 MISSING = "missing"  # no such event in the inbox
 ELSEWHERE = "elsewhere"  # another run holds it (and will handle it)
@@ -90,13 +89,15 @@ def describe(exc: Exception) -> str:
 
 # --- runs ------------------------------------------------------------------------------------
 
-def run(config: Config, db: Database, api: StripeApi, own: str, *, more: int = BATCH_SIZE - 1,
+def run(config: Config, db: Database, api: StripeApi, own: str, *,
         final_attempt: bool = True) -> dict[str, Outcome]:
-    """One event's job: its event and up to `more` fresh ones; returns every event's outcome.
+    """One event's job: its event and up to EVENTS_PER_BATCH - 1 fresh ones; returns every
+    event's outcome.
 
     The own event is taken without waiting; if another run holds it, it is taken again once
     that run's transaction is over (waiting only for the database), so an event the other
     run left (it needed Stripe) is still handled here."""
+    more = config.events_per_batch - 1
     outcomes = _pass(config, db, _taker([own], more, wait=False), {}, own, final_attempt)
     if outcomes.get(own) == Outcome(ELSEWHERE):
         outcomes.update(_pass(config, db, _taker([own], 0, wait=True), {}, own, final_attempt))

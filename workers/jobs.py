@@ -32,7 +32,7 @@ def _last_attempt() -> bool:
 
 
 def process_event(event_id: str) -> str:
-    """Handle one inbox event, and up to inbox.BATCH_SIZE - 1 other fresh ones with it."""
+    """Handle one inbox event, and up to EVENTS_PER_BATCH - 1 other fresh ones with it."""
     config, db = runtime()
     final = _last_attempt()
     try:
