@@ -1,4 +1,4 @@
-"""DESIGN's matching rules, driven end to end: signed events in, real RQ worker, API out."""
+"""The matching rules of docs/design.md, end to end: signed events in, a real RQ worker, API out."""
 
 from __future__ import annotations
 
