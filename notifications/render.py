@@ -124,32 +124,27 @@ def _digest(config: Config, session: Session, notification: Notification
     return "digest", ctx, subject, headers
 
 
-def _unrouted(config: Config, notification: Notification
-              ) -> tuple[str, dict[str, Any], str, dict[str, str]]:
+# Support's alerts: the subject of each kind (templates/email/<kind>.txt and .html).
+SUPPORT_ALERTS = {
+    "unrouted": "Stripe events for an account with no venue: {account_id}",
+    CUSTOMER_UNKNOWN: "Stripe says it has no such customer, in {account_id}: check our key",
+}
+
+
+def _support_alert(config: Config, notification: Notification
+                   ) -> tuple[str, dict[str, Any], str, dict[str, str]]:
     ctx = dict(notification.context)
     ctx["venue_name"] = "Platform support"
     ctx["dashboard_url"] = dashboard_url(ctx["account_id"], bool(ctx.get("livemode")),
                                          "dashboard", config.stripe_platform_account)
-    subject = f"Stripe events for an account with no venue: {ctx['account_id']}"
-    return "unrouted", ctx, subject, {"X-Stripe-Account": ctx["account_id"]}
-
-
-def _customer_unknown(config: Config, notification: Notification
-                      ) -> tuple[str, dict[str, Any], str, dict[str, str]]:
-    ctx = dict(notification.context)
-    ctx["venue_name"] = "Platform support"
-    ctx["dashboard_url"] = dashboard_url(ctx["account_id"], bool(ctx.get("livemode")),
-                                         "dashboard", config.stripe_platform_account)
-    subject = f"Stripe says it has no such customer, in {ctx['account_id']}: check our key"
-    return CUSTOMER_UNKNOWN, ctx, subject, {"X-Stripe-Account": ctx["account_id"]}
+    subject = SUPPORT_ALERTS[notification.kind].format(account_id=ctx["account_id"])
+    return notification.kind, ctx, subject, {"X-Stripe-Account": ctx["account_id"]}
 
 
 def render_notice(config: Config, session: Session, notification: Notification) -> Rendered:
     """Subject, text, inlined HTML and the X- headers for one outbox row."""
-    if notification.kind == "unrouted":
-        template, ctx, subject, headers = _unrouted(config, notification)
-    elif notification.kind == CUSTOMER_UNKNOWN:
-        template, ctx, subject, headers = _customer_unknown(config, notification)
+    if notification.kind in SUPPORT_ALERTS:
+        template, ctx, subject, headers = _support_alert(config, notification)
     elif notification.kind == "digest":
         template, ctx, subject, headers = _digest(config, session, notification)
     elif notification.mismatch_id is not None:
