@@ -43,6 +43,16 @@ class MismatchWorker(SimpleWorker):
         self.stop_requested = True
         super().handle_warm_shutdown_request()
 
+    def handle_exception(self, job, *exc_info) -> None:  # type: ignore[no-untyped-def]
+        """An event that waits (for its customer, for Stripe) is expected, not an error: one
+        line, with the reason, instead of RQ's traceback. RQ still retries or fails the job."""
+        from workers.jobs import EventNotDone
+
+        if len(exc_info) > 1 and isinstance(exc_info[1], EventNotDone):
+            log.warning("job %s: %s", job.id, exc_info[1])
+            return
+        super().handle_exception(job, *exc_info)
+
 
 def sweep_once(config: Config) -> None:
     """Sweep unless another worker swept within the interval (a Redis lock)."""
