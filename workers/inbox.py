@@ -98,10 +98,11 @@ def run(config: Config, db: Database, api: StripeApi, own: str, *,
     that run's transaction is over (waiting only for the database), so an event the other
     run left (it needed Stripe) is still handled here."""
     more = config.events_per_batch - 1
-    outcomes = _pass(config, db, _taker([own], more, wait=False), {}, own, final_attempt)
+    outcomes = _pass(config, db, _taker([own], more, wait=False), {}, {own}, final_attempt)
     if outcomes.get(own) == Outcome(ELSEWHERE):
-        outcomes.update(_pass(config, db, _taker([own], 0, wait=True), {}, own, final_attempt))
-    return _with_stripe(config, db, api, outcomes, [own], own, final_attempt)
+        outcomes.update(_pass(config, db, _taker([own], 0, wait=True), {}, {own},
+                              final_attempt))
+    return _with_stripe(config, db, api, outcomes, [own], final_attempt)
 
 
 def handle_events(config: Config, db: Database, api: StripeApi, event_ids: Sequence[str],
@@ -109,26 +110,25 @@ def handle_events(config: Config, db: Database, api: StripeApi, event_ids: Seque
     """Exactly these events (no others), in one transaction plus the Stripe step for those
     that need it (replay --now, tests, benchmarks)."""
     ids = list(dict.fromkeys(event_ids))
-    outcomes = _pass(config, db, _taker(ids, 0, wait=True), {}, ids, final_attempt)
-    return _with_stripe(config, db, api, outcomes, ids, ids, final_attempt)
+    outcomes = _pass(config, db, _taker(ids, 0, wait=True), {}, set(ids), final_attempt)
+    return _with_stripe(config, db, api, outcomes, ids, final_attempt)
 
 
 def _with_stripe(config: Config, db: Database, api: StripeApi, outcomes: dict[str, Outcome],
-                 wanted: list[str], mine: str | Sequence[str], final_attempt: bool
-                 ) -> dict[str, Outcome]:
+                 own: list[str], final_attempt: bool) -> dict[str, Outcome]:
     """Ask Stripe (no transaction open) for the customers the set-aside events need, then
-    handle those events with the answers."""
+    handle those events with the answers. Only the run's own events are ever set aside."""
     deferred = {event_id: o.key for event_id, o in outcomes.items() if isinstance(o, _Deferred)}
     if deferred:
         answers = ask_stripe(api, set(deferred.values()))
-        outcomes.update(_pass(config, db, _taker(list(deferred), 0, wait=True), answers, mine,
-                              final_attempt))
+        outcomes.update(_pass(config, db, _taker(list(deferred), 0, wait=True), answers,
+                              set(own), final_attempt))
     for event_id, o in list(outcomes.items()):
         if isinstance(o, _Deferred):  # it needed another customer by the time we had the answer
             outcomes[event_id] = record_failure(db, event_id, EmailNotYetKnown(
                 o.key, f"email of {o.key[2]} unknown yet: the event changed while Stripe was "
                        f"asked"), final=final_attempt)
-    for event_id in wanted:
+    for event_id in own:
         if event_id not in outcomes:
             outcomes[event_id] = Outcome(MISSING)
     return outcomes
@@ -210,10 +210,10 @@ def _item(config: Config, row: StripeEvent) -> Item:
 # --- one transaction -------------------------------------------------------------------------
 
 def _pass(config: Config, db: Database, take: Taker, answers: dict[CustomerKey, Answer],
-          mine: str | Sequence[str], final_attempt: bool) -> dict[str, Outcome]:
+          own: set[str], final_attempt: bool) -> dict[str, Outcome]:
     """Take events and handle them in one transaction. An event whose handler raises is left
-    out (its failure written down) and the rest handled again without it."""
-    own = {mine} if isinstance(mine, str) else set(mine)
+    out (its failure written down) and the rest handled again without it. `own` are the
+    run's own events: the ones set aside for Stripe, and failed for good on `final_attempt`."""
     outcomes: dict[str, Outcome] = {}
     excluded: set[str] = set()
     while True:
