@@ -6,7 +6,8 @@
 
 What it does:
 
-1. Prepares PostgreSQL (creates the database if missing, runs the migrations) and Redis
+1. Prepares PostgreSQL (benchmarks/harness.py prepare_database: creates the database if
+   missing, runs the migrations; then empties its inbox tables) and Redis
    (FLUSHES the given Redis database), then starts the real service
    (`gunicorn listener.wsgi:app`) and a bare Flask app (`benchmarks/bare_app.py`, one POST
    route answering 200 JSON) under gunicorn with the same settings, each on its own loopback
@@ -14,17 +15,19 @@ What it does:
    (`benchmarks/intake_unstored.py`), whose peak shows the most any store and queue could
    leave on this machine (it only takes part in the peak phase).
 2. Drives signed, unique Stripe-shaped events (`customer.subscription.created` from a
-   connected account, signed like Stripe signs them) at each from an asyncio load generator
-   in this process, on persistent (keep-alive) connections:
+   connected account, signed with stripe-python's own signing) at each from an asyncio load
+   generator in this process, on persistent (keep-alive) connections (harness.Conn):
    - phase A, peak: closed loop, N connections, fixed duration;
    - phase B, latency: open loop at half the bare endpoint's measured peak (for both), and
      the service also at half its own peak. Latency is measured from each request's
      scheduled send time, so a stalled server cannot hide its queueing delay.
    Within each phase the endpoints take turns in --rounds slices, so a neighbour's load
    spike lands on both rather than on one.
-3. Prints events/s, p50 and p99 per endpoint, the service/bare throughput ratio, and
-   PASS/MISS against the targets (intake >= 50% of bare throughput; p99 < 50 ms at half
-   peak). `--strict` exits 1 on a MISS.
+3. Prints events/s, p50 and p99 per endpoint over the whole phase, the service/bare
+   throughput ratio, and PASS/MISS against the targets (intake >= 50% of bare throughput;
+   p99 < 50 ms at half peak); then, with more than one round, min / median / max over the
+   rounds of each endpoint's events/s and p99 and of the round-by-round throughput ratio.
+   `--strict` exits 1 on a MISS.
 4. Verifies that every accepted event is exactly one row in stripe_events and one job in the
    RQ queue 'mismatch' (exit 2 if not).
 
@@ -60,11 +63,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/intake.py
+
+from benchmarks.harness import (
+    ROOT,
+    Conn,
+    Spread,
+    machine_cpu,
+    prepare_database,
+    processes,
+    ratio,
+    signed_request,
+    verdict,
+)
 from listener.stand_ins import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/bench_intake"
@@ -152,13 +167,10 @@ class EventFactory:
     """Unique, signed deliveries: `evt_bench_<run>_<n>`, spread over 50 connected accounts."""
 
     def __init__(self, run_id: str, secret: str) -> None:
-        import stripe
-
         self.prefix = f"evt_bench_{run_id}_"
         self.secret = secret
         self.template = _subscription_event_template()
         self.seq = itertools.count(1)
-        self._sign = stripe.WebhookSignature.generate_signature_header
         self.body_size = len(self.body(0).encode())
 
     def body(self, n: int) -> str:
@@ -169,71 +181,11 @@ class EventFactory:
         }
 
     def request(self, host: str) -> bytes:
-        body = self.body(next(self.seq))
-        signature = self._sign(body, self.secret, timestamp=int(time.time()))
-        data = body.encode()
-        return (
-            f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\n"
-            "User-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)\r\n"
-            "Accept: */*; q=0.5, application/xml\r\nCache-Control: no-cache\r\n"
-            "Content-Type: application/json; charset=utf-8\r\n"
-            f"Stripe-Signature: {signature}\r\nContent-Length: {len(data)}\r\n\r\n"
-        ).encode() + data
+        """The next event as a signed POST to the Connect endpoint (harness.signed_request)."""
+        return signed_request(host, PATH, self.body(next(self.seq)).encode(), self.secret)
 
 
 # --------------------------------------------------------------------------- load generator
-
-
-class Conn:
-    """One HTTP/1.1 connection, kept alive while the server allows it (gunicorn's sync
-    worker closes after each response; then the next request reconnects)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.connects = 0
-
-    async def _open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        sock = self.writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connects += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        for attempt in (0, 1):
-            reused = self.writer is not None
-            if not reused:
-                await self._open()
-            assert self.reader is not None and self.writer is not None
-            try:
-                self.writer.write(data)
-                await self.writer.drain()
-                head = await self.reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                self.close()
-                if reused and attempt == 0 and not getattr(exc, "partial", b""):
-                    continue  # the server had closed an idle keep-alive connection: resend
-                raise
-            length, close = 0, False
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"connection" and value.strip().lower() == b"close":
-                    close = True
-            body = await self.reader.readexactly(length) if length else b""
-            if close:
-                self.close()
-            return int(head[9:12]), body
-        raise AssertionError("unreachable")
 
 
 @dataclass
@@ -253,6 +205,24 @@ class Stats:
     cpu_seconds: Counter = field(default_factory=Counter)  # by process group, see CpuMeter
     cpu_wall: float = 0.0
     cpu_other: Counter = field(default_factory=Counter)  # "other" CPU seconds by command
+    # One entry per round (slice) run: (answered, seconds, latencies[start:end]).
+    rounds: list[tuple[int, float, int, int]] = field(default_factory=list)
+
+    def mark(self) -> tuple[int, float, int]:
+        """Where the counts stand before a round; give it to end_round afterwards."""
+        return self.ok, self.elapsed, len(self.latencies)
+
+    def end_round(self, mark: tuple[int, float, int]) -> tuple[int, float]:
+        """Record the round since `mark`; its (answered, seconds)."""
+        ok, elapsed, start = mark
+        self.rounds.append((self.ok - ok, self.elapsed - elapsed, start, len(self.latencies)))
+        return self.ok - ok, self.elapsed - elapsed
+
+    def round_rates(self) -> list[float]:
+        return [n / dt if dt else 0.0 for n, dt, _, _ in self.rounds]
+
+    def round_pct(self, q: float) -> list[float]:
+        return [percentile(self.latencies[a:b], q) for _, _, a, b in self.rounds]
 
     def record(self, latency: float, status: int, body: bytes) -> None:
         if status == 200:
@@ -274,12 +244,16 @@ class Stats:
         return self.ok / self.elapsed if self.elapsed else 0.0
 
     def pct(self, q: float) -> float:
-        """Nearest-rank percentile in milliseconds (nan when nothing succeeded)."""
-        if not self.latencies:
-            return float("nan")
-        data = sorted(self.latencies)
-        index = min(len(data) - 1, max(0, int(round(q / 100 * len(data) + 0.5)) - 1))
-        return data[index] * 1000
+        return percentile(self.latencies, q)
+
+
+def percentile(latencies: list[float], q: float) -> float:
+    """Nearest-rank percentile in milliseconds (nan when nothing succeeded)."""
+    if not latencies:
+        return float("nan")
+    data = sorted(latencies)
+    index = min(len(data) - 1, max(0, int(round(q / 100 * len(data) + 0.5)) - 1))
+    return data[index] * 1000
 
 
 async def exchange(conn: Conn, data: bytes, since: float, stats: Stats) -> bool:
@@ -365,29 +339,6 @@ async def open_loop(port: int, factory: EventFactory, rate: float, duration: flo
 # --------------------------------------------------------------------------- CPU accounting
 
 
-def _proc_snapshot() -> tuple[dict[int, tuple[str, int, float]], tuple[float, float]]:
-    """Per process: (command, process group, CPU seconds); and the machine's (busy, total)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    procs: dict[int, tuple[str, int, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        close = stat.rfind(")")
-        comm = stat[stat.find("(") + 1 : close]
-        fields = stat[close + 2 :].split()
-        procs[int(entry)] = (comm, int(fields[2]), (int(fields[11]) + int(fields[12])) / tick)
-    with open("/proc/stat") as fh:
-        values = [int(v) for v in fh.readline().split()[1:]]
-    total = sum(values[:8]) / tick
-    idle = (values[3] + values[4]) / tick
-    return procs, (total - idle, total)
-
-
 class CpuMeter:
     """CPU seconds used between start() and stop(), by group: the service's gunicorn, the bare
     gunicorn, this load generator, PostgreSQL, Redis, everything else."""
@@ -407,22 +358,22 @@ class CpuMeter:
         return "other"
 
     def start(self) -> None:
-        self._before, self._machine = _proc_snapshot()
+        self._before, self._machine = processes(), machine_cpu()
         self._t0 = time.perf_counter()
 
     def stop(self, stats: Stats) -> None:
         """Add the CPU seconds used since start() to `stats`, by group. "other" is the machine's
         busy time minus our groups, so it includes processes that exited meanwhile."""
-        after, machine = _proc_snapshot()
+        after, machine = processes(), machine_cpu()
         stats.cpu_wall += time.perf_counter() - self._t0
         ours: Counter = Counter()
         listed = 0.0
-        for pid, (comm, pgid, seconds) in after.items():
+        for pid, info in after.items():
             before = self._before.get(pid)  # (kernel threads rename themselves: match on pid)
-            delta = seconds - before[2] if before else seconds
-            label = self._label(pid, comm, pgid)
+            delta = info.cpu - before.cpu if before else info.cpu
+            label = self._label(pid, info.comm, info.pgid)
             if label == "other":
-                stats.cpu_other[comm.split("/")[0]] += delta
+                stats.cpu_other[info.comm.split("/")[0]] += delta
                 listed += delta
             else:
                 ours[label] += delta
@@ -534,44 +485,17 @@ def _tail(path: Path, lines: int = 30) -> str:
 # --------------------------------------------------------------------------- PostgreSQL, Redis
 
 
-def prepare_database(url: str, instance: Path) -> str:
-    """Create the database if missing, migrate it; return the SQLAlchemy URL."""
+def clean_inbox(sa_url: str, url: str) -> None:
+    """Empty the inbox tables of a PostgreSQL database whose name starts with "bench", so
+    each run starts from an empty inbox (verify_intake counts this run's events anyway)."""
     from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
 
-    from config import load_config
-    from db import upgrade
-
-    sa_url = load_config({"DATABASE_URL": url, "INSTANCE_PATH": str(instance),
-                          "SECRET_KEY": "bench"}).database_url
-    if sa_url.startswith("postgresql"):
-        engine = create_engine(sa_url)
-        try:
-            with engine.connect():
-                pass
-        except OperationalError as exc:
-            if "does not exist" not in str(exc):
-                raise SystemExit(f"cannot connect to {url}: {exc.orig}") from None
-            parts = urlsplit(url)
-            name = parts.path.lstrip("/")
-            cmd = ["createdb", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432)]
-            if parts.username:
-                cmd += ["-U", unquote(parts.username)]
-            env = dict(os.environ)
-            if parts.password:
-                env["PGPASSWORD"] = unquote(parts.password)
-            print(f"creating database {name}: {' '.join(cmd)} {name}")
-            subprocess.run([*cmd, name], check=True, env=env)
-        finally:
-            engine.dispose()
-    upgrade(sa_url)
-    name = urlsplit(url).path.lstrip("/")
-    if sa_url.startswith("postgresql") and name.startswith("bench"):
-        engine = create_engine(sa_url)
-        with engine.begin() as conn:
-            conn.execute(text("TRUNCATE stripe_events, rejected_deliveries"))
-        engine.dispose()
-    return sa_url
+    if not (sa_url.startswith("postgresql") and urlsplit(url).path.lstrip("/").startswith("bench")):
+        return
+    engine = create_engine(sa_url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE stripe_events, rejected_deliveries"))
+    engine.dispose()
 
 
 def verify_intake(sa_url: str, redis_url: str, prefix: str, stats: list[Stats]) -> tuple[bool, str]:
@@ -664,7 +588,11 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-intake-"))
     try:
         print(f"database {args.database_url}; redis {args.redis_url} (flushed)")
-        sa_url = prepare_database(args.database_url, tmp)
+        try:
+            sa_url = prepare_database(args.database_url, fresh=False)
+        except Exception as exc:  # noqa: BLE001 - psycopg or SQLAlchemy: say which server
+            raise SystemExit(f"cannot prepare {args.database_url}: {exc}") from None
+        clean_inbox(sa_url, args.database_url)
         r = redis.Redis.from_url(args.redis_url)
         r.flushdb()
         r.close()
@@ -707,11 +635,11 @@ def run(args: argparse.Namespace) -> int:
               f"rounds so a noisy neighbour hits both alike.\n")
 
         def go(label: str, coro, stats: Stats) -> None:
-            before = (stats.ok, stats.elapsed)
+            mark = stats.mark()
             meter.start()
             asyncio.run(coro)
             meter.stop(stats)
-            n, dt = stats.ok - before[0], stats.elapsed - before[1]
+            n, dt = stats.end_round(mark)
             print(f" {label} {n / dt if dt else 0:.0f}/s", end="", flush=True)
 
         # Warm-up: every worker connects to PostgreSQL and Redis and imports lazily.
@@ -762,12 +690,12 @@ def run(args: argparse.Namespace) -> int:
         problems = [line for line in log_lines
                     if " ERROR " in line or " WARNING " in line or "[ERROR]" in line]
 
-        ratio = service_peak.rate / bare_peak.rate if bare_peak.rate else 0.0
+        throughput = service_peak.rate / bare_peak.rate if bare_peak.rate else 0.0
         results: list[bool] = []
 
         def target(name: str, value: str, met: bool) -> None:
             results.append(met)
-            print(f"  {name:<48} {value:>10}   {'PASS' if met else 'MISS'}")
+            print(f"  {name:<48} {value:>10}   {verdict(met)}")
 
         def open_ok(s: Stats) -> bool:
             return s.pct(99) < P99_TARGET_MS and not s.errors and not s.unsent
@@ -785,7 +713,7 @@ def run(args: argparse.Namespace) -> int:
         for label, s in rows:
             errs = sum(s.errors.values()) + s.unsent
             print(f"{label:<40}{s.rate:>10.0f}{s.pct(50):>9.1f}{s.pct(99):>9.1f}{errs:>8}")
-        print(f"{'throughput service / bare':<40}{ratio:>10.1%}")
+        print(f"{'throughput service / bare':<40}{throughput:>10.1%}")
         ceiling = unstored_peak.rate / bare_peak.rate if unstored and bare_peak.rate else None
         if ceiling is not None:
             errs = sum(unstored_peak.errors.values())
@@ -794,9 +722,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'throughput unstored / bare':<40}{ceiling:>10.1%}   (the service with its "
                   f"insert and enqueue switched off:\n{'':40}the most any store and queue "
                   f"could leave on this machine)")
+        if rounds > 1:
+            print(f"\nper round, min / median / max over {rounds} rounds")
+            print(f"{'':40}{'events/s':>24}{'p99 ms':>26}")
+            for label, s in rows + ([("peak (closed loop), unstored", unstored_peak)]
+                                    if ceiling is not None else []):
+                print(f"{label:<40}{Spread.of(s.round_rates()).show():>24}"
+                      f"{Spread.of(s.round_pct(99)).show('.1f'):>26}")
+            against = bare_peak.round_rates()
+            if all(against):  # each round measured both: their ratio, round by round
+                shares = [("service", service_peak)]
+                if ceiling is not None:
+                    shares.append(("unstored", unstored_peak))
+                for name, s in shares:
+                    spread = ratio(s.round_rates(), against).show(".1%")
+                    print(f"{f'throughput {name} / bare':<40}{spread:>24}")
         print("\ntargets")
-        target("intake throughput ≥ 50% of the bare endpoint", f"{ratio:.1%}",
-               ratio >= RATIO_TARGET)
+        target("intake throughput ≥ 50% of the bare endpoint", f"{throughput:.1%}",
+               throughput >= RATIO_TARGET)
         target(f"service p99 < 50 ms at ½ bare peak ({half_bare:.0f}/s)",
                f"{service_half.pct(99):.1f} ms", open_ok(service_half))
         target(f"service p99 < 50 ms at ½ own peak ({half_own:.0f}/s)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import workers.queue
+import listener.webhooks
 from db import Database
 from listener.wsgi import app
 
@@ -24,5 +24,10 @@ def _not_queued(config: Any, event_id: str) -> None:
     return None
 
 
+# The webhook calls the enqueue_event it imported (`from workers import enqueue_event`), so
+# that name is the one to switch off; patching workers.queue.enqueue_event would leave the
+# webhook enqueueing for real (and intake.py's verification counting these jobs).
+if not callable(getattr(listener.webhooks, "enqueue_event", None)):
+    raise RuntimeError("listener.webhooks no longer calls enqueue_event: update this switch")
 Database.execute_single = _not_stored  # type: ignore[method-assign]
-workers.queue.enqueue_event = _not_queued
+listener.webhooks.enqueue_event = _not_queued  # type: ignore[assignment]

@@ -8,7 +8,7 @@ expectation.
 What runs (all on loopback, all started and stopped by this script):
 
 - PostgreSQL database `soak` on the machine's server: DROPPED and recreated on every run,
-  migrated with `db.upgrade`;
+  migrated (benchmarks/harness.py `prepare_database`);
 - a dedicated `redis-server` on a free port without persistence (never the shared 6379);
 - gunicorn serving `listener.wsgi:app`, and two `mismatch worker` processes (RQ + sweeper);
 - an SMTP server (aiosmtpd) inside this process that records every message and can answer
@@ -21,10 +21,11 @@ What it does:
    venues' members), each as `customer.created` + `customer.subscription.created`, sometimes
    `.updated`, `.deleted` and `customer.updated`: N distinct Connect events, signed with the
    Connect secret. Venues and members go in through `mismatch venues|members import`.
-2. Works out the expected end state with its own small classifier (DESIGN "Matching rules"),
+2. Works out the expected end state with its own small classifier (docs/design.md, "Matching rules"),
    written against the generated data and not the project's code.
-3. Delivers the events from a few keep-alive threads in a locally shuffled order, 30% of
-   them twice (the second copy anywhere later), like Stripe retries.
+3. Delivers the events from a few keep-alive connections (benchmarks/harness.py `Conn`,
+   signed with stripe-python's own signing) in a locally shuffled order, 30% of them twice
+   (the second copy anywhere later), retrying like Stripe until a 200.
 4. While the service works it SIGKILLs a worker (and its work-horse and scheduler) twice,
    restarting it each time, restarts Redis once (every queued job is lost: the sweeper must
    find the work again), and makes SMTP refuse with 451 for 30 seconds.
@@ -42,11 +43,10 @@ Logs and CSVs go to instance/soak/ (kept after the run).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import email
 import email.policy
-import hashlib
-import hmac
 import itertools
 import json
 import os
@@ -61,12 +61,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/soak.py
+
+from benchmarks.harness import ROOT, Conn, descendants, prepare_database, signed_request
 from listener.stand_ins import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))
 
 CONNECT_SECRET = "whsec_soak_connect_secret"
 PLATFORM_SECRET = "whsec_soak_platform_secret"
@@ -117,7 +119,7 @@ class Sub:
 
 @dataclass
 class Expected:
-    """One subscription's expected end state (DESIGN rules 2, 4, 5)."""
+    """One subscription's expected end state (matching rules 2, 4, 5)."""
 
     state: str  # linked | mismatch
     case: int | None = None
@@ -268,7 +270,7 @@ def generate(n_events: int, n_venues: int, seed: int) -> World:
 
 
 def normalize(address: str | None) -> str | None:
-    """DESIGN rule 4: trim + casefold, no other rewriting."""
+    """Matching rule 4: trim + casefold, no other rewriting."""
     if address is None:
         return None
     value = address.strip().casefold()
@@ -276,7 +278,7 @@ def normalize(address: str | None) -> str | None:
 
 
 def expectations(world: World) -> dict[str, Expected]:
-    """The end state DESIGN's rules give for each subscription, from the generated data."""
+    """The end state the matching rules give for each subscription, from the generated data."""
     venues = {v.account_id: v for v in world.venues}
     result: dict[str, Expected] = {}
     for sub in world.subs:
@@ -313,26 +315,6 @@ def _pdeathsig() -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children[ppid].append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 class Proc:
     """One child process (and everything it forks), started in its own session."""
 
@@ -363,7 +345,7 @@ class Proc:
         process group, so a group kill would miss it): a crashed container."""
         if self.popen is None:
             return []
-        pids = [self.popen.pid, *_descendants(self.popen.pid)]
+        pids = [self.popen.pid, *descendants(self.popen.pid)]
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -497,47 +479,38 @@ class SetupFailed(Exception):
 # =========================================================================== the database
 
 
-def database_urls(args: argparse.Namespace) -> tuple[str, str]:
-    """(admin URL for CREATE/DROP, the soak database's URL)."""
-    base = args.postgres.rstrip("/")
-    return f"{base}/postgres", f"{base}/{args.db_name}"
-
-
-def recreate_database(args: argparse.Namespace) -> str:
-    import psycopg
-
+def recreate_database(args: argparse.Namespace) -> tuple[str, str]:
+    """DROP and recreate the soak database, migrated (harness.prepare_database); its URL and
+    its SQLAlchemy URL."""
     if not args.db_name.startswith("soak"):
         raise SetupFailed("--db-name must start with 'soak': the database is dropped")
-    admin, url = database_urls(args)
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{args.db_name}"')
-    except psycopg.Error as exc:
-        raise SetupFailed(f"PostgreSQL at {admin}: {exc}") from exc
-    from db import upgrade
+    import psycopg
 
-    upgrade("postgresql+psycopg://" + url.split("://", 1)[1])
-    return url
+    url = f"{args.postgres.rstrip('/')}/{args.db_name}"
+    try:
+        return url, prepare_database(url, fresh=True, guard="soak")
+    except psycopg.Error as exc:
+        raise SetupFailed(f"PostgreSQL at {args.postgres}: {exc}") from exc
 
 
 # =========================================================================== delivery
 
 
-def signature(body: bytes, secret: str) -> str:
-    timestamp = int(time.time())
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
 class Sender:
-    """Deliver bodies in order from a few keep-alive threads; retry like Stripe does
-    (any non-2xx or connection error) until a 200."""
+    """Deliver bodies in order from a few keep-alive connections (harness.Conn, one asyncio
+    loop in a background thread), at `rate` per second if set; retry like Stripe does (any
+    non-2xx or connection error, backing off up to 5 s, up to 40 tries) until a 200."""
 
-    def __init__(self, url: str, bodies: list[bytes], threads: int, rate: float) -> None:
-        self.url, self.bodies, self.threads, self.rate = url, bodies, threads, rate
+    TRIES = 40
+    TIMEOUT = 30.0
+
+    def __init__(self, url: str, bodies: list[bytes], connections: int, rate: float) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.path = parts.path
+        self.bodies, self.connections, self.rate = bodies, connections, rate
         self.next = itertools.count()
-        self.lock = threading.Lock()
+        # Counted by the loop's thread only; the main thread just reads them.
         self.sent = 0
         self.statuses: Counter = Counter()
         self.retries = 0
@@ -545,58 +518,59 @@ class Sender:
         self.undelivered = 0
         self.last_sent = 0.0
         self.started = 0.0
-        self.workers: list[threading.Thread] = []
+        self.thread: threading.Thread | None = None
         self.stop = threading.Event()
 
     def start(self) -> None:
         self.started = time.monotonic()
-        for n in range(self.threads):
-            thread = threading.Thread(target=self._run, name=f"sender-{n}", daemon=True)
-            thread.start()
-            self.workers.append(thread)
+        self.thread = threading.Thread(target=asyncio.run, args=(self._run(),), name="sender",
+                                       daemon=True)
+        self.thread.start()
 
     def done(self) -> bool:
-        return not any(t.is_alive() for t in self.workers)
+        return self.thread is not None and not self.thread.is_alive()
 
-    def _run(self) -> None:
-        import requests
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._connection() for _ in range(self.connections)))
 
-        session = requests.Session()
-        while not self.stop.is_set():
-            i = next(self.next)
-            if i >= len(self.bodies):
-                return
-            if self.rate:
-                delay = self.started + i / self.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            self._deliver(session, self.bodies[i])
+    async def _connection(self) -> None:
+        conn = Conn(self.host, self.port)
+        try:
+            while not self.stop.is_set():
+                i = next(self.next)
+                if i >= len(self.bodies):
+                    return
+                if self.rate:
+                    delay = self.started + i / self.rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await self._deliver(conn, self.bodies[i])
+        finally:
+            conn.close()
 
-    def _deliver(self, session: Any, body: bytes) -> None:
-        import requests
-
-        for attempt in range(40):
+    async def _deliver(self, conn: Conn, body: bytes) -> None:
+        host = f"{self.host}:{self.port}"
+        for attempt in range(self.TRIES):
             if self.stop.is_set():
                 return
+            status: int | str
             try:
-                response = session.post(self.url, data=body, timeout=30, headers={
-                    "Content-Type": "application/json",
-                    "Stripe-Signature": signature(body, CONNECT_SECRET)})
-                status = response.status_code
-                duplicate = status == 200 and bool(response.json().get("duplicate"))
-            except (requests.RequestException, ValueError) as exc:
+                async with asyncio.timeout(self.TIMEOUT):
+                    status, answer = await conn.request(
+                        signed_request(host, self.path, body, CONNECT_SECRET))
+                duplicate = status == 200 and bool(json.loads(answer).get("duplicate"))
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+                conn.close()  # the next try opens a new connection
                 status, duplicate = type(exc).__name__, False
-            with self.lock:
-                self.statuses[status] += 1
-                if status == 200:
-                    self.sent += 1
-                    self.duplicates_seen += duplicate
-                    self.last_sent = time.monotonic()
-                    return
-                self.retries += 1
-            time.sleep(min(0.25 * 2 ** attempt, 5.0))
-        with self.lock:
-            self.undelivered += 1
+            self.statuses[status] += 1
+            if status == 200:
+                self.sent += 1
+                self.duplicates_seen += duplicate
+                self.last_sent = time.monotonic()
+                return
+            self.retries += 1
+            await asyncio.sleep(min(0.25 * 2 ** attempt, 5.0))
+        self.undelivered += 1
 
 
 # =========================================================================== the run
@@ -656,11 +630,10 @@ class Soak:
         (self.rundir / "prometheus").mkdir(parents=True)
         (self.rundir / "instance").mkdir()
         (self.rundir / ".soak-run").touch()
-        db_url = recreate_database(args)
+        db_url, sa_url = recreate_database(args)
         from sqlalchemy import create_engine
 
-        self.engine = create_engine("postgresql+psycopg://" + db_url.split("://", 1)[1],
-                                    pool_size=2)
+        self.engine = create_engine(sa_url, pool_size=2)
         self.redis = Redis(self.rundir)
         self.redis.start()
         self.procs.append(self.redis.proc)
@@ -706,14 +679,24 @@ class Soak:
             log(done.stdout.strip())
 
     def wait_web(self) -> None:
-        import requests
+        parts = urlsplit(self.base_url)
+        request = (f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                   "Connection: close\r\n\r\n").encode()
+
+        async def healthz() -> int:
+            conn = Conn(parts.hostname or "127.0.0.1", parts.port or 80)
+            try:
+                async with asyncio.timeout(2):
+                    return (await conn.request(request))[0]
+            finally:
+                conn.close()
 
         deadline = time.monotonic() + 60
         while True:
             try:
-                if requests.get(self.base_url + "/healthz", timeout=2).status_code == 200:
+                if asyncio.run(healthz()) == 200:
                     return
-            except requests.RequestException:
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 pass
             if time.monotonic() > deadline or not (self.web and self.web.alive()):
                 raise SetupFailed(f"gunicorn did not come up; see {self.web and self.web.log_path}")
@@ -821,7 +804,7 @@ class Soak:
             f"smtp 127.0.0.1:{self.smtp.port}; logs in {self.rundir}")  # type: ignore[union-attr]
 
         faults = self.fault_plan()
-        sender = Sender(self.base_url + "/webhooks/stripe/connect", bodies, args.threads,
+        sender = Sender(self.base_url + "/webhooks/stripe/connect", bodies, args.connections,
                         args.rate)
         sender.start()
         send_started = time.monotonic()
@@ -1143,7 +1126,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of events delivered twice")
     parser.add_argument("--shuffle-window", type=int, default=400,
                         help="how many positions an event may move from Stripe's order")
-    parser.add_argument("--threads", type=int, default=4, help="delivery threads")
+    parser.add_argument("--connections", "--threads", dest="connections", type=int, default=4,
+                        help="keep-alive delivery connections (--threads: its former name)")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="deliveries per second (0: as fast as the service takes them)")
     parser.add_argument("--workers", type=int, default=2, help="`mismatch worker` processes")
