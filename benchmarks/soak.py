@@ -21,7 +21,7 @@ What it does:
    venues' members), each as `customer.created` + `customer.subscription.created`, sometimes
    `.updated`, `.deleted` and `customer.updated`: N distinct Connect events, signed with the
    Connect secret. Venues and members go in through `mismatch venues|members import`.
-2. Works out the expected end state with its own small classifier (docs/design.md, "Matching rules"),
+2. Works out the expected end state with its own small classifier (docs/design.md, rules),
    written against the generated data and not the project's code.
 3. Delivers the events from a few keep-alive connections (benchmarks/harness.py `Conn`,
    signed with stripe-python's own signing) in a locally shuffled order, 30% of them twice
