@@ -14,7 +14,7 @@ import stripe
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import RejectedDelivery, StripeEvent, utcnow
+from db import EventStatus, RejectedDelivery, StripeEvent, utcnow
 from listener import current_config, current_db
 from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
 from workers import enqueue_event, try_enqueue
@@ -218,7 +218,7 @@ def receive(endpoint: str) -> tuple[Response, int]:
                 type=event["type"],
                 created=event["created"],
                 payload=body.decode("utf-8"),
-                status="received",
+                status=EventStatus.RECEIVED.value,  # a plain str: no enum adaptation per request
                 attempts=0,
                 received_at=utcnow(),
             ),
