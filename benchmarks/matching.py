@@ -1,45 +1,87 @@
 #!/usr/bin/env python
-"""Matching throughput benchmark: worker events/s at 1,000 / 100,000 / 1,000,000 members.
+"""Matching throughput benchmark: worker events/s at 1,000 / 100,000 / 1,000,000 members, in
+the same run as a baseline (the same worker, one event per transaction) and the floor (the
+same database work as raw set-based SQL).
 
     .venv/bin/python benchmarks/matching.py              # PostgreSQL + Redis on 127.0.0.1
     .venv/bin/python benchmarks/matching.py --quick      # smaller sizes, fewer events
     .venv/bin/python benchmarks/matching.py --sqlite     # SQLite files instead of PostgreSQL
     .venv/bin/python benchmarks/matching.py --help
 
-Each size N gets its own schema bench_<N> in the benchmark database (created if missing;
-SQLite: one file per size), migrated with db.upgrade, bulk-loaded (COPY; executemany on SQLite)
-with N members over --venues venues (70% with a Stripe customer ID, each of those mirrored in
-stripe_customers), then ANALYZEd. K `customer.subscription.created` Connect events are stored in
-its inbox as the intake stores them (a quarter each: linked customer, case 1, case 2, case 3;
-every customer mirrored; emails differing in case and spaces; case-3 emails that belong to a
-member of another venue, or to nobody).
+Data. Each size N gets its own schema bench_<N> in the benchmark database (the database is
+made by benchmarks.harness.prepare_database when missing; SQLite: one file per size),
+migrated with db.upgrade, bulk-loaded (COPY; executemany on SQLite) with N members over
+--venues venues (70% with a Stripe customer ID, each of those mirrored in stripe_customers),
+then ANALYZEd. K `customer.subscription.created` Connect events per size are made as the
+intake stores them (a quarter each: linked customer, case 1, case 2, case 3; every customer
+mirrored; emails differing in case and spaces; case-3 emails that belong to a member of
+another venue, or to nobody). Venues have no admin emails: the figures measure matching, not
+mail (no notices are owed).
 
-Then, in chunks of --chunk events that alternate between the sizes (so a change in the host's
-load hits every size alike), the events are enqueued with workers.queue.enqueue_event and ONE
-worker process of the class `mismatch worker` runs (workers.service.MismatchWorker: a warm
-rq.SimpleWorker that takes up to --batch queued event jobs at once) drains them. Worker events/s
-is K over the wall time from the start of the first job to the end of the last (RQ's burst
-start-up and teardown, a second joining its pub/sub thread, are left out). Every event's
-outcome, subscription and mismatch is then checked against what the generated data implies,
-the events are put back to `received`, and workers.jobs.process_event is called in a loop in
-this process (no RQ, one event per transaction) for a second figure, counting SQL statements
-and EXPLAINing the statements of one event of each kind to show whether the member and mirror
-lookups use their indexes; then the same for workers.jobs.process_events (--batch events per
-transaction, what the worker runs), EXPLAINing one batch. No-op jobs drained by the same worker
-show RQ's own cost per job; --service-worker also times the service's own
-`mismatch worker --burst`.
+Rounds (--rounds, default 3). Each round runs every method below over all K events of every
+size, in chunks of --chunk events that alternate between the sizes (so a change in the
+host's load hits every size alike). Before a chunk its events are inserted into the inbox, so
+the inbox holds that chunk's fresh events, the ones already handled and a few warm-up events
+marked as waiting (which the workers' query for fresh events skips), nothing else.
 
-Venues have no admin emails, so the figures measure matching, not mail (no notices are owed).
+- worker: the chunk's events are enqueued with workers.queue.enqueue_event and ONE worker
+  process of the class `mismatch worker` runs (workers.service.MismatchWorker, an
+  rq.SimpleWorker, in burst mode without scheduler, logging set up as
+  workers.service.run_worker does: a line per job and per event) drains the queue, with
+  EVENTS_PER_BATCH as the service has it (default 100): each job
+  (workers.jobs.process_event -> workers.inbox.run) locks its own event and up to
+  EVENTS_PER_BATCH - 1 other fresh inbox rows, handles them in one transaction and takes
+  their jobs off the queue (workers.queue.discard_event_jobs). A fresh worker process first
+  handles 4 warm-up events of its own with the job function (untimed, then undone), as a
+  worker that has been running has compiled its statements; the chunk's events are held
+  (marked as waiting) until it is warm. Events/s is the events of the chunk the worker
+  handled (inbox rows processed or ignored, counted by the worker process; not jobs) over
+  the wall time from the start of its first job to the end of its last (Python's and RQ's
+  start-up and teardown are left out). With it: the jobs it ran; its time inside
+  workers.inbox.run and inside discard_event_jobs (the rest is RQ's); the statements and
+  round trips it sent to the database; its CPU and its PostgreSQL backend's CPU.
+- baseline: the same worker with EVENTS_PER_BATCH=1: one event per job and per transaction,
+  what the service did before batching.
+- floor (PostgreSQL only): floor_batch, the same reads and writes as set-based statements on
+  one raw psycopg connection, one transaction per --batch events (no ORM, no RQ): the least
+  the same database work can cost on this machine. Its docstring says what it does and
+  does not do.
+- RQ alone: the same worker class draining --noop-jobs jobs that do nothing, enqueued with
+  the options of enqueue_event: RQ's own cost per job, the RQ-side floor.
 
-Stripe API calls are counted with workers.stripe_api.StripeApi.calls against a local fake Stripe
-(localstripe, started by listener.stand_ins.LocalStripe, state in the work dir), so an API read
-would be made and counted if matching wanted one: the target is 0 per event with the customer
-mirrored. A last batch of platform events (localstripe has no Connect) whose customers are NOT
-mirrored must cost at most 1 call per event.
+After every pass, every event's outcome, subscription and mismatch is checked against what
+the generated data implies (verify) and RQ's failed registry must be empty; the floor's
+writes are checked the same way.
+
+After the rounds, once per size: TWO worker processes drain the same queue at once, chunk by
+chunk (the same chunks; both warm and ready before either takes a job); the end state must
+equal the expected one (verify), RQ's failed registry must be empty, both must have run jobs
+and no worker log line may mention a deadlock, an error or a failure. Then, in this process
+(no RQ; one engine per size, warmed up), workers.inbox.handle_events is called on one event
+at a time and on --batch events at a time, counting SQL statements and EXPLAINing the
+statements of one event of each kind and of one batch to show whether the member and
+mirror lookups use their indexes (the plans of the floor's first batch are shown too).
+
+Stripe API calls are counted with workers.stripe_api.StripeApi.calls against a local fake
+Stripe (localstripe, started by listener.stand_ins.LocalStripe, state in the work dir), so an
+API read would be made and counted if matching wanted one: the target is 0 per event with
+the customer mirrored. A last set of platform events (localstripe has no Connect) whose
+customers are NOT mirrored, each handled alone with handle_events, must cost at most 1 call
+per event: the first sighting reads the customer by ID and mirrors it, the repeat reads
+nothing, except for a customer Stripe does not know, which is read again and waits
+(`customer_unknown`, rule 3) instead of becoming case 3.
+
+Figures are min / median / max over the rounds; worker/baseline and worker/floor are ratios
+taken round by round (benchmarks.harness). Targets: >= 300 events/s for the worker at every
+size, in its lowest round; <= 20% slower at the largest size than at the smallest (medians);
+two workers reach the expected end state without deadlocks; the lookups use indexes; the
+Stripe calls above.
 
 Exit status: 0; 1 with --strict when a target is missed; 1 whenever the matching results are
 wrong (the figures would mean nothing). The schemas / files are dropped at the end unless
---keep-data. Redis is used only through the queue named --queue, which is emptied.
+--keep-data. Redis is used through the queue named --queue (emptied, with its registries),
+short-lived handshake keys (bench-matching:…) and, for the events that read Stripe, the
+shared Stripe rate limit.
 """
 
 from __future__ import annotations
@@ -49,12 +91,14 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,20 +110,32 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.support (payload builders) is not an installed package
 
+from benchmarks.harness import Spread, prepare_database, processes, ratio, verdict  # noqa: E402
+
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/bench_matching"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/10"
 DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 10_000, 50_000)
 PLATFORM_ACCOUNT = "acct_1BenchPlatform0000"
 TARGET_EVENTS_PER_S = 300.0
-EVENTS_PER_BATCH = 100  # workers.service.EVENTS_PER_BATCH (not imported: no app code at load)
 TARGET_MAX_SLOWDOWN = 0.20
+DEFAULT_BATCH = 100  # config's EVENTS_PER_BATCH default (not imported: no app code at load)
 KINDS = ("linked", "case_1", "case_2", "case_3")
+CUSTOMER_UNKNOWN = "customer_unknown"  # workers.CUSTOMER_UNKNOWN
+NO_EMAIL_NOTE = "customer has no email"  # workers.matching.NO_EMAIL_NOTE
 TS = "2024-01-01 00:00:00+00"
 TS_SQLITE = "2024-01-01 00:00:00.000000"
 EMAIL_DOMAIN = "bench.example"
 # Tables whose size grows with the member count: their lookups must be index lookups.
 SCALING_TABLES = ("members", "stripe_customers")
+METHODS = ("worker", "baseline", "floor")
+# waiting_for of inbox rows the workers must not take as fresh events yet: a chunk's events
+# until every worker is warm, and the warm-up events (workers.inbox's fresh-event query skips
+# rows that wait for something).
+HELD = "bench:held"
+WARM_UP = "bench:warm-up"
+# What a worker's log must never say in a run that should go smoothly.
+LOG_TROUBLE = re.compile(r"deadlock|error|exception|traceback|fail", re.IGNORECASE)
 
 
 # --- the generated data -----------------------------------------------------------------
@@ -111,6 +167,7 @@ class Expected:
     linked_customer_id: str | None = None
     note: str | None = None
     api_calls: int = 0
+    status: str = "processed"  # the inbox row's status afterwards
 
 
 @dataclass
@@ -118,6 +175,9 @@ class Batch:
     events: list[dict[str, Any]] = field(default_factory=list)  # stripe_events rows
     expected: dict[str, Expected] = field(default_factory=dict)
     customers: list[tuple] = field(default_factory=list)  # new stripe_customers rows
+    # Per worker process (two at most at once): one event of each kind, handled before the
+    # timed jobs and then forgotten, so the timed jobs run on warm statement caches.
+    warm_ups: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def add(self, row: dict[str, Any], expected: Expected) -> None:
         self.events.append(row)
@@ -177,25 +237,17 @@ def make_batch(size: int, events: int, venues: int, seed: int) -> Batch:
         batch.add(event_row(support, event_id=event_id, type_="customer.subscription.created",
                             account=account, created=created0 + j, subscription_id=sub_id,
                             customer_id=customer), exp)
+    samples = [next(e for e in batch.expected.values() if e.outcome == kind) for kind in KINDS]
+    for k in range(2):
+        batch.warm_ups.append([
+            {**event_row(support, event_id=f"evt_warm{k}x{n}", type_="customer.subscription"
+                         ".created", account=e.account_id, created=created0 - 10 + n,
+                         subscription_id=f"sub_warm{k}x{n}", customer_id=e.customer_id),
+             "waiting_for": WARM_UP} for n, e in enumerate(samples)])
     return batch
 
 
 # --- database ---------------------------------------------------------------------------
-
-
-def ensure_database(url: str) -> None:
-    """CREATE DATABASE when the PostgreSQL database in `url` does not exist yet."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    admin = parsed.set(drivername="postgresql", database="postgres", query={})
-    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                              (parsed.database,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{parsed.database}"')
-            print(f"created database {parsed.database}")
 
 
 class BenchDb:
@@ -359,7 +411,8 @@ class BenchDb:
         finally:
             raw.close()
 
-    def insert_events(self, rows: list[dict[str, Any]]) -> None:
+    def insert_events(self, rows: list[dict[str, Any]], waiting_for: str | None = None
+                      ) -> None:
         from sqlalchemy import insert
 
         from db import StripeEvent, utcnow
@@ -368,44 +421,42 @@ class BenchDb:
         try:
             now = utcnow()
             with database.engine.begin() as conn:
-                conn.execute(insert(StripeEvent), [{**r, "received_at": now} for r in rows])
+                conn.execute(insert(StripeEvent), [
+                    {"waiting_for": waiting_for, **r, "received_at": now} for r in rows])
         finally:
             database.dispose()
 
-    def processing_span(self, event_ids: list[str]) -> float:
-        """Seconds between the first and the last of these events being processed."""
-        from sqlalchemy import func, select
+    def release_held(self) -> None:
+        """Let the workers take the held chunk as fresh events."""
+        from sqlalchemy import update
 
         from db import StripeEvent
 
         database = self.database()
         try:
-            with database.engine.connect() as conn:
-                first, last = conn.execute(
-                    select(func.min(StripeEvent.processed_at), func.max(StripeEvent.processed_at))
-                    .where(StripeEvent.event_id.in_(event_ids))).one()
+            with database.engine.begin() as conn:
+                conn.execute(update(StripeEvent).where(StripeEvent.waiting_for == HELD)
+                             .values(waiting_for=None))
         finally:
             database.dispose()
-        if first is None or last is None:
-            raise RuntimeError("`mismatch worker --burst` processed none of the events")
-        if isinstance(first, str):  # SQLite
-            from datetime import datetime
 
-            first, last = datetime.fromisoformat(first), datetime.fromisoformat(last)
-        return max((last - first).total_seconds(), 1e-6)
+    def events_done(self, event_ids: list[str]) -> int:
+        database = self.database()
+        try:
+            return events_done(database, event_ids)
+        finally:
+            database.dispose()
 
     def reset_results(self) -> None:
-        """Forget what processing did, so the same events can be processed again."""
+        """Forget what processing did and empty the inbox, so the same events can be stored
+        and processed again."""
         from sqlalchemy import text
 
         database = self.database()
         try:
             with database.engine.begin() as conn:
-                for sql in ("DELETE FROM notifications", "DELETE FROM mismatches",
-                            "DELETE FROM subscriptions",
-                            "UPDATE stripe_events SET status = 'received', outcome = NULL,"
-                            " attempts = 0, last_error = NULL, processed_at = NULL"):
-                    conn.execute(text(sql))
+                for table in ("notifications", "mismatches", "subscriptions", "stripe_events"):
+                    conn.execute(text(f"DELETE FROM {table}"))
             if not self.is_sqlite:
                 with database.engine.connect().execution_options(
                         isolation_level="AUTOCOMMIT") as conn:
@@ -413,6 +464,43 @@ class BenchDb:
                                       " stripe_events"))
         finally:
             database.dispose()
+
+    @property
+    def psycopg_url(self) -> str:
+        """This size's PostgreSQL URL as libpq takes it (search_path included)."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).set(drivername="postgresql").render_as_string(
+            hide_password=False)
+
+
+def events_done(database, event_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """How many of these inbox events are handled (processed or ignored)."""
+    from sqlalchemy import func, select
+
+    from db import EventStatus, StripeEvent
+
+    with database.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(StripeEvent).where(
+            StripeEvent.event_id.in_(event_ids),
+            StripeEvent.status.in_((EventStatus.PROCESSED, EventStatus.IGNORED)))).scalar_one()
+
+
+def forget_warm_up(database, event_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Undo what handling the warm-up events wrote, and hold them again for the next worker
+    process (they are named evt_warm… / sub_warm…)."""
+    from sqlalchemy import delete, update
+
+    from db import EventStatus, Mismatch, StripeEvent, Subscription
+
+    subscriptions = ["sub" + event_id[3:] for event_id in event_ids]
+    with database.session() as session:
+        session.execute(delete(Mismatch).where(Mismatch.subscription_id.in_(subscriptions)))
+        session.execute(delete(Subscription)
+                        .where(Subscription.subscription_id.in_(subscriptions)))
+        session.execute(update(StripeEvent).where(StripeEvent.event_id.in_(event_ids)).values(
+            status=EventStatus.RECEIVED, outcome=None, attempts=0, last_error=None,
+            processed_at=None, waiting_for=WARM_UP))
 
 
 # --- checking results -------------------------------------------------------------------
@@ -455,13 +543,18 @@ def verify(db_url: str, expected: dict[str, Expected]) -> tuple[bool, str]:
     for exp in expected.values():
         status, outcome, attempts = events.get(exp.event_id, (None, None, None))
         outcomes[outcome or str(status)] += 1
-        if status != "processed" or outcome != exp.outcome or attempts != 1:
+        if status != exp.status or outcome != exp.outcome or attempts != 1:
             problems.append(f"{exp.event_id}: status={status} outcome={outcome} "
-                            f"attempts={attempts}, expected processed/{exp.outcome}/1")
+                            f"attempts={attempts}, expected {exp.status}/{exp.outcome}/1")
             continue
         key = (exp.account_id, exp.subscription_id)
         state, sub_member = subs.get(key, (None, None))
         mismatch = mismatches.get(key)
+        if exp.outcome == CUSTOMER_UNKNOWN:  # waits: nothing of the event is applied
+            if mismatch is not None or state not in (None, "pending"):
+                problems.append(f"{exp.subscription_id}: state={state} mismatch={mismatch}, "
+                                f"expected nothing applied ({CUSTOMER_UNKNOWN})")
+            continue
         if exp.outcome == "linked":
             if state != "linked" or sub_member != exp.member_ref or mismatch is not None:
                 problems.append(f"{exp.subscription_id}: state={state} member={sub_member} "
@@ -474,7 +567,8 @@ def verify(db_url: str, expected: dict[str, Expected]) -> tuple[bool, str]:
                             f"expected {want} note={exp.note}")
             continue
         cases[mismatch[0]] += 1
-    extra = len(mismatches) - sum(1 for e in expected.values() if e.outcome != "linked")
+    extra = len(mismatches) - sum(1 for e in expected.values()
+                                  if e.outcome.startswith("case_"))
     if extra > 0:
         problems.append(f"{extra} mismatches that no event implies")
     if notices:
@@ -486,17 +580,178 @@ def verify(db_url: str, expected: dict[str, Expected]) -> tuple[bool, str]:
     return True, summary
 
 
+# --- the floor ----------------------------------------------------------------------------
+
+
+def _columns(rows: list[tuple], width: int) -> list[list[Any]]:
+    """Rows as `width` column lists (psycopg sends each list as one array)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+def floor_batch(conn, event_ids: list[str],  # type: ignore[no-untyped-def]
+                capture: list[tuple[str, Any]] | None = None) -> tuple[int, int]:
+    """The floor: the database work of handling these events, as set-based statements on one
+    raw psycopg connection in ONE transaction. Returns (events handled, statements sent).
+
+    What it does, one statement each for the whole batch: lock the inbox rows
+    (SELECT … FOR UPDATE, in id order) and read their payloads (json.loads, for the
+    subscription, customer and status); load the venues; insert the missing subscription rows
+    (INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING) and lock them all in key order;
+    lock their mismatches; read members linked by (venue, customer); read the mirrored
+    customers of the others; read members by (venue, normalized email). Then it classifies in
+    Python (linked, case 1, case 2, case 3, with candidates, as workers.matching does for a
+    first sighting) and writes: every subscription's state, member, status,
+    last_event_created, venue and updated_at (one UPDATE … FROM unnest); every new mismatch
+    (one INSERT, notified_case set as after a notice); every inbox row's status, outcome,
+    attempts, processed_at (one UPDATE); COMMIT. 11 statements per batch (10 when there is
+    no mismatch to open).
+
+    What it does not do: other event types, venues in the other mode or unknown (unrouted),
+    canceled or out-of-order sightings, updating an existing mismatch (it raises when one
+    exists), customers that are not mirrored (no Stripe read: it raises), notices (none are
+    owed: the venues have no admins), logging, retries, RQ or Redis. It is the least the
+    same database reads and writes can cost, not a second implementation of the rules.
+    `capture` receives the statements and their parameters (to EXPLAIN them)."""
+    from db import normalize_email
+
+    sent = 0
+
+    def run(cur, sql: str, params: Any = ()):  # type: ignore[no-untyped-def]
+        nonlocal sent
+        sent += 1
+        if capture is not None:
+            capture.append((sql, params))
+        return cur.execute(sql, params)
+
+    lookup = "(SELECT * FROM unnest(%s::text[], %s::text[]))"
+    with conn.cursor() as cur:
+        events = []
+        for row_id, account, livemode, created, payload in run(
+                cur, "SELECT id, account_id, livemode, created, payload FROM stripe_events"
+                     " WHERE event_id = ANY(%s) ORDER BY id FOR UPDATE", (event_ids,)):
+            obj = json.loads(payload)["data"]["object"]
+            events.append((row_id, account, livemode, created, obj["id"], obj["customer"],
+                           obj.get("status")))
+        venues = {account: (venue_id, livemode) for account, venue_id, livemode in run(
+            cur, "SELECT account_id, id, livemode FROM venues WHERE account_id = ANY(%s)",
+            (sorted({e[1] for e in events}),))}
+        if any(venues.get(e[1], (None, None))[1] != e[2] for e in events):
+            raise ValueError("floor_batch handles events of known venues in their mode only")
+        first = {(e[1], e[4]): e for e in reversed(events)}
+        new = [(a, e[2], s, e[5], venues[a][0]) for (a, s), e in sorted(first.items())]
+        run(cur, "INSERT INTO subscriptions (account_id, livemode, subscription_id, customer_id,"
+                 " venue_id, canceled, state, last_event_created, updated_at)"
+                 " SELECT a, l, s, c, v, false, 'pending', 0, now() FROM unnest(%s::text[],"
+                 " %s::bool[], %s::text[], %s::text[], %s::int[]) AS t(a, l, s, c, v)"
+                 " ON CONFLICT (account_id, subscription_id) DO NOTHING", _columns(new, 5))
+        keys = [[a for a, _s in sorted(first)], [s for _a, s in sorted(first)]]
+        subs = {(a, s): sub_id for sub_id, a, s in run(
+            cur, "SELECT id, account_id, subscription_id FROM subscriptions WHERE"
+                 f" (account_id, subscription_id) IN {lookup}"
+                 " ORDER BY account_id, subscription_id FOR UPDATE", keys)}
+        if run(cur, f"SELECT id FROM mismatches WHERE (account_id, subscription_id) IN {lookup}"
+                    " FOR UPDATE", keys).fetchall():
+            raise ValueError("floor_batch only opens new mismatches")
+        pairs = sorted({(venues[e[1]][0], e[5]) for e in events})
+        linked = {(v, c): m for v, c, m in run(
+            cur, "SELECT venue_id, stripe_customer_id, id FROM members WHERE"
+                 " (venue_id, stripe_customer_id) IN"
+                 " (SELECT * FROM unnest(%s::int[], %s::text[]))", _columns(pairs, 2))}
+        unlinked = sorted({(e[1], e[2], e[5]) for e in events
+                           if (venues[e[1]][0], e[5]) not in linked})
+        mirrored: dict[tuple[str, bool, str], str | None] = {}
+        if unlinked:
+            mirrored = {(a, lm, c): email for a, lm, c, email in run(
+                cur, "SELECT account_id, livemode, customer_id, email FROM stripe_customers"
+                     " WHERE (account_id, livemode, customer_id) IN"
+                     " (SELECT * FROM unnest(%s::text[], %s::bool[], %s::text[]))",
+                _columns(unlinked, 3))}
+        wanted = sorted({(venues[a][0], normalized) for (a, _lm, _c), email in mirrored.items()
+                         if (normalized := normalize_email(email))})
+        by_email: dict[tuple[int, str], list[tuple]] = defaultdict(list)
+        if wanted:
+            for venue_id, normalized, *member in run(
+                    cur, "SELECT venue_id, email_normalized, id, member_ref, email,"
+                         " stripe_customer_id FROM members WHERE (venue_id, email_normalized)"
+                         " IN (SELECT * FROM unnest(%s::int[], %s::text[]))"
+                         " ORDER BY member_ref", _columns(wanted, 2)):
+                by_email[(venue_id, normalized)].append(tuple(member))
+
+        sub_rows, mismatch_rows, outcomes = [], [], []
+        for row_id, account, livemode, created, sub_id, customer, status in events:
+            venue_id = venues[account][0]
+            member = linked.get((venue_id, customer))
+            if member is not None:
+                sub_rows.append((subs[(account, sub_id)], "linked", member, status, created,
+                                 venue_id))
+                outcomes.append((row_id, "linked"))
+                continue
+            if (account, livemode, customer) not in mirrored:
+                raise ValueError(f"floor_batch reads no customer from Stripe ({customer})")
+            email = mirrored[(account, livemode, customer)]
+            normalized = normalize_email(email)
+            found = by_email.get((venue_id, normalized), []) if normalized else []
+            with_customer = [m for m in found if m[3]]
+            case = 1 if with_customer else 2 if found else 3
+            single = found[0][0] if len(found) == 1 else None
+            candidates = [{"member_ref": ref, "email": member_email_, "stripe_customer_id": cus}
+                          for _id, ref, member_email_, cus in found]
+            sub_rows.append((subs[(account, sub_id)], "mismatch", single, status, created,
+                             venue_id))
+            mismatch_rows.append((account, livemode, sub_id, venue_id, case, customer, email,
+                                  with_customer[0][3] if with_customer else None, single,
+                                  json.dumps(candidates), None if normalized else NO_EMAIL_NOTE))
+            outcomes.append((row_id, f"case_{case}"))
+        run(cur, "UPDATE subscriptions AS s SET state = u.state, member_id = u.member_id,"
+                 " status = u.status, last_event_created = GREATEST(s.last_event_created,"
+                 " u.created), venue_id = u.venue_id, updated_at = now()"
+                 " FROM unnest(%s::int[], %s::text[], %s::int[], %s::text[], %s::bigint[],"
+                 " %s::int[]) AS u(id, state, member_id, status, created, venue_id)"
+                 " WHERE s.id = u.id", _columns(sub_rows, 6))
+        if mismatch_rows:
+            run(cur, 'INSERT INTO mismatches (account_id, livemode, subscription_id, venue_id,'
+                     ' "case", customer_id, customer_email, linked_customer_id, member_id,'
+                     ' candidates, note, status, notified_case, opened_at, updated_at)'
+                     " SELECT a, l, s, v, c, cus, email, linked, m, cand::json, note, 'open',"
+                     " c, now(), now() FROM unnest(%s::text[], %s::bool[], %s::text[],"
+                     " %s::int[], %s::int[], %s::text[], %s::text[], %s::text[], %s::int[],"
+                     " %s::text[], %s::text[])"
+                     " AS t(a, l, s, v, c, cus, email, linked, m, cand, note)",
+                _columns(mismatch_rows, 11))
+        run(cur, "UPDATE stripe_events AS e SET status = 'processed', outcome = u.outcome,"
+                 " attempts = e.attempts + 1, last_error = NULL, waiting_for = NULL,"
+                 " processed_at = now() FROM unnest(%s::int[], %s::text[]) AS u(id, outcome)"
+                 " WHERE e.id = u.id", _columns(outcomes, 2))
+    conn.commit()
+    return len(events), sent
+
+
 # --- EXPLAIN: do the lookups use the indexes? --------------------------------------------
 
 
+def statements_sent(parameters: Any, executemany: bool, context: Any) -> int:
+    """Statements the database runs for one cursor call (one round trip): an executemany
+    (the ORM's flush of changed rows, an INSERT of many rows: psycopg pipelines one statement
+    per parameter set) runs one per row; SQLAlchemy's "insertmanyvalues" (one INSERT with
+    many VALUES rows) is one."""
+    from sqlalchemy.engine.interfaces import ExecuteStyle
+
+    if not executemany or getattr(context, "execute_style", None) is \
+            ExecuteStyle.INSERTMANYVALUES:
+        return 1
+    return len(parameters)
+
+
 class StatementLog:
-    """Counts the statements and commits of process_event; keeps one event's statements."""
+    """Counts the statements (statements_sent) and commits of handle_events; keeps the
+    statements of the calls holding a sample."""
 
     def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
         from sqlalchemy import event
 
         self.engine = engine
         self.count = 0
+        self.calls = 0  # cursor calls: round trips
         self.commits = 0
         self.by_verb: Counter[str] = Counter()
         self.capture: list[tuple[str, Any]] | None = None
@@ -504,8 +759,10 @@ class StatementLog:
         event.listen(engine, "commit", self._commit)
 
     def _execute(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        self.count += 1
-        self.by_verb[statement.lstrip().split(None, 1)[0].upper()] += 1
+        rows = statements_sent(parameters, executemany, context)
+        self.calls += 1
+        self.count += rows
+        self.by_verb[statement.lstrip().split(None, 1)[0].upper()] += rows
         if self.capture is not None:
             self.capture.append((statement, parameters))
 
@@ -581,72 +838,170 @@ def uses_indexes(access: dict[str, set[str]]) -> bool:
     return bool(hows) and not any(h.startswith(("Seq Scan", "SCAN")) for h in hows)
 
 
-# --- the RQ worker (a child process) and in-process runs ----------------------------------
+# --- the worker (child processes) and in-process runs ----------------------------------------
 
 
 def drain_child() -> None:
-    """Run in the child: one warm worker of the class `mismatch worker` runs
-    (workers.service.MismatchWorker: rq.SimpleWorker taking event jobs in batches) drains the
-    queue in burst mode and prints the wall and CPU time from the start of its first job to
-    the end of its last. --batch 1 makes it a plain SimpleWorker (one job at a time)."""
-    import workers.jobs  # noqa: F401 - imported up front, as in a worker that has run a job
+    """Run in the child: one worker of the class `mismatch worker` runs
+    (workers.service.MismatchWorker) drains the queue in burst mode, without scheduler, with
+    the environment's EVENTS_PER_BATCH; prints (JSON) the wall and CPU time from the start of
+    its first job to the end of its last, the jobs it ran, how many events of the chunk
+    (BENCH_EVENTS, a JSON file of event ids) are handled, its statements and commits, its
+    PostgreSQL backends' CPU and its Stripe calls.
+
+    First, untimed: it handles its warm-up events (BENCH_WARMUP) with the job function, as a
+    worker that has been running has handled events before (statements compiled, mappers
+    configured, connection open), and forgets them again; then it tells the parent it is
+    ready (BENCH_READY) and waits for the go (BENCH_GO), which comes once the parent has
+    released the chunk's events and every worker of the run is ready."""
+    # As workers.service.run_worker sets logging up (an INFO line per job and per event).
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("stripe").setLevel(logging.WARNING)
+    from sqlalchemy import event
+
+    from workers.jobs import process_event
     from workers.queue import get_queue, get_redis
     from workers.runtime import runtime
-    from workers.service import MismatchWorker
+    from workers.service import MAINTENANCE_SECONDS, MismatchWorker
     from workers.stripe_api import StripeApi
 
+    config, database = runtime()
+    backends: set[int] = set()
+    counts: Counter[str] = Counter()
+    if not database.is_sqlite:
+        event.listen(database.engine, "connect",
+                     lambda dbapi, _record: backends.add(dbapi.info.backend_pid))
+    event.listen(database.engine, "before_cursor_execute",
+                 lambda _c, _cur, _st, params, ctx, many: counts.update(
+                     statements=statements_sent(params, many, ctx), calls=1))
+    event.listen(database.engine, "commit", lambda *_args: counts.update(["commits"]))
+    event.listen(database.engine.pool, "checkout", lambda *_args: counts.update(["checkouts"]))
+    # Where a job's time goes: handling its events (workers.inbox.run: the transaction and
+    # the ORM) and taking the handled events' jobs off the queue; the rest is RQ's.
+    import workers.inbox
+    import workers.jobs
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                counts[name] += time.perf_counter() - started  # type: ignore[assignment]
+        return call
+
+    workers.inbox.run = timed("handle_s", workers.inbox.run)  # type: ignore[assignment]
+    workers.jobs.discard_event_jobs = timed(  # type: ignore[assignment]
+        "discard_s", workers.jobs.discard_event_jobs)
+    database.ping()
+    warm_up = [e for e in os.environ.get("BENCH_WARMUP", "").split(",") if e]
+    for event_id in warm_up:
+        process_event(event_id)
+    if warm_up:
+        forget_warm_up(database, warm_up)
+
+    def backend_cpu() -> dict[int, float]:
+        table = processes() if backends else {}
+        return {pid: table[pid].cpu for pid in backends if pid in table}
+
     timing: dict[str, Any] = {}
+    jobs: list[float] = []
 
     class TimedWorker(MismatchWorker):
         def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
             if not timing:
-                timing["start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
+                timing["db_cpu_start"] = backend_cpu()
+                timing["api_calls_start"] = StripeApi.calls
+                counts.clear()
+                timing["start"], timing["wall_start"] = time.perf_counter(), time.time()
+                timing["cpu_start"] = time.process_time()
+            started = time.perf_counter()
             super().execute_job(job, queue)
-            timing["end"], timing["cpu_end"] = time.perf_counter(), time.process_time()
+            timing["end"], timing["wall_end"] = time.perf_counter(), time.time()
+            timing["cpu_end"] = time.process_time()
+            timing["counts"] = dict(counts)
+            jobs.append(timing["end"] - started)
 
-    TimedWorker.batch_size = int(os.environ.get("BENCH_BATCH", MismatchWorker.batch_size))
-    config, database = runtime()
-    database.ping()  # a running worker already holds its connection
-    worker = TimedWorker([get_queue(config)], connection=get_redis(config))
-    worker.work(burst=True, with_scheduler=False, logging_level="INFO")
-    if not worker.jobs_done:
-        raise SystemExit("the worker found no jobs")
-    print(json.dumps({"jobs": worker.jobs_done, "seconds": timing["end"] - timing["start"],
-                      "cpu": timing["cpu_end"] - timing["cpu_start"],
-                      "api_calls": StripeApi.calls}), flush=True)
-
-
-def run_rq_drain(env: dict[str, str], log_path: Path) -> dict[str, Any]:
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--drain-child"],
-            env=env, stdout=subprocess.PIPE, stderr=log_file, cwd=str(ROOT), check=False,
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the RQ worker exited with {proc.returncode}; see {log_path}")
-    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
-
-
-def run_mismatch_worker(env: dict[str, str], log_path: Path) -> float:
-    """Wall time of the service's own worker command, `mismatch worker --burst`."""
-    started = time.perf_counter()
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.run([str(Path(sys.executable).parent / "mismatch"), "worker", "--burst"],
-                              env=env, stdout=log_file, stderr=log_file, cwd=str(ROOT),
-                              check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`mismatch worker --burst` exited with {proc.returncode}; "
-                           f"see {log_path}")
-    return time.perf_counter() - started
+    redis = get_redis(config)
+    redis.rpush(os.environ["BENCH_READY"], os.getpid())
+    deadline = time.monotonic() + 120
+    while not redis.blpop([os.environ["BENCH_GO"]], timeout=1):
+        if time.monotonic() > deadline:
+            raise SystemExit("no go from the benchmark")
+    worker = TimedWorker([get_queue(config)], connection=redis,
+                         maintenance_interval=MAINTENANCE_SECONDS)
+    worker.work(burst=True, with_scheduler=False)
+    db_cpu_end = backend_cpu()
+    ids_file = os.environ.get("BENCH_EVENTS")
+    ids = json.loads(Path(ids_file).read_text()) if ids_file else []
+    db_start = timing.get("db_cpu_start", {})
+    counted = timing.get("counts", {})
+    print(json.dumps({
+        "jobs": len(jobs), "events": events_done(database, ids) if ids else 0,
+        "seconds": timing["end"] - timing["start"] if jobs else 0.0,
+        "wall_start": timing.get("wall_start"), "wall_end": timing.get("wall_end"),
+        "cpu": timing["cpu_end"] - timing["cpu_start"] if jobs else 0.0,
+        "db_cpu": sum(cpu - db_start.get(pid, 0.0) for pid, cpu in db_cpu_end.items()),
+        "statements": counted.get("statements", 0), "commits": counted.get("commits", 0),
+        "round_trips": (counted.get("calls", 0) + 2 * counted.get("commits", 0)
+                        + counted.get("checkouts", 0)),
+        "handle_s": counted.get("handle_s", 0.0), "discard_s": counted.get("discard_s", 0.0),
+        "api_calls": StripeApi.calls - timing.get("api_calls_start", StripeApi.calls),
+        "events_per_batch": config.events_per_batch, "first_job": jobs[0] if jobs else 0.0,
+    }), flush=True)
 
 
-def enqueue_all(config, event_ids: list[str]) -> float:  # type: ignore[no-untyped-def]
+def drain(env: dict[str, str], log_path: Path, event_ids: list[str] | None = None,
+          warm_ups: list[list[str]] | None = None,
+          release: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """One worker process per warm-up set (one when there is none) drains the queue, all at
+    once: `release` runs when every one is warm and ready, then they all get the go. Their
+    reports."""
+    import redis
+
+    child_env = dict(env)
+    if event_ids is not None:
+        ids_path = log_path.with_name("chunk-events.json")
+        ids_path.write_text(json.dumps(event_ids))
+        child_env["BENCH_EVENTS"] = str(ids_path)
+    key = f"bench-matching:{os.getpid()}:{time.time_ns()}"
+    child_env.update(BENCH_READY=f"{key}:ready", BENCH_GO=f"{key}:go")
+    procs = []
+    with open(log_path, "ab") as log_file, redis.Redis.from_url(env["REDIS_URL"]) as connection:
+        try:
+            for warm_up in warm_ups or [[]]:
+                procs.append(subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "--drain-child"],
+                    env={**child_env, "BENCH_WARMUP": ",".join(warm_up)},
+                    stdout=subprocess.PIPE, stderr=log_file, cwd=str(ROOT)))
+            ready = 0
+            while ready < len(procs):
+                if connection.blpop([f"{key}:ready"], timeout=1):
+                    ready += 1
+                elif any(proc.poll() is not None for proc in procs):
+                    raise RuntimeError(f"a worker exited before it was ready; see {log_path}")
+            if release is not None:
+                release()
+            connection.rpush(f"{key}:go", *["go"] * len(procs))
+            outputs = [proc.communicate()[0] for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            connection.delete(f"{key}:ready", f"{key}:go")
+    for proc in procs:
+        if proc.returncode != 0:
+            raise RuntimeError(f"a worker exited with {proc.returncode}; see {log_path}")
+    return [json.loads(out.decode().strip().splitlines()[-1]) for out in outputs]
+
+
+def enqueue_all(config, event_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     from workers.queue import enqueue_event
 
-    started = time.perf_counter()
     for event_id in event_ids:
         enqueue_event(config, event_id)
-    return time.perf_counter() - started
 
 
 def rq_noop_rate(env: dict[str, str], config, jobs: int, log_path: Path) -> float:  # type: ignore[no-untyped-def]
@@ -661,11 +1016,20 @@ def rq_noop_rate(env: dict[str, str], config, jobs: int, log_path: Path) -> floa
     for _ in range(jobs):  # the options workers.queue.enqueue_event uses
         queue.enqueue_call("builtins.len", args=("",), retry=Retry(max=len(intervals),
                            interval=intervals), result_ttl=0, failure_ttl=7 * 24 * 3600)
-    drained = run_rq_drain(env, log_path)
+    [drained] = drain(env, log_path)
     return drained["jobs"] / drained["seconds"]
 
 
 def clear_queue(config) -> None:  # type: ignore[no-untyped-def]
+    """An empty queue, failed registry and intermediate queue.
+
+    RQ's intermediate queue (where a worker's dequeue puts a job until it is registered as
+    started) remembers for 24 hours when its maintenance first saw a job id there, and fails
+    (retries) a job of that id that it sees there again more than a minute later, even one
+    another worker has just taken: with two workers, one's start-up maintenance re-queued the
+    other's running job. The benchmark enqueues the same job ids in every pass, which
+    production does not; its memory of them is dropped here."""
+    from rq.exceptions import NoSuchJobError
     from rq.registry import FailedJobRegistry
 
     from workers.queue import get_queue
@@ -674,7 +1038,13 @@ def clear_queue(config) -> None:  # type: ignore[no-untyped-def]
     queue.empty()
     registry = FailedJobRegistry(queue=queue)
     for job_id in registry.get_job_ids():
-        registry.remove(job_id, delete_job=True)
+        try:
+            registry.remove(job_id, delete_job=True)
+        except NoSuchJobError:
+            queue.connection.zrem(registry.key, job_id)
+    intermediate = queue.intermediate_queue.key
+    queue.connection.delete(intermediate,
+                            *queue.connection.scan_iter(f"{intermediate}:first_seen:*"))
 
 
 def failed_jobs(config) -> int:  # type: ignore[no-untyped-def]
@@ -685,15 +1055,77 @@ def failed_jobs(config) -> int:  # type: ignore[no-untyped-def]
     return FailedJobRegistry(queue=get_queue(config)).count
 
 
+def log_trouble(log_path: Path) -> list[str]:
+    """Lines of a worker log that mention a deadlock, an error or a failure."""
+    if not log_path.exists():
+        return []
+    return [line.strip() for line in log_path.read_text(errors="replace").splitlines()
+            if LOG_TROUBLE.search(line)]
+
+
+@dataclass
+class Pass:
+    """One method at one size in one round (or one two-worker run), summed over its chunks."""
+
+    events: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0  # the Python side (the worker process, or this one for the floor)
+    db_cpu: float = 0.0  # its PostgreSQL backend(s)
+    jobs: int = 0
+    statements: int = 0
+    round_trips: int = 0  # cursor calls, BEGIN and COMMIT, the pool's pre-ping
+    commits: int = 0
+    handle_s: float = 0.0  # in workers.inbox.run (the worker) or floor_batch (the floor)
+    discard_s: float = 0.0  # in workers.queue.discard_event_jobs
+    api_calls: int = 0
+    failed_jobs: int = 0
+    first_jobs: float = 0.0  # the first timed job of every worker process, seconds
+    drains: int = 0
+    batch_sizes: set[int] = field(default_factory=set)
+
+    @property
+    def eps(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def add(self, drained: dict[str, Any]) -> None:
+        for name in ("events", "seconds", "cpu", "db_cpu", "jobs", "statements", "round_trips",
+                     "commits", "handle_s", "discard_s", "api_calls"):
+            setattr(self, name, getattr(self, name) + drained[name])
+        self.first_jobs += drained["first_job"]
+        self.drains += 1
+        self.batch_sizes.add(drained["events_per_batch"])
+
+
+def run_floor(bench: BenchDb, conn, event_ids: list[str], per_txn: int, into: Pass,  # type: ignore[no-untyped-def]
+              capture: list[tuple[str, Any]] | None = None) -> None:
+    """floor_batch over these events, per_txn at a time, on an open psycopg connection."""
+    pid = conn.info.backend_pid
+    db_before = processes()[pid].cpu
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for start in range(0, len(event_ids), per_txn):
+        events, sent = floor_batch(conn, event_ids[start:start + per_txn],
+                                   capture if start == 0 else None)
+        into.events += events
+        into.statements += sent
+        into.round_trips += sent + 2  # and BEGIN, COMMIT
+        into.commits += 1
+    into.seconds += time.perf_counter() - started
+    into.handle_s += time.perf_counter() - started
+    into.cpu += time.process_time() - cpu_started
+    into.db_cpu += processes()[pid].cpu - db_before
+    into.batch_sizes.add(per_txn)
+
+
 @dataclass
 class Tally:
-    """What the job functions added up to when run in this process (no RQ)."""
+    """What handle_events added up to when run in this process (no RQ)."""
 
     events: int = 0
     seconds: float = 0.0
     cpu: float = 0.0
     api_calls: int = 0
     statements: int = 0
+    calls: int = 0
     commits: int = 0
     checkouts: int = 0
     by_verb: Counter[str] = field(default_factory=Counter)
@@ -702,27 +1134,27 @@ class Tally:
 
     @property
     def eps(self) -> float:
-        return self.events / self.seconds
+        return self.events / self.seconds if self.seconds else 0.0
 
 
-def run_in_process(url: str, event_ids: list[str], samples: set[str], batch: int,
+def run_in_process(config, database, event_ids: list[str], samples: set[str], batch: int,  # type: ignore[no-untyped-def]
                    tally: Tally) -> None:
-    """The job functions in a loop in this process, into `tally`: process_event one event
-    per transaction (batch 1), else process_events `batch` events per transaction, as the
-    worker runs them. Statements counted; the calls holding a sample EXPLAINed."""
+    """workers.inbox.handle_events in a loop in this process, into `tally`: `batch` events
+    per call (1: one event per transaction). Statements counted; the calls holding a sample
+    EXPLAINed."""
     from sqlalchemy import event
 
-    from workers.jobs import process_event, process_events
-    from workers.runtime import reset_runtime, runtime
+    from workers.inbox import handle_events
     from workers.stripe_api import StripeApi
 
-    os.environ["DATABASE_URL"] = url  # what runtime() reads, as a worker would
-    reset_runtime()
-    _config, database = runtime()
-    database.ping()
+    api = StripeApi(config)
     stmts = StatementLog(database.engine)
     checkouts: Counter[str] = Counter()
-    event.listen(database.engine.pool, "checkout", lambda *_: checkouts.update(["checkout"]))
+
+    def checkout(*_args: Any) -> None:
+        checkouts.update(["checkout"])
+
+    event.listen(database.engine.pool, "checkout", checkout)
     calls = [event_ids[i:i + batch] for i in range(0, len(event_ids), batch)]
     captured: list[tuple[int, list[tuple[str, Any]]]] = []  # (events in the call, statements)
     calls_before = StripeApi.calls
@@ -731,14 +1163,12 @@ def run_in_process(url: str, event_ids: list[str], samples: set[str], batch: int
         if samples.intersection(ids):
             stmts.capture = []
             captured.append((len(ids), stmts.capture))
-        if batch == 1:
-            process_event(ids[0])
-        else:
-            process_events(ids)
+        handle_events(config, database, api, ids)
         stmts.capture = None
     tally.seconds += time.perf_counter() - started
     tally.cpu += time.process_time() - cpu_started
     stmts.close()
+    event.remove(database.engine.pool, "checkout", checkout)
     for events, statements in captured:
         how, read = explain(database.engine, statements)
         tally.pages += [pages / events for pages in read]
@@ -747,6 +1177,7 @@ def run_in_process(url: str, event_ids: list[str], samples: set[str], batch: int
     tally.events += len(event_ids)
     tally.api_calls += StripeApi.calls - calls_before
     tally.statements += stmts.count
+    tally.calls += stmts.calls
     tally.commits += stmts.commits
     tally.checkouts += checkouts["checkout"]
     tally.by_verb.update(stmts.by_verb)
@@ -792,29 +1223,33 @@ def unmirrored_batch(stripe: LocalStripe, members: int = 40) -> tuple[Batch, lis
         else:
             created = client.v1.customers.create(params={"name": "No Email"})
             plans.append((created.id, "case_3", None, None, "customer has no email"))
-    plans.append(("cus_benchDoesNotExist", "case_3", None, None,
-                  "customer not found in this Stripe account"))
+    # Stripe does not know it: the event waits (rule 3), it does not become case 3.
+    plans.append(("cus_benchDoesNotExist", CUSTOMER_UNKNOWN, None, None, None))
     for rnd, type_ in enumerate(("customer.subscription.created",
                                  "customer.subscription.updated")):
         for u, (cus, outcome, ref, linked, note) in enumerate(plans):
             event_id, sub_id = f"evt_benchplat{rnd}x{u:04d}", f"sub_benchplat{rnd}x{u:04d}"
             # First sighting: one read by ID. Repeat: the read was mirrored, so none, except
-            # the customer Stripe does not know (nothing to mirror): one read again.
+            # the customer Stripe does not know (nothing to mirror): one read again. Handled
+            # alone, as its last attempt: that one is left `failed`, waiting for the customer.
             calls = 1 if rnd == 0 or cus == "cus_benchDoesNotExist" else 0
             batch.add(event_row(support, event_id=event_id, type_=type_, account=None,
                                 created=1_700_100_000 + rnd * 1000 + u, subscription_id=sub_id,
                                 customer_id=cus),
                       Expected(event_id, sub_id, cus, PLATFORM_ACCOUNT, outcome, ref, linked,
-                               note, calls))
+                               note, calls,
+                               status="failed" if outcome == CUSTOMER_UNKNOWN else "processed"))
     return batch, member_rows
 
 
 def run_unmirrored(bench: BenchDb, stripe: LocalStripe) -> dict[str, Any]:
+    """The platform events whose customers are not mirrored, each handled alone
+    (handle_events), counting the Stripe calls each one makes."""
     from sqlalchemy import insert, select
 
     from db import Database, Member, Venue, normalize_email
-    from workers.jobs import process_event
-    from workers.runtime import reset_runtime
+    from workers.inbox import handle_events
+    from workers.runtime import reset_runtime, runtime
     from workers.stripe_api import StripeApi
 
     batch, member_rows = unmirrored_batch(stripe)
@@ -837,12 +1272,14 @@ def run_unmirrored(bench: BenchDb, stripe: LocalStripe) -> dict[str, Any]:
     bench.insert_events(batch.events)
     os.environ["DATABASE_URL"] = bench.url
     reset_runtime()
+    config, db = runtime()
+    api = StripeApi(config)
     reads_before = customer_reads(stripe)
     per_round: dict[int, list[int]] = {0: [], 1: []}
     wrong_calls = []
     for row in batch.events:
         before = StripeApi.calls
-        process_event(row["event_id"])
+        handle_events(config, db, api, [row["event_id"]])
         spent = StripeApi.calls - before
         per_round[0 if "plat0x" in row["event_id"] else 1].append(spent)
         if spent != batch.expected[row["event_id"]].api_calls:
@@ -865,14 +1302,14 @@ class SizeRun:
     bench: BenchDb
     batch: Batch
     load_s: float = 0.0
-    rq_events: int = 0
-    rq_seconds: float = 0.0
-    rq_cpu: float = 0.0
-    failed_jobs: int = 0
-    rq_calls: int = 0
-    inproc: Tally = field(default_factory=Tally)  # process_event, one event per transaction
-    batched: Tally = field(default_factory=Tally)  # process_events, as the worker runs them
-    service_eps: float | None = None
+    passes: dict[str, list[Pass]] = field(default_factory=lambda: {m: [] for m in METHODS})
+    two: Pass = field(default_factory=Pass)  # two workers at once
+    two_jobs: list[int] = field(default_factory=lambda: [0, 0])  # jobs each of the two ran
+    two_problems: list[str] = field(default_factory=list)
+    inproc: Tally = field(default_factory=Tally)  # handle_events, one event per transaction
+    batched: Tally = field(default_factory=Tally)  # handle_events, a batch per transaction
+    floor_access: dict[str, set[str]] = field(default_factory=dict)
+    floor_pages: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     summary: str = ""
 
@@ -881,18 +1318,34 @@ class SizeRun:
         return self.bench.size
 
     @property
-    def event_ids(self) -> list[str]:
-        return [row["event_id"] for row in self.batch.events]
-
-    @property
     def samples(self) -> set[str]:
         """The first event of each kind: their statements are EXPLAINed."""
         return {next(e.event_id for e in self.batch.expected.values() if e.outcome == kind)
                 for kind in KINDS}
 
-    @property
-    def rq_eps(self) -> float:
-        return self.rq_events / self.rq_seconds
+    def reset(self) -> None:
+        """An empty inbox (nothing handled) but for the held warm-up events."""
+        self.bench.reset_results()
+        self.bench.insert_events([row for rows in self.batch.warm_ups for row in rows])
+
+    def chunk(self, start: int, size: int, *, held: bool = False) -> list[str]:
+        """Store the events of one chunk in the inbox (held: until the workers are warm);
+        their ids."""
+        rows = self.batch.events[start:start + size]
+        self.bench.insert_events(rows, HELD if held else None)
+        return [row["event_id"] for row in rows]
+
+    def warm_ups(self, workers: int) -> list[list[str]]:
+        return [[row["event_id"] for row in rows] for rows in self.batch.warm_ups[:workers]]
+
+    def eps(self, method: str) -> list[float]:
+        return [p.eps for p in self.passes[method]]
+
+    def check(self, label: str) -> bool:
+        ok, self.summary = verify(self.bench.url, self.batch.expected)
+        if not ok:
+            self.problems.append(f"{label} at {self.size:,}: {self.summary}")
+        return ok
 
 
 def load_size(args, env: dict[str, str], size: int,  # type: ignore[no-untyped-def]
@@ -907,194 +1360,341 @@ def load_size(args, env: dict[str, str], size: int,  # type: ignore[no-untyped-d
     mirrored = (size // 10) * 7 + min(size % 10, 7) + len(batch.customers)
     print(f"{size:>10,} members, {mirrored:,} mirrored customers over {args.venues} venues: "
           f"loaded in {run.load_s:.1f}s (then ANALYZE)", flush=True)
-    bench.insert_events(batch.events)
     return run
 
 
+def methods_for(runs: list[SizeRun]) -> list[str]:
+    return [m for m in METHODS if m != "floor" or not runs[0].bench.is_sqlite]
+
+
 def measure_round(args, env: dict[str, str], config, runs: list[SizeRun], rnd: int,  # type: ignore[no-untyped-def]
-                  workdir: Path) -> None:
-    """All events of every size through the RQ worker, then through process_event in a loop.
-
-    Both go chunk by chunk, alternating between the sizes, so that a change in the load of the
-    host affects every size alike; each figure is events over the summed timed seconds.
-    """
+                  workdir: Path, per_txn: int) -> float | None:
+    """Every method over all events of every size, chunk by chunk, alternating between the
+    sizes; then RQ's no-op rate. Returns that rate."""
     worker_log = workdir / "worker.log"
-    starts = range(0, args.events, args.chunk)
-    before = {r.size: (r.rq_events, r.rq_seconds, r.inproc.events, r.inproc.seconds)
-              for r in runs}
-
-    for run in runs:
-        run.bench.reset_results()
-    for start in starts:
+    for method in methods_for(runs):
         for run in runs:
-            ids = run.event_ids[start:start + args.chunk]
+            run.reset()
+            run.passes[method].append(Pass())
+        conns: dict[int, Any] = {}
+        if method == "floor":
+            import psycopg
+
+            conns = {run.size: psycopg.connect(run.bench.psycopg_url) for run in runs}
+        try:
+            for start in range(0, args.events, args.chunk):
+                for run in runs:
+                    ids = run.chunk(start, args.chunk, held=method != "floor")
+                    into = run.passes[method][-1]
+                    if method == "floor":
+                        capture: list[tuple[str, Any]] | None = [] if not (rnd or start) else None
+                        run_floor(run.bench, conns[run.size], ids, per_txn, into, capture)
+                        if capture:
+                            database = run.bench.database()
+                            try:
+                                run.floor_access, pages = explain(database.engine, capture)
+                            finally:
+                                database.dispose()
+                            run.floor_pages = [p / min(per_txn, len(ids)) for p in pages]
+                        continue
+                    child_env = {**env, "DATABASE_URL": run.bench.url}
+                    if method == "baseline":
+                        child_env["EVENTS_PER_BATCH"] = "1"
+                    clear_queue(config)
+                    enqueue_all(config, ids)
+                    [drained] = drain(child_env, worker_log, ids, run.warm_ups(1),
+                                      run.bench.release_held)
+                    into.add(drained)
+                    into.failed_jobs += failed_jobs(config)
+                    if drained["events"] != len(ids) or not drained["jobs"]:
+                        run.problems.append(
+                            f"{method} round {rnd + 1} at {run.size:,}: the worker handled "
+                            f"{drained['events']} of {len(ids)} events in {drained['jobs']} "
+                            f"jobs")
+        finally:
+            for conn in conns.values():
+                conn.close()
+        for run in runs:
+            failed = run.passes[method][-1].failed_jobs
+            if run.check(f"{method} round {rnd + 1}") and failed:
+                run.problems.append(f"{method} round {rnd + 1} at {run.size:,}: {failed} "
+                                    f"failed RQ jobs")
+    noop = None
+    if args.noop_jobs:
+        noop = rq_noop_rate({**env, "DATABASE_URL": runs[0].bench.url}, config,
+                            args.noop_jobs, worker_log)
+    for run in runs:
+        w, b = run.passes["worker"][-1], run.passes["baseline"][-1]
+        line = (f"  round {rnd + 1}: {run.size:>10,} members: worker {w.eps:,.0f} ev/s "
+                f"({w.jobs} jobs for {w.events:,} events), baseline {b.eps:,.0f} ev/s")
+        if run.passes["floor"]:
+            line += f", floor {run.passes['floor'][-1].eps:,.0f} ev/s"
+        print(line + f"; results {'WRONG' if run.problems else 'OK'}", flush=True)
+    print(f"  RQ no-op jobs {noop:,.0f}/s; " if noop else "  ", end="")
+    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    return noop
+
+
+def measure_two_workers(args, env: dict[str, str], config, runs: list[SizeRun],  # type: ignore[no-untyped-def]
+                        workdir: Path) -> None:
+    """Two worker processes on the same queue at once, chunk by chunk; then the end state,
+    RQ's failed registry and the workers' logs."""
+    logs = {run.size: workdir / f"two-workers-{run.size}.log" for run in runs}
+    for run in runs:
+        run.reset()
+    for start in range(0, args.events, args.chunk):
+        for run in runs:
+            ids = run.chunk(start, args.chunk, held=True)
             clear_queue(config)
             enqueue_all(config, ids)
-            drained = run_rq_drain({**env, "DATABASE_URL": run.bench.url}, worker_log)
-            run.rq_events += drained["jobs"]
-            run.rq_seconds += drained["seconds"]
-            run.rq_cpu += drained["cpu"]
-            run.rq_calls += drained["api_calls"]
-            run.failed_jobs += failed_jobs(config)
-    rq_ok = {}
+            reports = drain({**env, "DATABASE_URL": run.bench.url}, logs[run.size], ids,
+                            run.warm_ups(2), run.bench.release_held)
+            busy = [r for r in reports if r["jobs"]]
+            run.two.events += run.bench.events_done(ids)
+            run.two.seconds += (max(r["wall_end"] for r in busy)
+                                - min(r["wall_start"] for r in busy)) if busy else 0.0
+            for n, report in enumerate(reports):
+                run.two_jobs[n] += report["jobs"]
+                run.two.jobs += report["jobs"]
+                run.two.api_calls += report["api_calls"]
+            run.two.failed_jobs += failed_jobs(config)
     for run in runs:
-        ok, summary = verify(run.bench.url, run.batch.expected)
-        rq_ok[run.size] = ok and not run.failed_jobs
-        if not rq_ok[run.size]:
-            run.problems.append(f"RQ round {rnd + 1} at {run.size:,}: {summary}; "
-                                f"{run.failed_jobs} failed RQ jobs")
+        if not run.check("two workers"):
+            run.two_problems.append("end state WRONG")
+        if run.two.failed_jobs:
+            run.two_problems.append(f"{run.two.failed_jobs} failed RQ jobs")
+        trouble = log_trouble(logs[run.size])
+        if trouble:
+            run.two_problems.append(f"{len(trouble)} log lines like: {trouble[0][:160]}")
+        if not all(run.two_jobs):
+            run.two_problems.append("one of the two workers ran no job (not concurrent)")
+        print(f"  two workers: {run.size:>10,} members: {run.two.eps:,.0f} ev/s, jobs "
+              f"{' + '.join(str(j) for j in run.two_jobs)}; "
+              f"{'; '.join(run.two_problems) or 'OK'}", flush=True)
 
-    if args.service_worker and rnd == 0:
-        for run in runs:
-            sample = run.event_ids[: args.service_events]
-            child_env = {**env, "DATABASE_URL": run.bench.url}
-            run.bench.reset_results()
-            clear_queue(config)
-            enqueue_all(config, sample)
-            run_mismatch_worker(child_env, worker_log)
-            # From the first event's processed_at to the last one's: the worker's start-up and
-            # shut-down are left out.
-            run.service_eps = (len(sample) - 1) / run.bench.processing_span(sample)
 
-    in_ok: dict[int, bool] = {run.size: True for run in runs}
-    for label, batch in (("in-process", 1), ("batched", args.batch)):
-        for run in runs:
-            run.bench.reset_results()
-        for start in starts:
+def measure_in_process(args, runs: list[SizeRun], per_txn: int) -> None:
+    """handle_events in this process, one event at a time, then per_txn at a time; one
+    engine per size for the whole pass, warmed up on the warm-up events first (untimed)."""
+    from config import load_config
+    from db import Database
+    from workers.inbox import handle_events
+    from workers.stripe_api import StripeApi
+
+    handles = {}
+    for run in runs:
+        config = load_config({**os.environ, "DATABASE_URL": run.bench.url})
+        handles[run.size] = (config, Database(config.database_url))
+    try:
+        for label, batch in (("in-process one at a time", 1), ("in-process batched", per_txn)):
             for run in runs:
-                ids = run.event_ids[start:start + args.chunk]
-                run_in_process(run.bench.url, ids, run.samples & set(ids), batch,
-                               run.inproc if batch == 1 else run.batched)
-        for run in runs:
-            ok, run.summary = verify(run.bench.url, run.batch.expected)
-            if not ok:
-                in_ok[run.size] = False
-                run.problems.append(f"{label} round {rnd + 1} at {run.size:,}: {run.summary}")
-    for run in runs:
-        ok = in_ok[run.size]
-        rq_events, rq_seconds, in_events, in_seconds = before[run.size]
-        fork = f", mismatch worker {run.service_eps:,.0f}" if run.service_eps and rnd == 0 else ""
-        in_eps = (run.inproc.events - in_events) / (run.inproc.seconds - in_seconds)
-        print(f"  round {rnd + 1}: {run.size:>10,} members: RQ worker "
-              f"{(run.rq_events - rq_events) / (run.rq_seconds - rq_seconds):,.0f} ev/s, "
-              f"in-process {in_eps:,.0f}"
-              f" ev/s{fork}; results {'OK' if rq_ok[run.size] and ok else 'WRONG'}", flush=True)
-    print(f"  (load average {os.getloadavg()[0]:.1f})", flush=True)
+                run.reset()
+                config, database = handles[run.size]
+                [warm_up] = run.warm_ups(1)
+                for start in range(0, len(warm_up), batch):
+                    handle_events(config, database, StripeApi(config),
+                                  warm_up[start:start + batch])
+                forget_warm_up(database, warm_up)
+            for start in range(0, args.events, args.chunk):
+                for run in runs:
+                    ids = run.chunk(start, args.chunk)
+                    run_in_process(*handles[run.size], ids, run.samples & set(ids), batch,
+                                   run.inproc if batch == 1 else run.batched)
+            for run in runs:
+                run.check(label)
+                tally = run.inproc if batch == 1 else run.batched
+                print(f"  {label}: {run.size:>10,} members: {tally.eps:,.0f} ev/s", flush=True)
+    finally:
+        for _config, database in handles.values():
+            database.dispose()
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def _total(passes: list[Pass]) -> Pass:
+    total = Pass()
+    for p in passes:
+        for name in ("events", "seconds", "cpu", "db_cpu", "jobs", "statements", "round_trips",
+                     "commits", "handle_s", "discard_s", "api_calls", "failed_jobs", "first_jobs",
+                     "drains"):
+            setattr(total, name, getattr(total, name) + getattr(p, name))
+        total.batch_sizes |= p.batch_sizes
+    return total
+
+
+def _spread(values: list[float], fmt: str = ",.0f") -> str:
+    return Spread.of(values).show(fmt) if values else "n/a"
+
+
 def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  # type: ignore[no-untyped-def]
-                 backend: str, noop_rate: float | None) -> bool:
-    """The table and the targets; returns True when every target is met."""
-    rq_eps = {r.size: r.rq_eps for r in runs}
-    in_eps = {r.size: r.inproc.eps for r in runs}
+                 backend: str, noop: list[float], per_txn: int) -> bool:
+    """The tables and the targets; returns True when every target is met."""
     first, last = runs[0], runs[-1]
+    has_floor = bool(first.passes["floor"])
+    sizes = sorted({s for r in runs for s in _total(r.passes["worker"]).batch_sizes})
     print(f"\nMatching benchmark - {backend}\n{args.events:,} customer.subscription.created "
           f"Connect events per size ({', '.join(KINDS)} in equal parts, every customer "
           f"mirrored), {args.venues} venues without admin emails (no notices); {args.rounds} "
-          f"round(s) in chunks of {args.chunk} events alternating between the sizes\n")
-    header = (f"{'members':>10} {'load s':>7} {'RQ worker ev/s':>15} {'vs first':>9} "
-              f"{'in-process ev/s':>16} {'vs first':>9} {'CPU ms/ev RQ|in-proc':>21} "
-              f"{'pages/lookup':>13} {'API calls/ev':>13}")
-    if args.service_worker:
-        header += f" {'mismatch worker ev/s':>21}"
+          f"round(s) in chunks of {args.chunk} events alternating between the sizes")
+    print(f"worker: one workers.service.MismatchWorker process, EVENTS_PER_BATCH="
+          f"{'/'.join(str(s) for s in sizes)} (as the worker reported it); baseline: the same "
+          f"with EVENTS_PER_BATCH=1; floor: floor_batch, {per_txn} events per transaction "
+          f"as raw set-based SQL on one psycopg connection"
+          + ("" if has_floor else " (PostgreSQL only: not measured)") + "\n")
+
+    print(f"events/s, min / median / max of {args.rounds} round(s); ratios round by round")
+    header = (f"{'members':>10} {'load s':>7} {'worker':>19} {'vs smallest':>11} "
+              f"{'baseline':>16} {'floor':>23} {'worker/baseline':>18} {'worker/floor':>18}")
+    print(header)
+    print("-" * len(header))
+    smallest = Spread.of(first.eps("worker")).median
+    for r in runs:
+        w, b, f = r.eps("worker"), r.eps("baseline"), r.eps("floor")
+        print(f"{r.size:>10,} {r.load_s:>7.1f} {_spread(w):>19} "
+              f"{Spread.of(w).median / smallest:>11.2f} {_spread(b):>16} {_spread(f):>23} "
+              f"{ratio(w, b).show('.1f'):>18} "
+              f"{ratio(w, f).show('.2f') if f else 'n/a':>18}")
+
+    print("\nWhere the time goes, per event, all rounds. Wall time, split into handling the "
+          "events (workers.inbox.run: the transaction and the ORM; the floor: floor_batch), "
+          "taking the handled events' jobs off the queue (workers.queue.discard_event_jobs) "
+          "and the rest (RQ's own work per job, logging); CPU of the Python process (the "
+          "worker, or this one for the floor) and of its PostgreSQL backend")
+    header = (f"{'members':>10} {'method':>9} {'wall ms':>8} {'handling':>9} {'off queue':>10} "
+              f"{'RQ, rest':>9} {'Python CPU':>11} {'PG CPU':>7} {'statements':>11} "
+              f"{'round trips':>12} {'txns':>6} {'RQ jobs':>8} {'1st job ms':>11}")
     print(header)
     print("-" * len(header))
     for r in runs:
-        calls = (r.inproc.api_calls + r.rq_calls) / (r.rq_events + r.inproc.events)
-        cpu = f"{1000 * r.rq_cpu / r.rq_events:.1f} | {1000 * r.inproc.cpu / r.inproc.events:.1f}"
-        pages = f"{_mean(r.inproc.pages):.1f}" if r.inproc.pages else "-"
-        line = (f"{r.size:>10,} {r.load_s:>7.1f} {rq_eps[r.size]:>15,.0f} "
-                f"{rq_eps[r.size] / rq_eps[first.size]:>9.2f} {in_eps[r.size]:>16,.0f} "
-                f"{in_eps[r.size] / in_eps[first.size]:>9.2f} {cpu:>21} {pages:>13} "
-                f"{calls:>13.2f}")
-        if args.service_worker:
-            line += f" {r.service_eps or 0:>21,.0f}"
-        print(line)
+        for method in methods_for(runs):
+            t = _total(r.passes[method])
+            if not t.events:
+                continue
+            n = t.events
+            ms = {k: 1000 * v / n for k, v in (("wall", t.seconds), ("handle", t.handle_s),
+                                               ("discard", t.discard_s), ("cpu", t.cpu),
+                                               ("db", t.db_cpu))}
+            db_cpu = f"{ms['db']:.2f}" if not r.bench.is_sqlite else "-"
+            jobs = f"{t.jobs / n:.3f}" if method != "floor" else "-"
+            first_job = f"{1000 * t.first_jobs / t.drains:.0f}" if t.drains else "-"
+            rest = (f"{ms['wall'] - ms['handle'] - ms['discard']:.2f}" if method != "floor"
+                    else "-")
+            off_queue = f"{ms['discard']:.2f}" if method != "floor" else "-"
+            print(f"{r.size:>10,} {method:>9} {ms['wall']:>8.2f} {ms['handle']:>9.2f} "
+                  f"{off_queue:>10} {rest:>9} "
+                  f"{ms['cpu']:>11.2f} {db_cpu:>7} {t.statements / n:>11.2f} "
+                  f"{t.round_trips / n:>12.2f} {t.commits / n:>6.3f} {jobs:>8} {first_job:>11}")
+    print("(statements: what the database runs, an executemany counted per row, BEGIN and "
+          "COMMIT not included; round trips: cursor calls (an executemany is pipelined: one), "
+          "BEGIN, COMMIT and the pool's pre-ping; txns: transactions. 1st job ms: the first "
+          "timed job of each worker process, after its untimed warm-up on 4 events of its "
+          "own)")
+    if noop:
+        med = Spread.of(noop).median
+        print(f"\nRQ alone (the RQ-side floor): the same worker drains no-op jobs at "
+              f"{_spread(noop)} jobs/s = {1000 / med:.1f} ms per job (median). The baseline "
+              f"pays that per event (at most {med:,.0f} events/s); the worker per job, once "
+              f"per up to {per_txn} events")
+
+    print(f"\nTwo workers at once on the same queue (the same chunks of {args.chunk}), once "
+          f"per size after the rounds")
+    for r in runs:
+        one = Spread.of(r.eps("worker")).median
+        print(f"{r.size:>10,} members: {r.two.eps:,.0f} ev/s ({r.two.eps / one:.2f}x one "
+              f"worker's median), jobs {' + '.join(str(j) for j in r.two_jobs)}; "
+              f"{'; '.join(r.two_problems) or 'end state as expected, no failed job, clean logs'}")
+
+    print("\nIn this process, no RQ (workers.inbox.handle_events), once after the rounds")
+    for r in runs:
+        one, many = r.inproc, r.batched
+        pages = f"{_mean(one.pages):.1f} | {_mean(many.pages):.2f}" if one.pages else "-"
+        print(f"{r.size:>10,} members: one at a time {one.eps:,.0f} ev/s, CPU "
+              f"{1000 * one.cpu / one.events:.2f} ms/ev, {one.statements / one.events:.1f} "
+              f"statements/ev; {per_txn} at a time {many.eps:,.0f} ev/s, CPU "
+              f"{1000 * many.cpu / many.events:.2f} ms/ev, "
+              f"{many.statements / many.events:.2f} statements and "
+              f"{many.calls / many.events:.2f} cursor calls/ev; pages per event and "
+              f"lookup {pages}")
     n = first.inproc.events
-    # (without SQLite's BEGIN IMMEDIATE)
     verbs = {k: v for k, v in first.inproc.by_verb.items() if k != "BEGIN"}
     statements = sum(verbs.values())
     listed = ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(verbs.items()))
     if first.bench.is_sqlite:
-        print(f"\nSQL per event: {statements / n:.1f} statements ({listed}) in "
+        print(f"SQL per event, one at a time: {statements / n:.1f} statements ({listed}) in "
               f"{first.inproc.commits / n:.1f} transaction(s)")
     else:
-        print(f"\nSQL per event: {statements / n:.1f} statements ({listed}) plus BEGIN, COMMIT "
-              f"({first.inproc.commits / n:.1f}) and the pool's pre-ping "
+        print(f"SQL per event, one at a time: {statements / n:.1f} statements ({listed}) plus "
+              f"BEGIN, COMMIT ({first.inproc.commits / n:.1f}) and the pool's pre-ping "
               f"({first.inproc.checkouts / n:.1f}) = "
               f"{(statements + 2 * first.inproc.commits + first.inproc.checkouts) / n:.1f} "
-              f"round trips to "
-              f"PostgreSQL")
-    print(f"\nBatched, in-process: jobs.process_events, {args.batch} events per transaction "
-          f"(what the worker runs when event jobs queue up)")
-    for r in runs:
-        b = r.batched
-        pages = f"{_mean(b.pages):.2f}" if b.pages else "-"
-        print(f"  {r.size:>10,} members: {b.eps:,.0f} ev/s, CPU {1000 * b.cpu / b.events:.2f} "
-              f"ms/ev, {b.statements / b.events:.2f} statements/ev in "
-              f"{b.commits / b.events:.2f} transactions/ev; pages per event for each batched "
-              f"lookup {pages}")
-    print("\nRQ worker: one worker process (RQ's in-process worker, batches of up to "
-          f"{args.batch} event jobs: workers.service.MismatchWorker); in-process: "
-          "jobs.process_event, one event per transaction, in a loop")
-    print("CPU ms/ev: CPU time of the worker process (RQ) or of this process (in-process) per "
-          "event; wall time well above it means waiting for PostgreSQL, Redis or a busy host")
-    if any(r.inproc.pages for r in runs):
-        print("pages/lookup: buffers EXPLAIN ANALYZE reads for one member or mirror lookup "
-              "(index depth + heap): how the lookups scale, independent of the host's load")
-    if noop_rate:
-        print(f"RQ alone: the same worker drains no-op jobs at {noop_rate:,.0f} jobs/s "
-              f"({1000 / noop_rate:.1f} ms per job before any matching; what one job per "
-              f"event would cost without batches)")
-    if args.service_worker:
-        print(f"mismatch worker: the service's `mismatch worker --burst` on "
-              f"{args.service_events} events per size (first to last processed_at), first round")
+              f"round trips to PostgreSQL")
+    if first.inproc.pages:
+        print("pages per event and lookup: buffers EXPLAIN ANALYZE reads for the member and "
+              "mirror lookups (one at a time | per event of a batch): how the lookups scale, "
+              "whatever the host's load")
     if unmirrored:
         first_calls, repeat_calls = unmirrored["first"], unmirrored["repeat"]
-        print(f"customer NOT mirrored (platform events, localstripe): first sighting "
-              f"{sum(first_calls) / len(first_calls):.2f} calls/event (max {max(first_calls)}), "
-              f"repeat {sum(repeat_calls) / len(repeat_calls):.2f} calls/event "
-              f"(max {max(repeat_calls)}; the one repeat that calls is a customer Stripe does "
-              f"not know); HTTP reads seen by localstripe {unmirrored['http_reads']} = counted "
-              f"{unmirrored['counted']}")
+        print(f"\ncustomer NOT mirrored (platform events, localstripe, each handled alone): "
+              f"first sighting {sum(first_calls) / len(first_calls):.2f} calls/event (max "
+              f"{max(first_calls)}), repeat {sum(repeat_calls) / len(repeat_calls):.2f} "
+              f"calls/event (max {max(repeat_calls)}; the one repeat that calls is a customer "
+              f"Stripe does not know: it waits as {CUSTOMER_UNKNOWN}); HTTP reads seen by "
+              f"localstripe {unmirrored['http_reads']} = counted {unmirrored['counted']}")
+    if has_floor:
+        print("floor plans (EXPLAIN of its first batch; PostgreSQL's own choice, so a hash join "
+              "over a sequential scan where that is cheaper): " + "; ".join(
+                  f"{r.size:,}: " + ", ".join(f"{t} {'/'.join(sorted(r.floor_access.get(t, ())))}"
+                                             for t in SCALING_TABLES)
+                  + f" ({_mean(r.floor_pages):.1f} pages per event)" for r in runs))
     print(f"host: {os.cpu_count()} CPUs, load average now {os.getloadavg()[0]:.1f} (1 min), "
           f"{os.getloadavg()[2]:.1f} (15 min)\n")
 
     checks: list[tuple[str, bool, str]] = []
-    worst = min(runs, key=lambda r: rq_eps[r.size])
-    checks.append((f"RQ worker >= {TARGET_EVENTS_PER_S:.0f} events/s at every size",
-                   rq_eps[worst.size] >= TARGET_EVENTS_PER_S,
-                   f"lowest {rq_eps[worst.size]:,.0f} at {worst.size:,}"))
+    lows = {r.size: min(r.eps("worker")) for r in runs}
+    checks.append((f"worker >= {TARGET_EVENTS_PER_S:.0f} events/s at every size (lowest of "
+                   f"{args.rounds} rounds)", min(lows.values()) >= TARGET_EVENTS_PER_S,
+                   ", ".join(f"{size:,}: {low:,.0f}" for size, low in lows.items())))
     if len(runs) > 1:
-        cpu_per_event = {"RQ worker": lambda r: r.rq_cpu / r.rq_events,
-                         "in-process": lambda r: r.inproc.cpu / r.inproc.events}
-        for label, best in (("RQ worker", rq_eps), ("in-process", in_eps)):
-            slowdown = 1 - best[last.size] / best[first.size]
-            cpu = cpu_per_event[label]
-            checks.append((f"<= {TARGET_MAX_SLOWDOWN:.0%} slower at {last.size:,} than at "
-                           f"{first.size:,} ({label})", slowdown <= TARGET_MAX_SLOWDOWN,
-                           f"{slowdown:+.0%} (CPU per event {cpu(last) / cpu(first) - 1:+.0%}"
-                           + (f", pages per lookup {_mean(last.inproc.pages):.1f} vs "
-                              f"{_mean(first.inproc.pages):.1f})" if first.inproc.pages
-                              else ")")))
-    checks.append(("member and mirror lookups use indexes (EXPLAIN, every size)",
-                   all(uses_indexes(r.inproc.access) for r in runs),
-                   "; ".join(f"{t}: {', '.join(sorted(last.inproc.access.get(t, ())))}"
-                             for t in SCALING_TABLES)))
-    checks.append(("batched lookups use indexes (EXPLAIN of one batch, every size)",
-                   all(uses_indexes(r.batched.access) for r in runs),
-                   "; ".join(f"{t}: {', '.join(sorted(last.batched.access.get(t, ())))}"
-                             for t in SCALING_TABLES)))
-    mirrored_calls = sum(r.inproc.api_calls + r.rq_calls + r.batched.api_calls for r in runs)
+        medians = {r.size: Spread.of(r.eps("worker")).median for r in runs}
+        slowdown = 1 - medians[last.size] / medians[first.size]
+        a, z = _total(first.passes["worker"]), _total(last.passes["worker"])
+        detail = (f"{slowdown:+.0%} (medians {medians[first.size]:,.0f} -> "
+                  f"{medians[last.size]:,.0f} ev/s; worker CPU per event "
+                  f"{(z.cpu / z.events) / (a.cpu / a.events) - 1:+.0%}")
+        if a.db_cpu:
+            detail += (f", PostgreSQL CPU per event "
+                       f"{(z.db_cpu / z.events) / (a.db_cpu / a.events) - 1:+.0%}")
+        if first.inproc.pages:
+            detail += (f", pages per batched lookup {_mean(last.batched.pages):.2f} vs "
+                       f"{_mean(first.batched.pages):.2f}")
+        checks.append((f"<= {TARGET_MAX_SLOWDOWN:.0%} slower at {last.size:,} than at "
+                       f"{first.size:,} members (worker, medians)",
+                       slowdown <= TARGET_MAX_SLOWDOWN, detail + ")"))
+    checks.append(("two workers reach the same end state as one, no deadlocks (every size)",
+                   not any(r.two_problems for r in runs),
+                   "; ".join(f"{r.size:,}: {r.two.eps:,.0f} ev/s, jobs "
+                             f"{'+'.join(str(j) for j in r.two_jobs)}, "
+                             f"{', '.join(r.two_problems) or 'OK'}" for r in runs)))
+    lookups = [("member and mirror lookups use indexes (EXPLAIN, one event at a time)",
+                [r.inproc.access for r in runs]),
+               ("batched lookups use indexes (EXPLAIN of one batch, every size)",
+                [r.batched.access for r in runs])]
+    for name, accesses in lookups:
+        checks.append((name, all(uses_indexes(a) for a in accesses),
+                       "; ".join(f"{t}: {', '.join(sorted(accesses[-1].get(t, ())))}"
+                                 for t in SCALING_TABLES)))
+    mirrored_events = sum(_total(r.passes[m]).events for r in runs for m in ("worker",
+                                                                              "baseline"))
+    mirrored_events += sum(r.two.events + r.inproc.events + r.batched.events for r in runs)
+    mirrored_calls = sum(_total(r.passes[m]).api_calls for r in runs
+                         for m in ("worker", "baseline"))
+    mirrored_calls += sum(r.two.api_calls + r.inproc.api_calls + r.batched.api_calls
+                          for r in runs)
     checks.append(("0 Stripe API calls per event with the customer mirrored",
                    mirrored_calls == 0 and unmirrored is not None,
-                   f"{mirrored_calls} calls in "
-                   f"{sum(r.rq_events + r.inproc.events + r.batched.events for r in runs):,} "
-                   f"events"
+                   f"{mirrored_calls} calls in {mirrored_events:,} events"
                    if unmirrored is not None else "not measured (--no-stripe: no API to call)"))
     if unmirrored:
         worst_calls = max(unmirrored["first"] + unmirrored["repeat"])
@@ -1107,10 +1707,11 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
     problems = [p for r in runs for p in r.problems]
     if unmirrored and not unmirrored["ok"]:
         problems.append(f"not mirrored: {unmirrored['summary']}")
-    checks.append(("results match the generated data (every event, subscription, mismatch)",
-                   not problems, first.summary if not problems else "\n    ".join(problems)))
+    checks.append(("results match the generated data (every event, subscription, mismatch; "
+                   "every method and round)", not problems,
+                   first.summary if not problems else "\n    ".join(problems)))
     for name, passed, detail in checks:
-        print(f"{'PASS' if passed else 'MISS'}  {name}: {detail}")
+        print(f"{verdict(passed)}  {name}: {detail}")
     return all(passed for _, passed, _ in checks)
 
 
@@ -1131,23 +1732,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help=f"sizes {','.join(str(s) for s in QUICK_SIZES)} and 600 events")
     parser.add_argument("--events", type=int, help="subscription events per size (default 2000)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="times every event is processed per method (default 1)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times every event is processed per method (default 3)")
     parser.add_argument("--chunk", type=int,
                         help="events per timed chunk; sizes alternate chunk by chunk "
                              "(default 250, --quick 150)")
     parser.add_argument("--venues", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--service-worker", action="store_true",
-                        help="also time the service's own `mismatch worker --burst` (first "
-                             "round, from the first to the last event processed)")
-    parser.add_argument("--service-events", type=int, default=500,
-                        help="events per size for --service-worker (default 500)")
-    parser.add_argument("--batch", type=int, default=EVENTS_PER_BATCH,
-                        help="event jobs the worker takes at once (default "
-                             f"{EVENTS_PER_BATCH}, as `mismatch worker`; 1: one at a time)")
+    parser.add_argument("--batch", type=int,
+                        help="EVENTS_PER_BATCH for the worker, and the floor's events per "
+                             f"transaction (default: the service's, {DEFAULT_BATCH})")
     parser.add_argument("--noop-jobs", type=int, default=1000,
-                        help="no-op jobs timed to show RQ's own cost (0: skip; default 1000)")
+                        help="no-op jobs timed each round to show RQ's own cost (0: skip; "
+                             "default 1000)")
     parser.add_argument("--no-stripe", action="store_true",
                         help="skip localstripe (API calls are then not possible nor counted)")
     parser.add_argument("--keep-data", action="store_true",
@@ -1164,9 +1761,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.chunk is None:
         args.chunk = 150 if args.quick else 250
     if (args.events < len(KINDS) or args.venues < 1 or args.rounds < 1 or args.chunk < 1
+            or (args.batch is not None and args.batch < 1)
             or any(s < 10 for s in args.sizes) or len(set(args.sizes)) != len(args.sizes)):
-        parser.error("need --events >= 4, --venues, --rounds, --chunk >= 1 and distinct "
-                     "sizes >= 10")
+        parser.error("need --events >= 4, --venues, --rounds, --chunk, --batch >= 1 and "
+                     "distinct sizes >= 10")
     return args
 
 
@@ -1190,7 +1788,7 @@ def main(argv: list[str] | None = None) -> int:
             stripe = start_stripe(workdir)
         env = {k: v for k, v in os.environ.items()
                if k not in ("SMTP_URL", "SUPPORT_EMAIL", "PROMETHEUS_MULTIPROC_DIR",
-                            "STRIPE_SECRET_KEY", "STRIPE_API_BASE")}
+                            "STRIPE_SECRET_KEY", "STRIPE_API_BASE", "EVENTS_PER_BATCH")}
         env.update({
             "DATABASE_URL": db_url,
             "REDIS_URL": args.redis_url,
@@ -1200,8 +1798,9 @@ def main(argv: list[str] | None = None) -> int:
             "JOB_RETRY_INTERVALS": "0",
             "STRIPE_PLATFORM_ACCOUNT": PLATFORM_ACCOUNT,
             "PUBLIC_BASE_URL": "http://localhost:5000",
-            "BENCH_BATCH": str(args.batch),
         })
+        if args.batch is not None:  # otherwise the worker runs with the service's default
+            env["EVENTS_PER_BATCH"] = str(args.batch)
         if stripe is not None:
             # Every run can reach (fake) Stripe, so a mirrored event that still called the
             # API would be counted, not silently skipped for want of a key.
@@ -1212,10 +1811,11 @@ def main(argv: list[str] | None = None) -> int:
         from config import load_config
 
         config = load_config(env)
-        if config.database_is_sqlite:
+        per_txn = config.events_per_batch
+        if config.database_url.startswith("sqlite"):
             backend = f"SQLite {config.database_url.split('///', 1)[1]} (one file per size)"
         else:
-            ensure_database(config.database_url)
+            prepare_database(db_url, fresh=False)
             backend = (f"PostgreSQL {config.database_url.split('@')[-1]} (schema bench_<size> "
                        f"per size)")
         print(f"database: {backend}\nredis: {args.redis_url} (queue {args.queue}); stripe: "
@@ -1225,13 +1825,13 @@ def main(argv: list[str] | None = None) -> int:
 
         for size in args.sizes:
             runs.append(load_size(args, env, size, created))
-        noop_rate = None
-        if args.noop_jobs:
-            noop_rate = rq_noop_rate({**env, "DATABASE_URL": runs[0].bench.url}, config,
-                                     args.noop_jobs, workdir / "worker.log")
-            print(f"RQ no-op jobs: {noop_rate:,.0f} jobs/s", flush=True)
+        noop: list[float] = []
         for rnd in range(args.rounds):
-            measure_round(args, env, config, runs, rnd, workdir)
+            rate = measure_round(args, env, config, runs, rnd, workdir, per_txn)
+            if rate:
+                noop.append(rate)
+        measure_two_workers(args, env, config, runs, workdir)
+        measure_in_process(args, runs, per_txn)
         unmirrored = None
         if stripe is not None:
             unmirrored = run_unmirrored(runs[0].bench, stripe)
@@ -1239,7 +1839,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{unmirrored['summary']}")
             for problem in unmirrored["wrong_calls"][:5]:
                 print(f"    {problem}")
-        met = print_report(args, runs, unmirrored, backend, noop_rate)
+        met = print_report(args, runs, unmirrored, backend, noop, per_txn)
         if any(r.problems for r in runs) or (unmirrored is not None and not unmirrored["ok"]):
             return 1  # wrong results: the figures mean nothing
         return 1 if args.strict and not met else 0
