@@ -9,11 +9,11 @@ database.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Select, and_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from config import Config
@@ -36,6 +36,9 @@ from workers.subjects import CustomerKey, Subject, SubscriptionSeen
 Answer = CustomerRecord | StripeUnavailable
 # Work to queue after commit: an enqueue function of workers.queue and its key.
 Work = tuple[Callable[[Config, Any], None], Any]
+# Keys per SQLite statement in Batch.load (an OR of this many ANDs stays far below SQLite's
+# expression depth limit of 1000).
+SQLITE_KEYS_PER_STATEMENT = 200
 
 
 def new_subscription(account_id: str, livemode: bool, subscription_id: str, customer_id: str,
@@ -96,23 +99,23 @@ class Batch:
                 new_subscription(s.account_id, s.livemode, s.subscription_id,  # type: ignore[arg-type]
                                  s.customer_id, venue)
                 for key, (s, venue) in first.items() if key in set(keys)])
-            sub_key = tuple_(Subscription.account_id, Subscription.subscription_id)
-            for sub in session.scalars(
-                    select(Subscription).where(sub_key.in_(keys))
+            for sub in self._with_keys(
+                    select(Subscription)
                     .order_by(Subscription.account_id, Subscription.subscription_id)
-                    .with_for_update()):
+                    .with_for_update(),
+                    (Subscription.account_id, Subscription.subscription_id), keys):
                 self.subscriptions[(sub.account_id, sub.subscription_id)] = sub
             self.mismatches.update(dict.fromkeys(keys))
-            mismatch_key = tuple_(Mismatch.account_id, Mismatch.subscription_id)
-            for mismatch in session.scalars(select(Mismatch).where(mismatch_key.in_(keys))
-                                            .with_for_update()):
+            for mismatch in self._with_keys(select(Mismatch).with_for_update(),
+                                            (Mismatch.account_id, Mismatch.subscription_id),
+                                            keys):
                 self.mismatches[(mismatch.account_id, mismatch.subscription_id)] = mismatch
 
         pairs = sorted({(venue.id, s.customer_id) for s, venue in routed} - self.linked.keys())
         if pairs:
             self.linked.update(dict.fromkeys(pairs))
-            for member in session.scalars(select(Member).where(
-                    tuple_(Member.venue_id, Member.stripe_customer_id).in_(pairs))):
+            for member in self._with_keys(select(Member),
+                                          (Member.venue_id, Member.stripe_customer_id), pairs):
                 self.linked[(member.venue_id, member.stripe_customer_id)] = member  # type: ignore[index]
 
         unlinked = sorted({s.customer_key for s, venue in routed
@@ -120,9 +123,9 @@ class Batch:
                           - self.mirrored.keys())
         if unlinked:
             self.mirrored.update(dict.fromkeys(unlinked))
-            for customer in session.scalars(select(StripeCustomer).where(tuple_(
-                    StripeCustomer.account_id, StripeCustomer.livemode,
-                    StripeCustomer.customer_id).in_(unlinked))):
+            for customer in self._with_keys(
+                    select(StripeCustomer), (StripeCustomer.account_id, StripeCustomer.livemode,
+                                             StripeCustomer.customer_id), unlinked):
                 self.mirrored[(customer.account_id, customer.livemode,
                                customer.customer_id)] = customer
 
@@ -131,10 +134,23 @@ class Batch:
                         - self.members.keys())
         if wanted:
             self.members.update({key: [] for key in wanted})
-            for member in session.scalars(select(Member).where(
-                    tuple_(Member.venue_id, Member.email_normalized).in_(wanted))
-                    .order_by(Member.member_ref)):
+            for member in self._with_keys(select(Member).order_by(Member.member_ref),
+                                          (Member.venue_id, Member.email_normalized), wanted):
                 self.members[(member.venue_id, member.email_normalized)].append(member)
+
+    def _with_keys(self, query: Select, columns: tuple[Any, ...],
+                   keys: list[tuple[Any, ...]]) -> Iterator[Any]:
+        """The rows of `query` whose `columns` equal one of `keys`. PostgreSQL gets one
+        row-value IN; SQLite plans that (`IN (VALUES …)`) as a scan of the whole table, so it
+        gets ORs of ANDs, which use the index, a few hundred keys a statement."""
+        if self.session.get_bind().dialect.name != "sqlite":
+            yield from self.session.scalars(query.where(tuple_(*columns).in_(keys)))
+            return
+        for start in range(0, len(keys), SQLITE_KEYS_PER_STATEMENT):
+            chunk = keys[start:start + SQLITE_KEYS_PER_STATEMENT]
+            yield from self.session.scalars(query.where(or_(*(
+                and_(*(column == value for column, value in zip(columns, key, strict=True)))
+                for key in chunk))))
 
     def _known_email(self, s: SubscriptionSeen) -> str | None:
         """The email rule 3 will use for this sighting, as far as loaded rows tell."""
