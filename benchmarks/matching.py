@@ -1682,9 +1682,14 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
                ("batched lookups use indexes (EXPLAIN of one batch, every size)",
                 [r.batched.access for r in runs])]
     for name, accesses in lookups:
-        checks.append((name, all(uses_indexes(a) for a in accesses),
-                       "; ".join(f"{t}: {', '.join(sorted(accesses[-1].get(t, ())))}"
-                                 for t in SCALING_TABLES)))
+        # The largest size's plans; then every smaller size whose plans differ from them.
+        shown = [(runs[-1].size, accesses[-1])] + [
+            (r.size, a) for r, a in zip(runs[:-1], accesses[:-1], strict=True)
+            if a != accesses[-1]]
+        checks.append((name, all(uses_indexes(a) for a in accesses), " | ".join(
+            f"{size:,}: " + "; ".join(f"{t}: {', '.join(sorted(a.get(t, ())))}"
+                                      for t in SCALING_TABLES)
+            for size, a in shown)))
     mirrored_events = sum(_total(r.passes[m]).events for r in runs for m in ("worker",
                                                                               "baseline"))
     mirrored_events += sum(r.two.events + r.inproc.events + r.batched.events for r in runs)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select, tuple_
+from sqlalchemy import Select, and_, select, tuple_
 from sqlalchemy.orm import Session
 
 from config import Config
@@ -36,9 +36,6 @@ from workers.subjects import CustomerKey, Subject, SubscriptionSeen
 Answer = CustomerRecord | StripeUnavailable
 # Work to queue after commit: an enqueue function of workers.queue and its key.
 Work = tuple[Callable[[Config, Any], None], Any]
-# Keys per SQLite statement in Batch.load (an OR of this many ANDs stays far below SQLite's
-# expression depth limit of 1000).
-SQLITE_KEYS_PER_STATEMENT = 200
 
 
 def new_subscription(account_id: str, livemode: bool, subscription_id: str, customer_id: str,
@@ -141,16 +138,18 @@ class Batch:
     def _with_keys(self, query: Select, columns: tuple[Any, ...],
                    keys: list[tuple[Any, ...]]) -> Iterator[Any]:
         """The rows of `query` whose `columns` equal one of `keys`. PostgreSQL gets one
-        row-value IN; SQLite plans that (`IN (VALUES …)`) as a scan of the whole table, so it
-        gets ORs of ANDs, which use the index, a few hundred keys a statement."""
+        row-value IN. SQLite plans a row-value IN (`IN (VALUES …)`) as a scan of the whole
+        table, so it gets one IN per column, which it answers from the index, and the few
+        rows that match a column each but not a key together are dropped here."""
         if self.session.get_bind().dialect.name != "sqlite":
             yield from self.session.scalars(query.where(tuple_(*columns).in_(keys)))
             return
-        for start in range(0, len(keys), SQLITE_KEYS_PER_STATEMENT):
-            chunk = keys[start:start + SQLITE_KEYS_PER_STATEMENT]
-            yield from self.session.scalars(query.where(or_(*(
-                and_(*(column == value for column, value in zip(columns, key, strict=True)))
-                for key in chunk))))
+        wanted = set(keys)
+        per_column = [column.in_(sorted({key[n] for key in keys}))
+                      for n, column in enumerate(columns)]
+        for row in self.session.scalars(query.where(and_(*per_column))):
+            if tuple(getattr(row, column.key) for column in columns) in wanted:
+                yield row
 
     def _known_email(self, s: SubscriptionSeen) -> str | None:
         """The email rule 3 will use for this sighting, as far as loaded rows tell."""
