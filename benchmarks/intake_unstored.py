@@ -16,7 +16,7 @@ from listener.wsgi import app
 __all__ = ["app"]
 
 
-def _not_stored(self: Database, statement: Any, params: dict[str, Any]) -> int:
+def _not_stored(self: Database, row: dict[str, Any]) -> int:
     return 1  # "a new row": what the real insert returns for a first delivery
 
 
@@ -29,5 +29,5 @@ def _not_queued(config: Any, event_id: str) -> None:
 # webhook enqueueing for real (and intake.py's verification counting these jobs).
 if not callable(getattr(listener.webhooks, "enqueue_event", None)):
     raise RuntimeError("listener.webhooks no longer calls enqueue_event: update this switch")
-Database.execute_single = _not_stored  # type: ignore[method-assign]
+Database.store_event = _not_stored  # type: ignore[method-assign]
 listener.webhooks.enqueue_event = _not_queued  # type: ignore[assignment]

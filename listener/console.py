@@ -44,6 +44,7 @@ from db import (
 from listener import current_config, current_db
 from listener.console_auth import (
     CSRF_FIELD,
+    PageSessions,
     Viewer,
     add_grant,
     check_staff_password,
@@ -90,6 +91,7 @@ def init_app(app: Flask) -> None:
     if not app.config.get("SESSION_COOKIE_SAMESITE"):
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.session_interface = PageSessions()
     if config.public_base_url.startswith("https://"):
         app.config["SESSION_COOKIE_SECURE"] = True
     app.register_blueprint(bp)

@@ -19,11 +19,24 @@ import time
 from dataclasses import dataclass
 from functools import cache
 
-from flask import session
+from flask import Flask, Request, session
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from config import Config
 from db import Mismatch
+
+
+class PageSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, for the pages people use only. Stripe's deliveries
+    never carry one, and opening it (a signing serializer built per request) cost the webhook
+    path as much as its log line (benchmarks/intake.py)."""
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        if request.path.startswith("/webhooks/"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
 
 # A staff sign-in lasts a working day; then the password is asked again.
 STAFF_SESSION_SECONDS = 12 * 3600

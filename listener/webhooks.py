@@ -3,7 +3,6 @@ everything slow (API calls, matching, mail) happens in the workers."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -14,7 +13,7 @@ import stripe
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import EventStatus, RejectedDelivery, StripeEvent, utcnow
+from db import EventStatus, RejectedDelivery, StoreFailed, utcnow
 from listener import current_config, current_db
 from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
 from workers import enqueue_event, try_enqueue
@@ -180,19 +179,6 @@ def _read_body(limit: int) -> bytes:
     return body
 
 
-@functools.cache
-def _insert_event(dialect: str):  # type: ignore[no-untyped-def]
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id into the inbox, built once per dialect and
-    run on a Core connection. Same statement as db.insert_ignoring_duplicates, but building and
-    cache-keying a new `.values(...)` statement and going through an ORM Session per request
-    cost more CPU than the insert itself (benchmarks/intake.py)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(StripeEvent).on_conflict_do_nothing().returning(StripeEvent.id)
-
-
 def receive(endpoint: str) -> tuple[Response, int]:
     started = time.perf_counter()
     config = current_config()
@@ -207,9 +193,7 @@ def receive(endpoint: str) -> tuple[Response, int]:
 
     event_id = event["id"]
     try:
-        db = current_db()
-        row_id = db.execute_single(  # committed before we enqueue or answer
-            _insert_event(db.engine.dialect.name),
+        row_id = current_db().store_event(  # committed before we enqueue or answer
             dict(
                 event_id=event_id,
                 endpoint=endpoint,
@@ -223,9 +207,9 @@ def receive(endpoint: str) -> tuple[Response, int]:
                 received_at=utcnow(),
             ),
         )
-    except SQLAlchemyError as exc:
+    except StoreFailed as exc:
         DELIVERIES.labels(endpoint, "store_failed").inc()
-        log.error("could not store event %s: %s", event_id, type(exc).__name__)
+        log.error("could not store event %s: %s", event_id, exc)
         REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
         return jsonify(error="could not store the event; Stripe will retry"), 503
 

@@ -39,12 +39,21 @@ def get_redis(config: Config) -> redis.Redis:
 
 
 def get_queue(config: Config) -> Queue:
-    return Queue(config.queue_name, connection=get_redis(config))
+    return _queue_for(redis_url(config), config.queue_name)
+
+
+@functools.cache
+def _queue_for(url: str, name: str) -> Queue:
+    return Queue(name, connection=_redis_for(url))
 
 
 def _retry(config: Config) -> Retry:
-    intervals = list(config.job_retry_intervals)
-    return Retry(max=len(intervals), interval=intervals)
+    return _retry_for(tuple(config.job_retry_intervals))
+
+
+@functools.cache
+def _retry_for(intervals: tuple[int, ...]) -> Retry:
+    return Retry(max=len(intervals), interval=list(intervals))
 
 
 _JOB_ID_SAFE = re.compile(r"[A-Za-z0-9_-]{1,200}")
