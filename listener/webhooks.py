@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -50,10 +51,16 @@ def parse_signature_header(header: str | None) -> Signature:
         if not sep:
             continue
         if key == "t":
+            if timestamp is not None:
+                # stripe-python signs and checks the first t=; a second one could make an old
+                # signature look fresh to a check of the last (a replay), so neither is read.
+                raise Rejected(400, "malformed_signature",
+                               "malformed Stripe-Signature header: more than one t=")
             try:
                 timestamp = int(value)
             except ValueError:
-                timestamp = None
+                raise Rejected(400, "malformed_signature",
+                               "malformed Stripe-Signature header: t= is not a number") from None
         elif key == "v1" and value:
             v1.append(value)
     if timestamp is None:
@@ -76,16 +83,16 @@ def signed_by(payload: str, header: str, secrets: tuple[str, ...]) -> bool:
     return False
 
 
+# What every Stripe event id, type and account id is: printable ASCII without spaces. No
+# control character (CR/LF would forge log lines and break mail headers), no NUL, no lone
+# surrogate from a JSON \\ud800 escape.
+_STRIPE_TOKEN = re.compile(r"[!-~]+")
+
+
 def _storable(value: object, limit: int) -> bool:
-    """A non-empty string the inbox can hold on every backend: within the column's length,
-    no NUL, no lone surrogate (from a JSON \\ud800 escape)."""
-    if not isinstance(value, str) or not value or len(value) > limit or "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    """A Stripe token (id, type, account) the inbox can hold: within the column's length."""
+    return isinstance(value, str) and 0 < len(value) <= limit \
+        and _STRIPE_TOKEN.fullmatch(value) is not None
 
 
 def verify(endpoint: str, body: bytes, header: str | None) -> dict:
@@ -135,6 +142,11 @@ def verify(endpoint: str, body: bytes, header: str | None) -> dict:
     ):
         raise Rejected(400, "not_an_event",
                        "body is not a Stripe event (needs object=event, id, type, created, data)")
+    if type(event.get("livemode", False)) is not bool:
+        raise Rejected(400, "not_an_event", "event 'livemode' is not true or false")
+    obj = event["data"].get("object")
+    if isinstance(obj, dict) and "id" in obj and not _storable(obj["id"], 255):
+        raise Rejected(400, "not_an_event", "event's object 'id' is not a Stripe id")
     account = event.get("account") or None
     if account is not None and not isinstance(account, str):
         raise Rejected(400, "not_an_event", "event 'account' is not a string")
@@ -198,7 +210,7 @@ def receive(endpoint: str) -> tuple[Response, int]:
                 event_id=event_id,
                 endpoint=endpoint,
                 account_id=event.get("account") or None,
-                livemode=bool(event.get("livemode")),
+                livemode=event.get("livemode", False),
                 type=event["type"],
                 created=event["created"],
                 payload=body.decode("utf-8"),

@@ -344,6 +344,15 @@ def _event_account_not_string(endpoint):  # type: ignore[no-untyped-def]
     return body, sign(body, SECRETS[endpoint])
 
 
+def _replayed(endpoint):  # type: ignore[no-untyped-def]
+    """A captured delivery a month old, its header given a fresh t= after the signed one:
+    stripe-python checks the signature against the first t=, a tolerance check of the last
+    would find it fresh."""
+    body = json.dumps(event_for(endpoint))
+    old = int(time.time()) - 30 * 86400
+    return body, f"t={old},v1={v1(body, SECRETS[endpoint], old)},t={int(time.time())}"
+
+
 def _signed_event_with(**fields):  # type: ignore[no-untyped-def]
     """A validly signed event with some fields replaced by things no Stripe event carries."""
 
@@ -387,6 +396,18 @@ REJECTIONS = {
     "account_with_nul": (_signed_event_with(account="acct_\x00"), "not_an_event"),
     "account_with_lone_surrogate": (_signed_event_with(account="acct_\ud800"),
                                     "not_an_event"),
+    # What no Stripe event holds, though validly signed (once stored, and then forged log
+    # lines or failed every notice of the mismatch it made):
+    "livemode_a_string": (_signed_event_with(livemode="false"), "not_an_event"),
+    "livemode_null": (_signed_event_with(livemode=None), "not_an_event"),
+    "id_with_crlf": (_signed_event_with(id="evt_1\r\nforged log line"), "not_an_event"),
+    "type_with_lf": (_signed_event_with(type="customer.created\nX"), "not_an_event"),
+    "account_with_crlf": (_signed_event_with(account="acct_1\r\nX-Injected: 1"),
+                          "not_an_event"),
+    "object_id_with_crlf": (_signed_event_with(data={"object": {
+        "id": "sub_1\r\nX-Injected: 1", "object": "subscription", "customer": "cus_1"}}),
+        "not_an_event"),
+    "replayed_signature_with_a_fresh_t": (_replayed, "malformed_signature"),
 }
 
 

@@ -23,7 +23,7 @@ from workers.matching import (
     release_waiting_events,
 )
 from workers.queue import enqueue_notification
-from workers.subjects import CustomerSeen, Subject, SubscriptionSeen, object_id
+from workers.subjects import CustomerSeen, Subject, SubscriptionSeen, object_id, text
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,11 @@ def subscription_seen(event: Event) -> SubscriptionSeen:
     if not subscription_id or not customer_id:
         raise Ignored("no subscription or customer id in the event")
     deleted = event.row.type == "customer.subscription.deleted"
-    status = "canceled" if deleted else sub.get("status")
+    status = "canceled" if deleted else text(sub.get("status"), 32)
     embedded = sub.get("customer")
     return SubscriptionSeen(
         event.account_id, event.livemode, subscription_id, customer_id,
-        status if isinstance(status, str) else None, canceled=status == "canceled",
+        status, canceled=status == "canceled",
         created=event.row.created,
         customer=CustomerSeen.from_object(embedded, event.account_id, event.livemode,
                                           event.row.created)
@@ -99,13 +99,13 @@ def checkout_seen(event: Event) -> SubscriptionSeen:
     customer_id = object_id(session.get("customer"))
     if not subscription_id or not customer_id:
         raise Ignored("no subscription or customer id in the event")
-    details = session.get("customer_details") or {}
-    email = details.get("email") or session.get("customer_email")
-    name = details.get("name")
+    details = session.get("customer_details")
+    details = details if isinstance(details, dict) else {}
     return SubscriptionSeen(event.account_id, event.livemode, subscription_id, customer_id,
                             None, canceled=False, created=event.row.created,
-                            checkout_email=email if isinstance(email, str) else None,
-                            checkout_name=name if isinstance(name, str) else None)
+                            checkout_email=text(details.get("email"), 320)
+                            or text(session.get("customer_email"), 320),
+                            checkout_name=text(details.get("name"), 200))
 
 
 def subscription_changed(batch: Batch, event: Event, seen: SubscriptionSeen) -> str:

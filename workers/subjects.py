@@ -4,6 +4,7 @@ so what is loaded and what is read cannot drift apart."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +12,27 @@ from typing import Any
 CustomerKey = tuple[str, bool, str]
 
 
+# Every Stripe ID is printable ASCII without spaces, and the mirror's columns hold 64.
+_STRIPE_ID = re.compile(r"[!-~]{1,64}")
+
+
 def object_id(value: Any) -> str | None:
-    """Stripe fields hold an ID or, when expanded, the object with its ID."""
+    """Stripe fields hold an ID or, when expanded, the object with its ID; anything that is
+    not a Stripe ID (CR/LF, spaces, too long) is no ID at all."""
     if isinstance(value, dict):
         value = value.get("id")
-    return value if isinstance(value, str) and value else None
+    return value if isinstance(value, str) and _STRIPE_ID.fullmatch(value) else None
+
+
+def text(value: Any, limit: int) -> str | None:
+    """A free-text field (email, name, status) as the mirror can hold it, or None: not a
+    string, empty, longer than its column, or holding a NUL, another control character or a
+    lone surrogate (what no database column takes or no mail header should carry)."""
+    if not isinstance(value, str) or not value or len(value) > limit:
+        return None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        return None
+    return value
 
 
 @dataclass(frozen=True)
@@ -36,11 +53,8 @@ class CustomerSeen:
         customer_id = object_id(obj)
         if customer_id is None:
             return None
-        email, name = obj.get("email"), obj.get("name")
-        return cls(account_id, livemode, customer_id,
-                   email if isinstance(email, str) else None,
-                   name if isinstance(name, str) else None,
-                   deleted or bool(obj.get("deleted")), created)
+        return cls(account_id, livemode, customer_id, text(obj.get("email"), 320),
+                   text(obj.get("name"), 200), deleted or obj.get("deleted") is True, created)
 
 
 @dataclass(frozen=True)
