@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+import queue
 
 import psycopg
 import redis
@@ -32,7 +32,7 @@ _config = load_config()
 _secret = _config.connect_webhook_secrets[0]
 _queue = Queue("mismatch-floor", connection=redis.Redis.from_url(os.environ["REDIS_URL"]))
 _retry = Retry(max=len(_config.job_retry_intervals), interval=list(_config.job_retry_intervals))
-_local = threading.local()
+_idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()  # one per concurrent request
 _INSERT = (
     "INSERT INTO stripe_events (event_id, endpoint, account_id, livemode, type, created,"
     " payload, status, attempts, received_at)"
@@ -41,12 +41,16 @@ _INSERT = (
 )
 
 
-def _connection() -> psycopg.Connection:
-    conn = getattr(_local, "conn", None)
-    if conn is None:
+def _insert(params: tuple) -> tuple | None:
+    try:
+        conn = _idle.get_nowait()
+    except queue.Empty:
         url = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
-        conn = _local.conn = psycopg.connect(url, autocommit=True)
-    return conn
+        conn = psycopg.connect(url, autocommit=True)
+    try:
+        return conn.execute(_INSERT, params).fetchone()
+    finally:
+        _idle.put(conn)
 
 
 @app.post("/webhooks/stripe/connect")
@@ -58,9 +62,8 @@ def receive():  # type: ignore[no-untyped-def]
     except stripe.SignatureVerificationError:
         return jsonify(error="bad signature"), 400
     event = json.loads(payload)
-    row = _connection().execute(_INSERT, (
-        event["id"], event.get("account"), bool(event.get("livemode")), event["type"],
-        event["created"], payload)).fetchone()
+    row = _insert((event["id"], event.get("account"), bool(event.get("livemode")),
+                   event["type"], event["created"], payload))
     if row is not None:
         with _queue.connection.pipeline() as pipe:
             _queue.enqueue_call(

@@ -40,9 +40,8 @@ peak phase it prints the CPU used per process group (servers, load generator, Po
 Redis, anything else on the machine) and per event. CPU per event is the noise-robust figure:
 throughput on two shared cores moves with whatever else runs; the CPU an event costs does not.
 
-Server settings default to gthread, 2 workers x 2 threads: the sync worker closes the
-connection after every response (no keep-alive), and on 2 cores more threads only added
-GIL contention in trials (2x4, 3x2, 4x2 and sync x2/x4 all did worse for the service).
+Server settings default to the Procfile's (listener/gunicorn.conf.py: gevent, 2 workers);
+`--worker-class gthread` (2 threads each unless --threads) measures the earlier setting.
 
 Never point --database-url or --redis-url at data you care about: the Redis database is
 flushed, and a database whose name starts with "bench" has its inbox tables truncated.
@@ -436,7 +435,10 @@ class Server:
 
 
 def gunicorn_args(args: argparse.Namespace, port: int) -> list[str]:
-    cmd = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}",
+    """The service's own gunicorn settings (listener/gunicorn.conf.py), for every endpoint,
+    with this run's overrides."""
+    cmd = [str(BIN / "gunicorn"), "--config", str(ROOT / "listener" / "gunicorn.conf.py"),
+           "--bind", f"127.0.0.1:{port}",
            "--workers", str(args.workers), "--worker-class", args.worker_class,
            "--backlog", "2048", "--timeout", "60", "--graceful-timeout", "5",
            "--keep-alive", str(args.keep_alive)]
@@ -864,7 +866,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"PostgreSQL URL (default {DEFAULT_DATABASE_URL}; created if missing)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
                         help=f"Redis URL, FLUSHED first (default {DEFAULT_REDIS_URL})")
-    parser.add_argument("--worker-class", default="gthread", choices=("sync", "gthread"))
+    parser.add_argument("--worker-class", default="gevent", choices=("gevent", "gthread", "sync"),
+                        help="default: the Procfile's (listener/gunicorn.conf.py)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="per worker, gthread only")
     parser.add_argument("--keep-alive", type=int, default=5, help="gunicorn --keep-alive seconds")

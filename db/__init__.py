@@ -76,6 +76,11 @@ def _sqlite_begin_immediate(conn) -> None:  # type: ignore[no-untyped-def]
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# Connections per pool and process (two pools in a web process, connected lazily; a worker
+# uses one or two): 2 web processes hold at most 40 of PostgreSQL's default 100.
+POOL_SIZE = 10
+
+
 class StoreFailed(Exception):
     """An inbox row could not be written; the message is the driver error's type, never the
     row's values."""
@@ -106,7 +111,10 @@ class Database:
             kwargs["connect_args"] = {"timeout": 10, "check_same_thread": False,
                                       "isolation_level": None}
         else:
-            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+            # A fixed pool: a request beyond it waits for a connection (cooperatively, under
+            # gevent) instead of opening one that is closed again on return — with gevent's
+            # many requests per process that churn cost more than the inserts.
+            kwargs.update(pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0)
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -116,7 +124,7 @@ class Database:
         # pre-ping (it stays on for everything else). It connects on first use: only the web
         # process does.
         self._single_statements: Engine | None = None if self.is_sqlite else create_engine(
-            url, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=10,
+            url, isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE, max_overflow=0,
             pool_reset_on_return=None, hide_parameters=True)
 
     def store_event(self, row: dict[str, Any]) -> int | None:

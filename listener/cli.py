@@ -66,11 +66,11 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     bin_dir = Path(sys.executable).parent
     procs = [subprocess.Popen([
-        str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}", "--workers", str(web_workers),
-        "--worker-class", "gthread", "--threads", "2",
+        str(bin_dir / "gunicorn"), "--config", str(Path(__file__).with_name("gunicorn.conf.py")),
+        "--bind", f"{host}:{port}", "--workers", str(web_workers),
         # Path only (%(U)s), never the query string: notice links carry signed tokens.
         "--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
-        "--graceful-timeout", "10", "listener.wsgi:app",
+        "listener.wsgi:app",
     ], env=env)]
     for _ in range(rq_workers):
         procs.append(subprocess.Popen([str(bin_dir / "mismatch"), "worker"], env=env))

@@ -3,10 +3,12 @@ everything slow (API calls, matching, mail) happens in the workers."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass
 
@@ -182,10 +184,34 @@ def _record_rejection(endpoint: str, rejected: Rejected, body: bytes) -> None:
                   endpoint, rejected.reason)
 
 
+class _SlowBody(Exception):
+    """The body did not arrive within BODY_SECONDS."""
+
+
+# Stripe sends a delivery's body at once; a client still sending after this is holding a
+# connection open on purpose (listener/gunicorn.conf.py bounds the headers the same way).
+BODY_SECONDS = 10
+
+
+def _within(seconds: float) -> contextlib.AbstractContextManager:
+    """A deadline for reading the body where gevent serves the request (gevent's Timeout: a
+    slow client holds only its own greenlet, and only this long); nothing elsewhere."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("socket"):
+        import gevent
+
+        return gevent.Timeout(seconds, _SlowBody)
+    return contextlib.nullcontext()
+
+
 def _read_body(limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise Rejected(413, "too_large", f"body over the {limit}-byte limit")
-    body = request.stream.read(limit + 1)
+    try:
+        with _within(BODY_SECONDS):
+            body = request.stream.read(limit + 1)
+    except _SlowBody:
+        raise Rejected(408, "slow_body", f"body not received within {BODY_SECONDS}s") from None
     if len(body) > limit:
         raise Rejected(413, "too_large", f"body over the {limit}-byte limit")
     return body
