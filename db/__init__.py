@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import (
     Base,
+    EndedSession,
     EventStatus,
     Member,
     Mismatch,
@@ -36,6 +37,7 @@ from db.models import (
 __all__ = [
     "Base",
     "Database",
+    "EndedSession",
     "EventStatus",
     "Member",
     "Mismatch",

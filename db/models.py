@@ -300,3 +300,13 @@ class Notification(Base):
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+
+
+class EndedSession(Base):
+    """A console session signed out before its cookie expired: the cookie alone would still
+    open the console, so its id is refused until it would have expired anyway."""
+
+    __tablename__ = "ended_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ended_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)

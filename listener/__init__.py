@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, jsonify
 
 from config import Config, load_config
 from db import Database
+
+if TYPE_CHECKING:
+    from listener.throttle import Throttle
 
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
@@ -21,6 +24,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
 
     app.extensions["db"] = Database(config.database_url)
+    from listener.throttle import Throttle
+
+    app.extensions["throttle"] = Throttle(config)
 
     import db.cli
     import workers
@@ -61,3 +67,8 @@ def current_config() -> Config:
 
 def current_db() -> Database:
     return current_app.extensions["db"]
+
+
+def current_throttle() -> Throttle:
+    """The web tier's rate limits (listener/throttle.py)."""
+    return current_app.extensions["throttle"]

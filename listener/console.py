@@ -41,7 +41,7 @@ from db import (
     StripeEvent,
     Venue,
 )
-from listener import current_config, current_db
+from listener import current_config, current_db, current_throttle
 from listener.console_auth import (
     CSRF_FIELD,
     PageSessions,
@@ -109,6 +109,13 @@ def headers(response: Response) -> Response:
 
 
 @bp.before_request
+def who():  # type: ignore[no-untyped-def]
+    """Answer "who is signed in" before a view opens its own database session (SQLite takes
+    its write lock per session: a second one inside the first would wait on itself)."""
+    staff_user(current_config(), current_db())
+
+
+@bp.before_request
 def check_csrf():  # type: ignore[no-untyped-def]
     if request.method == "POST" and not csrf_ok(request.form.get(CSRF_FIELD)):
         log.warning("console: form rejected (missing or wrong CSRF token) on %s",
@@ -123,7 +130,7 @@ def check_csrf():  # type: ignore[no-untyped-def]
 def helpers() -> dict[str, Any]:
     return {"csrf_token": csrf_token, "csrf_field": CSRF_FIELD, "when": when, "ago": ago,
             "case_title": CASE_TITLES, "case_short": CASE_SHORT,
-            "staff": staff_user(current_config())}
+            "staff": staff_user(current_config(), current_db())}
 
 
 @bp.errorhandler(404)
@@ -176,7 +183,7 @@ def duration(seconds: float) -> str:
 
 
 def _require_staff() -> str | Response | tuple[str, int]:
-    name = staff_user(current_config())
+    name = staff_user(current_config(), current_db())
     if name is None:
         back = request.full_path.rstrip("?") if request.method == "GET" else None
         return redirect(url_for("console.login", next=back))
@@ -201,22 +208,32 @@ def login():  # type: ignore[no-untyped-def]
     target = safe_next(request.values.get("next")) or url_for("console.dashboard")
     error = None
     status = 200
+    headers = {}
     if request.method == "POST":
-        name = request.form.get("username", "").strip()
+        name = request.form.get("username", "").strip()[:200]
         password = request.form.get("password", "")
-        if check_staff_password(config, name, password):
-            sign_in(name)
+        client = request.remote_addr or "-"
+        throttle = current_throttle()
+        over = throttle.sign_in_refused(client, name)
+        if over is not None:  # refused before the password is hashed
+            log.warning("console: sign-in refused, too many failures")
+            error, status = over.message, 429
+            headers["Retry-After"] = str(over.retry_after)
+        elif check_staff_password(config, name, password):
+            sign_in(config, name)
             log.info("console: support sign-in")
             return redirect(target, 303)
-        log.warning("console: failed support sign-in")
-        error, status = "Wrong user name or password.", 401
+        else:
+            throttle.sign_in_failed(client, name)
+            log.warning("console: failed support sign-in")
+            error, status = "Wrong user name or password.", 401
     return render_template("pages/login.html", error=error, next=target,
-                           configured=bool(config.support_users)), status
+                           configured=bool(config.support_users)), status, headers
 
 
 @bp.post("/support/logout")
 def logout():  # type: ignore[no-untyped-def]
-    sign_out()
+    sign_out(current_db())
     flash("You are signed out.", "ok")
     return redirect(url_for("console.login"), 303)
 
@@ -378,7 +395,7 @@ def _load_for(s: Session, mismatch_id: int, *, lock: bool = False
               ) -> tuple[Mismatch, Viewer]:
     """The mismatch and who may see it; a refusal (or 404) ends the request here."""
     m = s.get(Mismatch, mismatch_id, with_for_update=lock)
-    viewer = viewer_for(current_config(), m)
+    viewer = viewer_for(current_config(), current_db(), m)
     if viewer is None:
         abort(make_response(*_denied()))
     if m is None:

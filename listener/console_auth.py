@@ -17,14 +17,17 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
+from urllib.parse import urlsplit
 
-from flask import Flask, Request, session
+from flask import Flask, Request, g, session
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
+from sqlalchemy import delete
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from config import Config
-from db import Mismatch
+from db import Database, EndedSession, Mismatch, utcnow
 
 
 class PageSessions(SecureCookieSessionInterface):
@@ -92,26 +95,65 @@ def check_staff_password(config: Config, name: str, password: str) -> bool:
     return ok and hashed is not None
 
 
-def sign_in(name: str) -> None:
+def _hash_key(config: Config, name: str) -> str | None:
+    """Which password hash a sign-in was made with, as a keyed digest (the cookie is readable):
+    a session made with an old hash stops working when the user's hash changes."""
+    hashed = config.support_users.get(name)
+    if hashed is None:
+        return None
+    return hmac.new(config.secret_key.encode(), hashed.encode(), "sha256").hexdigest()[:32]
+
+
+def sign_in(config: Config, name: str) -> None:
     """Start a fresh session (no fixation: nothing from before sign-in survives)."""
     session.clear()
     session["staff"] = name
     session["staff_at"] = int(time.time())
+    session["staff_key"] = _hash_key(config, name)
+    session["sid"] = secrets.token_urlsafe(24)
+    g.pop("staff_user", None)
     csrf_token()
 
 
-def sign_out() -> None:
+def sign_out(db: Database) -> None:
+    """End this session for good: its cookie, replayed, no longer signs anyone in."""
+    sid = session.get("sid")
     session.clear()
+    g.pop("staff_user", None)
+    if not isinstance(sid, str) or not sid:
+        return
+    cutoff = utcnow() - timedelta(seconds=STAFF_SESSION_SECONDS)
+    with db.session() as s:
+        s.execute(delete(EndedSession).where(EndedSession.ended_at < cutoff))
+        if s.get(EndedSession, sid[:64]) is None:
+            s.add(EndedSession(session_id=sid[:64]))
 
 
-def staff_user(config: Config) -> str | None:
-    """The signed-in support user, if the sign-in is recent and the user still exists."""
+def staff_user(config: Config, db: Database) -> str | None:
+    """The signed-in support user: a recent sign-in, not signed out, by a user who still
+    exists with the password hash the sign-in was made with. Answered once per request
+    (flask.g): pages ask again while rendering, inside their own database session."""
+    if "staff_user" not in g:
+        g.staff_user = _staff_user(config, db)
+    return g.staff_user
+
+
+def _staff_user(config: Config, db: Database) -> str | None:
     name = session.get("staff")
     started = session.get("staff_at", 0)
+    sid = session.get("sid")
     if not isinstance(name, str) or name not in config.support_users:
         return None
     if not isinstance(started, int) or time.time() - started > STAFF_SESSION_SECONDS:
         return None
+    key = session.get("staff_key")
+    if not isinstance(key, str) or not hmac.compare_digest(key, _hash_key(config, name) or ""):
+        return None
+    if not isinstance(sid, str) or not sid:
+        return None
+    with db.session() as s:
+        if s.get(EndedSession, sid[:64]) is not None:
+            return None
     return name
 
 
@@ -138,9 +180,9 @@ def has_grant(mismatch: Mismatch) -> bool:
             and hmac.compare_digest(str(account_id).encode(), mismatch.account_id.encode()))
 
 
-def viewer_for(config: Config, mismatch: Mismatch | None) -> Viewer | None:
+def viewer_for(config: Config, db: Database, mismatch: Mismatch | None) -> Viewer | None:
     """Who may see `mismatch` (None for staff-only pages); None means nobody here may."""
-    name = staff_user(config)
+    name = staff_user(config, db)
     if name:
         return Viewer(staff=name)
     if mismatch is not None and has_grant(mismatch):
@@ -149,7 +191,14 @@ def viewer_for(config: Config, mismatch: Mismatch | None) -> Viewer | None:
 
 
 def safe_next(target: str | None) -> str | None:
-    """A same-site path to return to after sign-in, or None (no open redirects)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A path on this site to return to after sign-in, or None (no open redirects): no
+    control characters or spaces (browsers drop a tab, so `/\t/evil.test` is `//evil.test`),
+    no backslash, no scheme or host, not `//`."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
         return None
     return target

@@ -506,3 +506,63 @@ def test_one_local_stylesheet_no_scripts_and_strict_headers(client, scene, confi
         assert "script-src" not in response.headers["Content-Security-Policy"]
         assert response.headers["Referrer-Policy"] == "no-referrer"
         assert response.headers["Cache-Control"] == "no-store"
+
+
+# --- attacks on sign-in ------------------------------------------------------------------------
+
+def test_sign_in_next_holding_control_characters_stays_on_site(client):
+    # A browser drops tabs and newlines from a Location: `/\t/evil.test` is `//evil.test`.
+    for target in ("/\t/evil.test", "/%09/evil.test", "/\n/evil.test", "/\r\nSet-Cookie: x=1",
+                   "/ /evil.test", "/\x00", "/\x7f/evil.test", "https:/evil.test"):
+        response = sign_in(client, next_=target)
+        assert response.status_code == 303, target
+        location = response.headers["Location"]
+        assert location in ("/support", "/%09/evil.test"), (target, location)
+        assert not location.startswith("//")
+        client.post("/support/logout", data={"csrf_token": csrf_from(page(
+            client.get("/support")))})
+
+
+def test_failed_sign_ins_are_limited_before_the_password_is_checked(client, monkeypatch):
+    import listener.console as console
+
+    checked = []
+    real = console.check_staff_password
+    monkeypatch.setattr(console, "check_staff_password",
+                        lambda *a: checked.append(1) or real(*a))
+    statuses = [sign_in(client, password=f"guess {n}").status_code for n in range(8)]
+    assert statuses == [401] * 5 + [429] * 3
+    assert len(checked) == 5  # the refused ones never reached the password hash
+
+    response = sign_in(client)  # even the right password waits for the window
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins. Try again in" in page(response)
+    assert client.get("/support").status_code == 302
+    # Another user name from elsewhere is not locked out by it.
+    other = client.application.test_client()
+    assert sign_in(other, user="bob", password="another one").status_code == 303
+
+
+def test_a_signed_out_session_cookie_no_longer_signs_in(client):
+    assert sign_in(client).status_code == 303
+    with client.session_transaction() as session:
+        captured = dict(session)
+    client.post("/support/logout", data={"csrf_token": csrf_from(page(client.get("/support")))})
+    assert client.get("/support").status_code == 302
+
+    with client.session_transaction() as session:  # the old cookie, replayed
+        session.update(captured)
+    assert client.get("/support").status_code == 302
+
+
+def test_sessions_end_when_the_users_password_hash_changes(client, app, monkeypatch):
+    from werkzeug.security import generate_password_hash
+
+    assert sign_in(client).status_code == 303
+    assert client.get("/support").status_code == 200
+    config = app.config["MISMATCH"]
+    changed = {**config.support_users,
+               STAFF_USER: generate_password_hash("a new one", "pbkdf2:sha256:1000")}
+    app.config["MISMATCH"] = replace(config, support_users=changed)
+    assert client.get("/support").status_code == 302

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
+from limits.storage import RedisStorage
 from rq import Queue, Retry
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
@@ -36,6 +37,16 @@ def redis_url(config: Config) -> str:
 
 def get_redis(config: Config) -> redis.Redis:
     return _redis_for(redis_url(config))
+
+
+def limits_storage(connection: redis.Redis, prefix: str) -> RedisStorage:
+    """A `limits` storage on one of our Redis connections (its pool, not a second client), so
+    every process counting against the same key shares the count."""
+    kwargs = connection.connection_pool.connection_kwargs
+    uri = (f"redis+unix://{kwargs['path']}" if "path" in kwargs
+           else f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}")
+    return RedisStorage(uri, connection_pool=connection.connection_pool,
+                        key_prefix=f"mismatch:{prefix}")
 
 
 def get_queue(config: Config) -> Queue:

@@ -17,10 +17,10 @@ from typing import Any
 import redis
 import stripe
 from limits import RateLimitItemPerSecond
-from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from config import Config
+from workers.queue import limits_storage
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,7 @@ class SharedRateLimit:
         per_second = config.stripe_rate_limit or (LIVE_RATE_LIMIT if live else TEST_RATE_LIMIT)
         self.item = RateLimitItemPerSecond(per_second)
         self.key = "live" if live else "test"
-        kwargs = connection.connection_pool.connection_kwargs
-        uri = (f"redis+unix://{kwargs['path']}" if "path" in kwargs
-               else f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}")
-        storage = RedisStorage(uri, connection_pool=connection.connection_pool,
-                               key_prefix="mismatch:stripe-rate")
-        self.limiter = MovingWindowRateLimiter(storage)
+        self.limiter = MovingWindowRateLimiter(limits_storage(connection, "stripe-rate"))
 
     def acquire(self) -> float:
         """Take one request's place in the window, waiting until there is one; returns the

@@ -1,0 +1,86 @@
+"""Limits on what anyone on the internet can make the web tier do, counted in the service's
+Redis with `limits` (so every web process shares the count): failed sign-ins per client and
+per user name (each costs a full password hash), and rejected deliveries recorded per address
+(so junk traffic cannot grow `rejected_deliveries` without bound).
+
+When Redis cannot answer, the limits let requests through (logged): the console and intake
+keep working, and the password hash itself still has its cost."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.strategies import FixedWindowRateLimiter
+from redis.exceptions import RedisError
+
+from config import Config
+from workers import get_redis, limits_storage
+
+log = logging.getLogger(__name__)
+
+SIGN_IN_PER_NAME = parse("5/5 minutes")  # failed sign-ins for one user name
+SIGN_IN_PER_CLIENT = parse("20/10 minutes")  # failed sign-ins from one address
+REJECTIONS_RECORDED = parse("60/minute")  # rejected-delivery rows per address
+
+
+@dataclass(frozen=True)
+class Over:
+    """A limit reached: try again after `retry_after` seconds."""
+
+    retry_after: int
+
+    @property
+    def message(self) -> str:
+        minutes = math.ceil(self.retry_after / 60)
+        wait = f"{self.retry_after} s" if self.retry_after < 60 else f"{minutes} min"
+        return f"Too many failed sign-ins. Try again in {wait}."
+
+
+class Throttle:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._limiter: FixedWindowRateLimiter | None = None
+
+    def _strategy(self) -> FixedWindowRateLimiter:
+        if self._limiter is None:  # connects on first use: most app instances never need it
+            self._limiter = FixedWindowRateLimiter(
+                limits_storage(get_redis(self.config), "throttle"))
+        return self._limiter
+
+    def sign_in_refused(self, client: str, name: str) -> Over | None:
+        """Whether this sign-in may be checked at all (before its password is hashed)."""
+        checks = ((SIGN_IN_PER_NAME, "sign-in-name", name.lower()),
+                  (SIGN_IN_PER_CLIENT, "sign-in-client", client))
+        try:
+            limiter = self._strategy()
+            for item, *keys in checks:
+                if not limiter.test(item, *keys):
+                    return Over(_retry_after(limiter, item, keys))
+        except RedisError as exc:
+            log.warning("sign-in limits unavailable (%s): not applied", type(exc).__name__)
+        return None
+
+    def sign_in_failed(self, client: str, name: str) -> None:
+        self._hit((SIGN_IN_PER_NAME, "sign-in-name", name.lower()),
+                  (SIGN_IN_PER_CLIENT, "sign-in-client", client))
+
+    def record_rejection(self, client: str) -> bool:
+        """True while this address's rejected deliveries may still be stored."""
+        return self._hit((REJECTIONS_RECORDED, "rejected", client))
+
+    def _hit(self, *checks: tuple) -> bool:
+        try:
+            limiter = self._strategy()
+            return all([limiter.hit(item, *keys) for item, *keys in checks])
+        except RedisError as exc:
+            log.warning("limits unavailable (%s): not counted", type(exc).__name__)
+            return True
+
+
+def _retry_after(limiter: FixedWindowRateLimiter, item: RateLimitItem, keys: list[str]) -> int:
+    reset = limiter.get_window_stats(item, *keys).reset_time
+    return max(1, math.ceil(reset - time.time()))
