@@ -9,6 +9,7 @@ from flask import Flask, current_app, jsonify
 
 from config import Config, load_config
 from db import Database
+from db.errors import scrub_logs
 
 if TYPE_CHECKING:
     from listener.throttle import Throttle
@@ -22,6 +23,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.config.update(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
+    scrub_logs()  # no bound values or recipients in a logged traceback
 
     app.extensions["db"] = Database(config.database_url)
     from listener.throttle import Throttle

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from config import Config
 from db import Database, Notification, NotificationStatus, utcnow
+from db.errors import describe_error
 from notifications.outbox import DIGEST, DIGEST_ITEM
 from notifications.render import render_notice
 
@@ -122,10 +123,10 @@ def _smtp_send(config: Config, msg: EmailMessage) -> None:
                             msg.as_bytes(policy=SMTP_POLICY))
     except smtplib.SMTPException as exc:
         permanent, code = _permanent(exc)
-        raise SendFailed(f"{type(exc).__name__}: {exc}"[:500], permanent=permanent,
-                         code=code) from exc
+        # The server's text often names the recipient: the error's type and code only.
+        raise SendFailed(describe_error(exc), permanent=permanent, code=code) from None
     except OSError as exc:
-        raise SendFailed(f"{type(exc).__name__}: {exc}"[:500]) from exc
+        raise SendFailed(describe_error(exc)) from None
 
 
 def outbox_dir(config: Config) -> Path:

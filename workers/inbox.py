@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from config import Config
 from db import Database, EventStatus, StripeEvent, utcnow
+from db.errors import describe_error
 from workers import CUSTOMER_UNKNOWN
 from workers.batch import Answer, Batch
 from workers.handlers import HANDLERS, Event, Handler, Ignored
@@ -79,12 +80,7 @@ class _Failed(Exception):
 def describe(exc: Exception) -> str:
     """An error as stored on a row and logged: our own errors name IDs only; a database
     error's text can carry bound values (emails, names), so only its types are kept."""
-    if isinstance(exc, SQLAlchemyError):
-        cause = getattr(exc, "orig", None)
-        return type(exc).__name__ + (f" ({type(cause).__name__})" if cause is not None else "")
-    if isinstance(exc, EmailNotYetKnown | StripeUnavailable | Ignored):
-        return str(exc)
-    return type(exc).__name__
+    return describe_error(exc)
 
 
 # --- runs ------------------------------------------------------------------------------------

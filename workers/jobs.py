@@ -3,13 +3,17 @@ late or after a crash and still leave the same state."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from rq import get_current_job
 
 from config import Config
 from db import Mismatch, MismatchStatus, Venue
+from db.errors import scrubbed
 from workers import inbox
 from workers.batch import Batch
 from workers.matching import recheck_open_mismatches
@@ -25,12 +29,34 @@ class EventNotDone(Exception):
     back-off. The reason is on the event's row and in this message (IDs only)."""
 
 
+Job = TypeVar("Job", bound=Callable[..., Any])
+
+
+def told_safely(job: Job) -> Job:
+    """RQ logs a failed job's traceback and keeps it in Redis: an exception whose message may
+    carry personal data (a database error's DETAIL, an SMTP refusal) is re-raised as
+    db.errors.Scrubbed, with the same traceback and its type and code only."""
+
+    @functools.wraps(job)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return job(*args, **kwargs)
+        except Exception as exc:
+            safe = scrubbed(exc)
+            if safe is exc:
+                raise
+            raise safe from None
+
+    return run  # type: ignore[return-value]
+
+
 def _last_attempt() -> bool:
     """True when RQ will not run this job again (or it runs outside RQ)."""
     job = get_current_job()
     return job is None or not job.retries_left
 
 
+@told_safely
 def process_event(event_id: str) -> str:
     """Handle one inbox event, and up to EVENTS_PER_BATCH - 1 other fresh ones with it."""
     config, db = runtime()
@@ -58,6 +84,7 @@ def _queue_after_commit(config: Config, batch: Batch) -> None:
         try_enqueue(work, config, key)
 
 
+@told_safely
 def recheck_venue(venue_id: int) -> dict[str, int]:
     """Re-classify a venue's open mismatches after its members changed."""
     config, db = runtime()
@@ -75,6 +102,7 @@ def recheck_venue(venue_id: int) -> dict[str, int]:
     return counts
 
 
+@told_safely
 def recheck_mismatch(mismatch_id: int) -> dict[str, int]:
     """Re-classify one open mismatch on request (support page "Re-check now"): rules 2-4
     against the members as they are now, e.g. after the venue fixed a member's email.
@@ -97,6 +125,7 @@ def recheck_mismatch(mismatch_id: int) -> dict[str, int]:
     return counts
 
 
+@told_safely
 def send_notification(notification_id: int) -> str:
     from notifications.send import deliver
 

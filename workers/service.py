@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker
 
 from config import Config
+from db.errors import scrub_logs
 from workers.queue import get_queue, get_redis
 from workers.runtime import runtime
 
@@ -96,6 +97,7 @@ def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
+    scrub_logs()  # no bound values or recipients in a logged traceback
     # The sweeper is a process, not a thread: RQ forks (its scheduler; a work-horse per job
     # with the forking Worker), and a fork taken while a sweeper thread holds a lock (an
     # import, the engine's pool) or its pooled PostgreSQL connection hands the child that
