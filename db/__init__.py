@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import (
+    ROW_ID_MAX,
     Base,
     EndedSession,
     EventStatus,
@@ -35,6 +36,7 @@ from db.models import (
 )
 
 __all__ = [
+    "ROW_ID_MAX",
     "Base",
     "Database",
     "EndedSession",

@@ -96,6 +96,7 @@ class Base(DeclarativeBase):
 
 
 TZDateTime = DateTime(timezone=True)
+ROW_ID_MAX = 2**31 - 1  # the `id` columns are INTEGER
 
 
 class Venue(Base):

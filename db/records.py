@@ -20,6 +20,17 @@ class InvalidInput(ValueError):
     """Input that cannot be stored as given; the message says which field and why."""
 
 
+NOTE_MAX = 2000  # a resolution note, from the console or the API
+MAX_OFFSET = 10**9  # of a listing; beyond PostgreSQL's BIGINT it would be an error
+
+
+def unstorable(value: str) -> bool:
+    """True when a column cannot hold `value` (NUL, a lone surrogate from a JSON escape) or
+    it holds control characters no name, ref or note has (tabs and newlines are allowed)."""
+    return any((ord(c) < 0x20 and c not in "\t\n\r") or ord(c) == 0x7F
+               or 0xD800 <= ord(c) <= 0xDFFF for c in value)
+
+
 def _text(data: dict[str, Any], key: str, *, required: bool, limit: int) -> str | None:
     value = data.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -31,6 +42,8 @@ def _text(data: dict[str, Any], key: str, *, required: bool, limit: int) -> str 
     value = value.strip()
     if len(value) > limit:
         raise InvalidInput(f"'{key}' is longer than {limit} characters")
+    if unstorable(value) or any(c in "\t\n\r" for c in value):
+        raise InvalidInput(f"'{key}' holds a control character, a NUL or a lone surrogate")
     return value
 
 
@@ -88,6 +101,8 @@ def upsert_member(session: Session, venue: Venue, member_ref: str, data: dict[st
     """Create or update a member; asks for a re-check of the venue's open mismatches."""
     if not member_ref or len(member_ref) > 128:
         raise InvalidInput("member_ref must be 1 to 128 characters")
+    if unstorable(member_ref) or any(c in "\t\n\r" for c in member_ref):
+        raise InvalidInput("member_ref holds a control character, a NUL or a lone surrogate")
     if not isinstance(data, dict):
         raise InvalidInput("body must be a JSON object")
     email = check_email(_text(data, "email", required=True, limit=320) or "")

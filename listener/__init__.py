@@ -6,9 +6,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, jsonify
+from werkzeug.routing import IntegerConverter, Map
 
 from config import Config, load_config
-from db import Database
+from db import ROW_ID_MAX, Database
 from db.errors import scrub_logs
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
     scrub_logs()  # no bound values or recipients in a logged traceback
 
+    app.url_map.converters["int"] = RowId  # before any blueprint adds its routes
     app.extensions["db"] = Database(config.database_url)
     from listener.throttle import Throttle
 
@@ -48,11 +50,25 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     def not_found(_e: Exception):  # type: ignore[no-untyped-def]
         return jsonify(error="not found"), 404
 
+    @app.errorhandler(413)
+    def too_large(_e: Exception):  # type: ignore[no-untyped-def]
+        return jsonify(error="request body too large"), 413
+
     @app.errorhandler(405)
     def method_not_allowed(_e: Exception):  # type: ignore[no-untyped-def]
         return jsonify(error="method not allowed"), 405
 
     return app
+
+
+class RowId(IntegerConverter):
+    """`<int:…>` in our URLs is a row id: one beyond what the column holds names nothing
+    (404) instead of reaching the database as an out-of-range error (a 500)."""
+
+    def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min", 1)
+        kwargs.setdefault("max", ROW_ID_MAX)
+        super().__init__(map, *args, **kwargs)
 
 
 def _templates_dir():  # type: ignore[no-untyped-def]

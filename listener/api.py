@@ -12,10 +12,13 @@ from sqlalchemy.exc import IntegrityError
 
 from db import Mismatch, Resolution, StripeEvent, Venue, isoformat
 from db.records import (
+    MAX_OFFSET,
+    NOTE_MAX,
     InvalidInput,
     check_account_id,
     delete_member,
     member_json,
+    unstorable,
     upsert_member,
     upsert_venue,
     venue_json,
@@ -27,8 +30,13 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
+# The largest request body the API reads (a venue with its admins, a member, a note).
+MAX_BODY_BYTES = 64 * 1024
+
+
 @bp.before_request
 def require_token():  # type: ignore[no-untyped-def]
+    request.max_content_length = MAX_BODY_BYTES  # over it: 413 before anything is read
     token = current_config().api_token
     if not token:
         return jsonify(error="the API is disabled: API_TOKEN is not set"), 403
@@ -46,8 +54,16 @@ def invalid(exc: InvalidInput):  # type: ignore[no-untyped-def]
     return jsonify(error=str(exc)), 400
 
 
+def _json() -> Any:
+    """The request's JSON, or None; a body nested too deep to parse is bad input too."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidInput("body is JSON nested too deeply") from None
+
+
 def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
+    data = _json()
     if not isinstance(data, dict):
         raise InvalidInput("body must be a JSON object (Content-Type: application/json)")
     return data
@@ -140,8 +156,8 @@ def list_mismatches():  # type: ignore[no-untyped-def]
         offset = int(args.get("offset", 0))
     except ValueError:
         raise InvalidInput("limit and offset must be whole numbers") from None
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise InvalidInput("limit must be 1..1000 and offset ≥ 0")
+    if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
     with current_db().session() as s:
         rows = [mismatch_json(m) for m in s.scalars(query.limit(limit).offset(offset))]
     return jsonify(mismatches=rows, limit=limit, offset=offset)
@@ -158,10 +174,13 @@ def get_mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
 
 @bp.post("/mismatches/<int:mismatch_id>/resolve")
 def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
-    data = request.get_json(silent=True) or {}
+    data = _json() or {}
     note = data.get("note") if isinstance(data, dict) else None
     if note is not None and not isinstance(note, str):
         raise InvalidInput("'note' must be a string")
+    if note is not None and (len(note) > NOTE_MAX or unstorable(note)):
+        raise InvalidInput(f"'note' must be at most {NOTE_MAX} characters, without NUL, "
+                           f"control characters or lone surrogates")
     with current_db().session() as s:
         m = s.get(Mismatch, mismatch_id, with_for_update=True)
         if m is None:

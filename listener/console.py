@@ -41,6 +41,7 @@ from db import (
     StripeEvent,
     Venue,
 )
+from db.records import MAX_OFFSET, NOTE_MAX, unstorable
 from listener import current_config, current_db, current_throttle
 from listener.console_auth import (
     CSRF_FIELD,
@@ -74,7 +75,6 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "templates" / "pages" / "stat
 TIMELINE_LIMIT = 50
 RECENT_LIMIT = 15
 LIST_LIMIT = 100
-NOTE_MAX = 2000
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -352,8 +352,10 @@ def mismatches():  # type: ignore[no-untyped-def]
     status = request.args.get("status", "open")
     case = request.args.get("case", "")
     account = request.args.get("account", "").strip()
+    if len(account) > 64 or unstorable(account):
+        account = ""  # no account id looks like that: no filter rather than a 500
     try:
-        offset = max(0, int(request.args.get("offset", 0)))
+        offset = min(max(0, int(request.args.get("offset", 0))), MAX_OFFSET)
     except ValueError:
         offset = 0
     query = (select(Mismatch, Venue.name).outerjoin(Venue, Venue.id == Mismatch.venue_id)
@@ -457,6 +459,9 @@ def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
                   "sent), then mark it resolved.", "warn")
         elif len(note) > NOTE_MAX:
             flash(f"The note is too long (at most {NOTE_MAX} characters).", "warn")
+        elif unstorable(note):
+            flash("The note holds a character that cannot be stored (a NUL or a broken "
+                  "character); remove it and try again.", "warn")
         elif m.resolve(Resolution.MANUAL, f"{viewer.actor()}: {note}"):
             log.info("console: mismatch %s resolved manually (%s)", m.id,
                      "support" if viewer.is_staff else "venue link")

@@ -133,6 +133,8 @@ def verify(endpoint: str, body: bytes, header: str | None) -> dict:
         event = json.loads(payload)
     except ValueError:
         raise Rejected(400, "invalid_json", "body is not JSON") from None
+    except RecursionError:
+        raise Rejected(400, "invalid_json", "body is JSON nested too deeply") from None
     if not (
         isinstance(event, dict)
         and event.get("object") == "event"
