@@ -56,6 +56,7 @@ class Config:
     secret_key: str
     secret_key_generated: bool
     api_token: str | None
+    metrics_token: str | None  # when set, GET /metrics needs it as a bearer token
     support_email: str | None
     job_retry_intervals: tuple[int, ...]
     sweep_after_seconds: int
@@ -242,6 +243,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         secret_key=secret_key,
         secret_key_generated=generated,
         api_token=env.get("API_TOKEN", "").strip() or None,
+        metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
         support_email=env.get("SUPPORT_EMAIL", "").strip() or None,
         job_retry_intervals=intervals or (0,),
         sweep_after_seconds=_int(env, "SWEEP_AFTER_SECONDS", 60),

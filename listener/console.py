@@ -92,6 +92,7 @@ def init_app(app: Flask) -> None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.session_interface = PageSessions()
+    app.after_request(security_headers)
     if config.public_base_url.startswith("https://"):
         app.config["SESSION_COOKIE_SECURE"] = True
     app.register_blueprint(bp)
@@ -99,10 +100,15 @@ def init_app(app: Flask) -> None:
 
 # --- plumbing --------------------------------------------------------------------------------
 
-@bp.after_request
-def headers(response: Response) -> Response:
+def security_headers(response: Response) -> Response:
+    """On every response of the app (pages, JSON, errors, webhooks)."""
     for key, value in SECURITY_HEADERS.items():
         response.headers.setdefault(key, value)
+    return response
+
+
+@bp.after_request
+def headers(response: Response) -> Response:
     if request.endpoint != "console.stylesheet":
         response.headers["Cache-Control"] = "no-store"
     return response

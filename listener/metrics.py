@@ -3,11 +3,12 @@ scrape time so one scrape shows the whole pipeline (intake, backlog, mismatches,
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -122,6 +123,13 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
+        token = app.config["MISMATCH"].metrics_token
+        if token:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                     token.encode()):
+                return Response("missing or wrong bearer token (METRICS_TOKEN)\n", 401,
+                                {"WWW-Authenticate": "Bearer"}, mimetype="text/plain")
         registry = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess

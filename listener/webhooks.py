@@ -17,7 +17,7 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from db import EventStatus, RejectedDelivery, StoreFailed, utcnow
-from listener import current_config, current_db
+from listener import current_config, current_db, current_throttle
 from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
 from workers import enqueue_event, try_enqueue
 
@@ -166,8 +166,13 @@ def verify(endpoint: str, body: bytes, header: str | None) -> dict:
 
 
 def _record_rejection(endpoint: str, rejected: Rejected, body: bytes) -> None:
+    """Count every rejection; store and log it while its address is within
+    throttle.REJECTIONS_RECORDED, so junk traffic cannot grow the table (or the log) without
+    bound."""
     VERIFICATION_FAILURES.labels(endpoint, rejected.reason).inc()
     DELIVERIES.labels(endpoint, "rejected").inc()
+    if not current_throttle().record_rejection(request.remote_addr or "-"):
+        return
     log.warning("webhook rejected endpoint=%s reason=%s", endpoint, rejected.reason)
     too_large = rejected.reason == "too_large"
     try:

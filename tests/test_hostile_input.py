@@ -101,3 +101,47 @@ def test_api_bodies_are_capped(client, venue, db):
     response = client.put(f"/api/venues/{GYM}/members/m-1", data=huge, headers=AUTH)
     assert response.status_code == 413 and response.is_json
     assert members(db) == 0
+
+
+def test_security_headers_on_json_and_error_responses(client, api):
+    for response in (client.get("/healthz"), client.get("/nowhere"), api.get("/api/mismatches"),
+                     client.post("/webhooks/stripe", data="{}"), client.get("/metrics")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.request.path
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_metrics_need_the_token_when_one_is_set(env, db, redis, monkeypatch):
+    from config import load_config
+    from listener import create_app
+
+    monkeypatch.setenv("METRICS_TOKEN", "scrape-secret")
+    client = create_app(load_config(), TESTING=True).test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    response = client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert response.status_code == 200 and b"mismatch_webhook_deliveries_total" in response.data
+
+
+def test_rejected_deliveries_are_recorded_up_to_a_cap_per_address(client, db):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from db import RejectedDelivery
+    from listener.throttle import REJECTIONS_RECORDED
+
+    def rejected() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == "mismatch_webhook_deliveries_total"
+                   and sample.labels == {"endpoint": "platform", "outcome": "rejected"})
+
+    before = rejected()
+    for _ in range(REJECTIONS_RECORDED.amount + 25):
+        assert client.post("/webhooks/stripe", data="junk",
+                           headers={"Stripe-Signature": "t=1,v1=00"}).status_code == 400
+    with db.session() as s:
+        stored = s.scalar(select(func.count()).select_from(RejectedDelivery))
+    assert stored == REJECTIONS_RECORDED.amount
+    assert rejected() - before == REJECTIONS_RECORDED.amount + 25  # every one still counted
