@@ -57,6 +57,10 @@ class Config:
     secret_key_generated: bool
     api_token: str | None
     metrics_token: str | None  # when set, GET /metrics needs it as a bearer token
+    # Proxies in front of the web tier that set X-Forwarded-For (a load balancer: 1): the
+    # client address the sign-in and rejection limits count by. 0 trusts no such header.
+    proxy_hops: int
+    rejections_recorded_per_minute: int  # rejected-delivery rows per remote address
     support_email: str | None
     job_retry_intervals: tuple[int, ...]
     sweep_after_seconds: int
@@ -244,6 +248,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         secret_key_generated=generated,
         api_token=env.get("API_TOKEN", "").strip() or None,
         metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
+        proxy_hops=_int(env, "PROXY_HOPS", 0),
+        rejections_recorded_per_minute=_int(env, "REJECTIONS_RECORDED_PER_MINUTE", 60,
+                                            minimum=1),
         support_email=env.get("SUPPORT_EMAIL", "").strip() or None,
         job_retry_intervals=intervals or (0,),
         sweep_after_seconds=_int(env, "SWEEP_AFTER_SECONDS", 60),

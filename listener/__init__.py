@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, jsonify
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
 from config import Config, load_config
@@ -27,6 +28,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     scrub_logs()  # no bound values or recipients in a logged traceback
 
     app.url_map.converters["int"] = RowId  # before any blueprint adds its routes
+    if config.proxy_hops:  # the client's address, as the load balancer saw it
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops,  # type: ignore[method-assign]
+                                x_proto=config.proxy_hops)
     app.extensions["db"] = Database(config.database_url)
     from listener.throttle import Throttle
 

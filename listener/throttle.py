@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 SIGN_IN_PER_NAME = parse("5/5 minutes")  # failed sign-ins for one user name
 SIGN_IN_PER_CLIENT = parse("20/10 minutes")  # failed sign-ins from one address
-REJECTIONS_RECORDED = parse("60/minute")  # rejected-delivery rows per address
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,8 @@ class Throttle:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._limiter: FixedWindowRateLimiter | None = None
+        # Rejected-delivery rows per address (REJECTIONS_RECORDED_PER_MINUTE).
+        self.rejections_recorded = parse(f"{config.rejections_recorded_per_minute}/minute")
 
     def _strategy(self) -> FixedWindowRateLimiter:
         if self._limiter is None:  # connects on first use: most app instances never need it
@@ -70,7 +71,7 @@ class Throttle:
 
     def record_rejection(self, client: str) -> bool:
         """True while this address's rejected deliveries may still be stored."""
-        return self._hit((REJECTIONS_RECORDED, "rejected", client))
+        return self._hit((self.rejections_recorded, "rejected", client))
 
     def _hit(self, *checks: tuple) -> bool:
         try:

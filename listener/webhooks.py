@@ -167,7 +167,7 @@ def verify(endpoint: str, body: bytes, header: str | None) -> dict:
 
 def _record_rejection(endpoint: str, rejected: Rejected, body: bytes) -> None:
     """Count every rejection; store and log it while its address is within
-    throttle.REJECTIONS_RECORDED, so junk traffic cannot grow the table (or the log) without
+    REJECTIONS_RECORDED_PER_MINUTE, so junk traffic cannot grow the table (or the log) without
     bound."""
     VERIFICATION_FAILURES.labels(endpoint, rejected.reason).inc()
     DELIVERIES.labels(endpoint, "rejected").inc()

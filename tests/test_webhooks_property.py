@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 
+import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -18,6 +19,15 @@ from tests.support import CONNECT_SECRET, PLATFORM_SECRET
 URLS = {"platform": "/webhooks/stripe", "connect": "/webhooks/stripe/connect"}
 OWN = {"platform": PLATFORM_SECRET, "connect": CONNECT_SECRET}
 OTHER = {"platform": CONNECT_SECRET, "connect": PLATFORM_SECRET}
+
+@pytest.fixture
+def env(env, monkeypatch):  # type: ignore[no-untyped-def]
+    """Every rejection of the hundreds sent here is stored, so each can be checked (the
+    service caps rows per address: tests/test_hostile_input.py)."""
+    monkeypatch.setenv("REJECTIONS_RECORDED_PER_MINUTE", "1000000")
+    env["REJECTIONS_RECORDED_PER_MINUTE"] = "1000000"
+    return env
+
 
 # --- bodies ----------------------------------------------------------------------------
 
