@@ -643,8 +643,8 @@ class Soak:
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
         self.web = Proc("gunicorn", [
-            str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers",
-            str(args.web_workers), "--worker-class", "gthread", "--threads", "4",
+            str(BIN / "gunicorn"), "--config", str(ROOT / "listener" / "gunicorn.conf.py"),
+            "--bind", f"127.0.0.1:{port}", "--workers", str(args.web_workers),
             "--keep-alive", "30", "--timeout", "60", "--graceful-timeout", "5",
             "--backlog", "2048", "listener.wsgi:app"], env, self.rundir)
         self.procs.append(self.web)
