@@ -55,6 +55,7 @@ class Config:
     public_base_url: str
     secret_key: str
     secret_key_generated: bool
+    production: bool  # MISMATCH_ENV or FLASK_ENV is "production"
     api_token: str | None
     metrics_token: str | None  # when set, GET /metrics needs it as a bearer token
     # Proxies in front of the web tier that set X-Forwarded-For (a load balancer: 1): the
@@ -176,12 +177,16 @@ def _database_url(env: Mapping[str, str], instance_path: Path) -> str:
     return url
 
 
-def _dev_secret_key(instance_path: Path) -> str:
-    """One generated key per instance folder, so web and worker processes sign alike."""
+def _dev_secret_key(instance_path: Path, *, create: bool = True) -> str:
+    """One generated key per instance folder, so web and worker processes sign alike. With
+    `create` false a missing folder is not made: the key is this process's only (the CLI,
+    which must not leave an instance folder wherever it happens to be run)."""
     path = instance_path / "secret_key"
     try:
         return path.read_text().strip()
     except FileNotFoundError:
+        if not create:
+            return secrets.token_hex(32)
         instance_path.mkdir(parents=True, exist_ok=True)
         key = secrets.token_hex(32)
         try:
@@ -192,8 +197,10 @@ def _dev_secret_key(instance_path: Path) -> str:
             return path.read_text().strip()
 
 
-def load_config(env: Mapping[str, str] | None = None) -> Config:
-    """Read the environment once; raise ConfigError naming the variable on bad input."""
+def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool = True
+                ) -> Config:
+    """Read the environment once; raise ConfigError naming the variable on bad input.
+    `create_instance=False` writes nothing (no instance folder, no generated key file)."""
     env = os.environ if env is None else env
     instance_path = Path(env.get("INSTANCE_PATH") or Path.cwd() / "instance").resolve()
 
@@ -206,10 +213,11 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
 
     secret_key = env.get("SECRET_KEY", "").strip()
     generated = False
+    production = "production" in (env.get("FLASK_ENV"), env.get("MISMATCH_ENV"))
     if not secret_key:
-        if env.get("FLASK_ENV") == "production" or env.get("MISMATCH_ENV") == "production":
+        if production:
             raise ConfigError("SECRET_KEY: required in production")
-        secret_key = _dev_secret_key(instance_path)
+        secret_key = _dev_secret_key(instance_path, create=create_instance)
         generated = True
 
     platform = env.get("STRIPE_PLATFORM_ACCOUNT", "").strip() or None
@@ -246,6 +254,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         public_base_url=public,
         secret_key=secret_key,
         secret_key_generated=generated,
+        production=production,
         api_token=env.get("API_TOKEN", "").strip() or None,
         metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
         proxy_hops=_int(env, "PROXY_HOPS", 0),

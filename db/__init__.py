@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -108,9 +109,7 @@ class Database:
         # Bound values never reach an error's text or the log: they can be emails and names.
         kwargs: dict = {"echo": echo, "future": True, "hide_parameters": True}
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # (Its folder is made by `upgrade`, never by merely opening it.)
             # isolation_level=None hands transaction control to the "begin" hook below.
             kwargs["connect_args"] = {"timeout": 10, "check_same_thread": False,
                                       "isolation_level": None}
@@ -187,6 +186,21 @@ class Database:
             raise
         finally:
             session.close()
+
+    def schema_problem(self) -> str | None:
+        """Why commands cannot work on this database yet (one line: which database, what is
+        missing), without creating anything; None when the schema is there."""
+        where = self.engine.url.render_as_string(hide_password=True)
+        if self.is_sqlite:
+            path = self.engine.url.database or ""
+            if path and path != ":memory:" and not Path(path).exists():
+                return f"no database at {where}"
+        try:
+            with self.engine.connect() as conn:
+                present = sa_inspect(conn).has_table("alembic_version")
+        except DBAPIError as exc:
+            return f"cannot open {where} ({type(exc.orig).__name__})"
+        return None if present else f"the database {where} has no schema"
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

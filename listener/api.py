@@ -6,7 +6,7 @@ import hmac
 import logging
 from typing import Any
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, abort, jsonify, make_response, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -78,7 +78,9 @@ def _venue(session, account_id: str) -> Venue:  # type: ignore[no-untyped-def]
     check_account_id(account_id)
     venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
     if venue is None:
-        abort(404)
+        abort(make_response(jsonify(
+            error=f"no venue {account_id}: create it first (PUT /api/venues/{account_id}, "
+                  f"or mismatch venues import)"), 404))
     return venue
 
 

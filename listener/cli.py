@@ -4,9 +4,12 @@ upgrade`; workers: `worker`, `sweep`, imports, `replay`, `reconcile`, `diagnose`
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,20 +20,29 @@ import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from config import ConfigError, load_config
-from listener.demo import demo
+from config import Config, ConfigError, load_config
+from listener.demo import demo, dev_session_path
 
 
 def _create_app() -> Flask:
     from listener import create_app
 
-    try:
-        return create_app()
+    try:  # writes nothing: a command run from another folder leaves no instance there
+        return create_app(load_config(create_instance=False))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False,
+class MismatchGroup(FlaskGroup):
+    """Flask's command group without Flask's own `--app`, `--debug` and `--env-file`:
+    `mismatch` always runs this service, configured from the environment (README)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.params = [p for p in self.params if p.name not in ("app", "debug", "env_file")]
+
+
+@click.group(cls=MismatchGroup, create_app=_create_app, add_default_commands=False,
              add_version_option=False)
 def main() -> None:
     """Stripe webhook listener and mismatch detector."""
@@ -39,27 +51,80 @@ def main() -> None:
 def init_app(app: Flask) -> None:
     app.cli.add_command(serve)
     app.cli.add_command(demo)
+    app.cli.add_command(hash_password)
+
+
+@click.command("hash-password")
+@click.password_option("--password", prompt="Password", help="Prompted (twice) if not given.")
+@click.option("--user", default=None, help="Print a whole SUPPORT_USERS entry for this name.")
+def hash_password(password: str, user: str | None) -> None:
+    """Print a password hash for SUPPORT_USERS (werkzeug's scrypt)."""
+    from werkzeug.security import generate_password_hash
+
+    hashed = generate_password_hash(password)
+    click.echo(f"{user}:{hashed}" if user else hashed)
+
+
+DEV_SUPPORT_USER = "support"
+
+
+def _dev_support_password(config: Config) -> str:
+    """One generated password per instance folder for the development support user."""
+    path = config.instance_path / "dev-support-password"
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return password
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=int, envvar="PORT",
+              help="Also from PORT (make run PORT=5001).")
 @click.option("--web-workers", default=2, show_default=True, type=int)
 @click.option("--workers", "rq_workers", default=1, show_default=True, type=int)
 def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
     """Run web + worker(s) together; starts the embedded Redis when REDIS_URL is unset."""
+    from werkzeug.security import generate_password_hash
+
     from db import upgrade
     from workers import redis_url
+    from workers.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 
     try:
         config = load_config()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    if not _port_free(host, port):
+        raise click.ClickException(
+            f"port {port} on {host} is in use: stop what holds it, or choose another "
+            f"(make run PORT={port + 1}, or mismatch serve --port {port + 1})")
     upgrade(config.database_url)
+    base = f"http://{host}:{port}"
     env = dict(os.environ)
     env["REDIS_URL"] = redis_url(config)
     env.setdefault("DATABASE_URL", config.database_url)
     env.setdefault("INSTANCE_PATH", str(config.instance_path))
+    env.setdefault("PUBLIC_BASE_URL", base)  # notices link to where this runs
+    sign_in = "SUPPORT_USERS"
+    if not config.support_users and not config.production:
+        password = _dev_support_password(config)
+        env["SUPPORT_USERS"] = f"{DEV_SUPPORT_USER}:{generate_password_hash(password)}"
+        sign_in = (f"user {DEV_SUPPORT_USER}, password {password} (development only; set "
+                   f"SUPPORT_USERS for real ones)")
     metrics_dir = config.instance_path / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -74,11 +139,18 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
     ], env=env)]
     for _ in range(rq_workers):
         procs.append(subprocess.Popen([str(bin_dir / "mismatch"), "worker"], env=env))
-    base = f"http://{host}:{port}"
+    session = dev_session_path(config)
+    if not config.production:
+        session.write_text(json.dumps({
+            "url": base, "api_token": env.get("API_TOKEN"),
+            "connect_secret": (config.connect_webhook_secrets or [None])[0],
+            "platform_secret": (config.webhook_secrets or [None])[0]}))
+        session.chmod(0o600)
     mail = (f"SMTP {config.smtp.host}" if config.smtp
             else f"local outbox {config.instance_path / 'outbox'} (and {base}/outbox)")
     click.echo(f"""
   service     {base}   (health {base}/readyz, metrics {base}/metrics)
+  console     {base}/support   sign in: {sign_in}
   webhooks    POST {base}/webhooks/stripe          (platform events)
               POST {base}/webhooks/stripe/connect  (connected-account events)
   database    {config.database_url}
@@ -87,16 +159,22 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
   Ctrl-C stops everything.
 """)
     stop = threading.Event()
+    failed = False
 
     def _stop(*_args: object) -> None:
         stop.set()
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    last_check = time.monotonic()
     while not stop.is_set():
         if any(p.poll() is not None for p in procs):
             click.echo("a child process exited; stopping", err=True)
+            failed = True
             break
+        if not config.redis_url and time.monotonic() - last_check > 5:
+            last_check = time.monotonic()
+            ensure_embedded_redis(config.instance_path)  # restarts it if it died
         time.sleep(0.5)
     for p in procs:
         if p.poll() is None:
@@ -106,3 +184,8 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
             p.wait(timeout=15)
         except subprocess.TimeoutExpired:
             p.kill()
+    session.unlink(missing_ok=True)
+    if not config.redis_url:  # ours: it goes with us
+        stop_embedded_redis(config.instance_path)
+    if failed:
+        sys.exit(1)

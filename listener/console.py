@@ -60,6 +60,7 @@ from listener.console_auth import (
 from notifications.links import LinkExpired, LinkInvalid, describe_age, read_link
 from notifications.view import CASE_SHORT, CASE_TITLES, dashboard_url, guide_view, mismatch_view
 from workers import (
+    CUSTOMER_ACCOUNT,
     CUSTOMER_UNKNOWN,
     enqueue_recheck_mismatch,
     queue_depth,
@@ -316,8 +317,15 @@ def dashboard():  # type: ignore[no-untyped-def]
                    StripeEvent.status.in_((EventStatus.RECEIVED, EventStatus.FAILED)))
             .group_by(StripeEvent.account_id, StripeEvent.livemode)
             .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
+        billed_to_accounts = list(s.execute(
+            select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
+                   func.max(StripeEvent.received_at), func.max(StripeEvent.last_error))
+            .where(StripeEvent.outcome == CUSTOMER_ACCOUNT)
+            .group_by(StripeEvent.account_id, StripeEvent.livemode)
+            .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
     return render_template(
         "pages/dashboard.html", by_venue=by_venue, newest_open=newest_open,
+        billed_to_accounts=billed_to_accounts,
         open_total=sum(r.total for r in by_venue), accepted=accepted, rejected=rejected,
         failed=failed, failed_total=failed_total, queue_depth=_queue_depth(),
         oldest_age=duration(time.time() - oldest.timestamp()) if oldest else None,

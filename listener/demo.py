@@ -14,6 +14,7 @@ from typing import Any
 import click
 import stripe
 
+from config import Config
 from listener.stand_ins import LocalStripe
 
 DEMO_VENUE = "acct_1DemoHarbourGym"
@@ -107,14 +108,41 @@ def _platform_story(service: Service, platform: str, secret: str, folder: Path) 
         local.stop()
 
 
+def dev_session_path(config: Config) -> Path:
+    """What a running `mismatch serve` tells `mismatch demo` in another terminal (its URL, API
+    token and webhook secrets): development only, removed when serve stops."""
+    return config.instance_path / "serve.json"
+
+
+def _running_serve(config: Config) -> dict[str, str]:
+    try:
+        found = json.loads(dev_session_path(config).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 @click.command("demo")
-@click.option("--url", default="http://127.0.0.1:5000", show_default=True,
-              help="The running service (see `make run`).")
-def demo(url: str) -> None:
+@click.option("--url", default=None,
+              help="The running service (default: what `mismatch serve` / `make run` in this "
+                   "folder serves, else http://127.0.0.1:5000).")
+def demo(url: str | None) -> None:
     """Create a demo venue and members, then play linked, case 1, case 2 and case 3."""
+    from dataclasses import replace
+
     from config import load_config
 
     config = load_config()
+    running = _running_serve(config)
+    url = url or running.get("url") or "http://127.0.0.1:5000"
+    # What this shell lacks, the running serve says (development only: it writes no file
+    # in production).
+    config = replace(
+        config, api_token=config.api_token or running.get("api_token"),
+        connect_webhook_secrets=config.connect_webhook_secrets
+        or tuple(filter(None, [running.get("connect_secret")])),
+        webhook_secrets=config.webhook_secrets
+        or tuple(filter(None, [running.get("platform_secret")])))
     if not config.api_token:
         raise click.ClickException("API_TOKEN is not set (make run sets dev-token)")
     if not config.connect_webhook_secrets:

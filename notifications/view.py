@@ -76,6 +76,7 @@ class MismatchView:
     linked_customer_id: str | None = None
     email: str | None = None
     customer_name: str | None = None
+    customer_deleted: bool = False  # deleted in Stripe (its email and name are purged)
     member_ref: str | None = None
     member_name: str | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
@@ -157,8 +158,9 @@ def mismatch_view(config: Config, session: Session, mismatch: Mismatch,
         subscription_id=mismatch.subscription_id,
         subscription_status=subscription.status if subscription is not None else None,
         customer_id=mismatch.customer_id, linked_customer_id=mismatch.linked_customer_id,
-        email=mismatch.customer_email,
+        email=(mismatch.customer_email or "").strip() or None,
         customer_name=mirrored.name if mirrored is not None else None,
+        customer_deleted=bool(mirrored is not None and mirrored.deleted),
         member_ref=member.member_ref if member else None,
         member_name=member.name if member else None,
         candidates=list(mismatch.candidates or []), note=mismatch.note,

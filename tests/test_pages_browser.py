@@ -274,3 +274,54 @@ def test_mismatch_page_on_a_phone(browser, live, scene):
         shot(tab, "mismatch-case-2-mobile")
     finally:
         context.close()
+
+
+LONG_SUB, LONG_CUS = "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw", "cus_1Pgc6rB7WZ01zgkWQk7xVb3m"
+
+
+@pytest.mark.parametrize("width", [1280, 1024])
+def test_mismatch_page_with_real_ids_a_deleted_customer_then_resolved(browser, live, api,
+                                                                      client, work, db, width):
+    from tests.support import customer
+
+    assert api.put(f"/api/venues/{CLUB}", json={"name": "City Club", "admin_emails": [
+        "owner@club.test"], "livemode": False}).status_code == 201
+    for payload in (
+        event("customer.created", customer(LONG_CUS, " Carl.Case1@Example.COM"), account=CLUB),
+        event("customer.subscription.created", subscription(LONG_SUB, LONG_CUS), account=CLUB),
+        event("customer.deleted", customer(LONG_CUS, " Carl.Case1@Example.COM", deleted=True),
+              account=CLUB),
+    ):
+        assert post_event(client, payload).status_code == 200
+    work()
+    with db.session() as s:
+        mismatch_id = s.scalar(select(Mismatch.id).where(Mismatch.subscription_id == LONG_SUB))
+    context = browser.new_context(java_script_enabled=False,
+                                  viewport={"width": width, "height": 900})
+    try:
+        tab = context.new_page()
+        assert tab.goto(live.link(mismatch_id, CLUB)).status == 200
+        body = text(tab)
+        assert "deleted in Stripe" in body and tab.locator("#customer-deleted").count() == 1
+        assert "Carl.Case1@Example.COM" in body and " Carl.Case1" not in tab.inner_text(
+            ".facts")
+        assert "Keep the customer" not in body  # it is gone: the step says so instead
+        # Every ID stays inside its panel.
+        overflow = tab.evaluate("""() => [...document.querySelectorAll('section code.id')]
+            .filter(e => e.getBoundingClientRect().right >
+                         e.closest('section').getBoundingClientRect().right - 1)
+            .map(e => `${e.textContent} ${Math.round(e.getBoundingClientRect().right)} > ` +
+                      `${Math.round(e.closest('section').getBoundingClientRect().right)}`)""")
+        assert overflow == [], overflow
+        assert tab.evaluate("() => document.documentElement.scrollWidth") <= width
+        shot(tab, f"mismatch-deleted-customer-{width}")
+
+        assert api.post(f"/api/mismatches/{mismatch_id}/resolve",
+                        json={"note": "refunded"}).status_code == 200
+        assert tab.goto(f"{live.base}/mismatches/{mismatch_id}").status == 200
+        body = text(tab)
+        assert "Nothing left to do" in body and tab.locator("#fix-steps").count() == 0
+        assert "still open" not in body.lower() and "Cancel the outside subscription" not in body
+        shot(tab, f"mismatch-resolved-{width}")
+    finally:
+        context.close()

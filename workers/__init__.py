@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 
 # The outcome of an event that waits because Stripe says it has no such customer (rule 3).
 CUSTOMER_UNKNOWN = "customer_unknown"
+# The outcome of a subscription billed to an Account (Accounts v2 `customer_account`), not a
+# Customer: not matched (workers/handlers.py).
+CUSTOMER_ACCOUNT = "customer_account"
 
 __all__ = [
+    "CUSTOMER_ACCOUNT",
     "CUSTOMER_UNKNOWN",
     "enqueue_event",
     "enqueue_notification",

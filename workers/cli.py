@@ -12,7 +12,7 @@ from typing import TypeVar
 import click
 from flask import Flask
 
-from config import Config
+from config import Config, load_config
 from db import Database
 from db.records import InvalidInput, import_members, import_venues
 from workers.queue import enqueue_event, enqueue_notification, enqueue_recheck, try_enqueue
@@ -29,7 +29,18 @@ def init_app(app: Flask) -> None:
 
 
 def _state() -> tuple[Config, Database]:
-    """The process's configuration and database, as the jobs see them."""
+    """The process's configuration and database, as the jobs see them; a database without
+    the schema stops the command with one line naming it and the fix (before anything is
+    created on its behalf)."""
+    probe = Database(load_config(create_instance=False).database_url)
+    try:
+        problem = probe.schema_problem()
+    finally:
+        probe.dispose()
+    if problem:
+        raise click.ClickException(
+            f"{problem}: run `mismatch db upgrade` first, or run this where the service runs "
+            f"(its folder, or the same DATABASE_URL)")
     return runtime()
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from db import StripeEvent
+from workers import CUSTOMER_ACCOUNT
 from workers.batch import Batch
 from workers.matching import (
     mirror_customer,
@@ -45,7 +46,18 @@ class Event:
 
 
 class Ignored(Exception):
-    """The event is valid but not ours to act on; the message says why."""
+    """The event is valid but not ours to act on; the message says why, `outcome` is what the
+    inbox row and the metrics call it."""
+
+    def __init__(self, reason: str, outcome: str = "ignored") -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+
+
+# A subscription billed to an Account (Stripe's Accounts v2: `customer_account`, an acct_…
+# acting as the customer) has no Customer to match to a member by email. Not handled: the
+# event is set aside under its own outcome (CUSTOMER_ACCOUNT), shown on the console and in
+# /metrics.
 
 
 # --- customers -------------------------------------------------------------------------
@@ -64,8 +76,9 @@ def customer_changed(batch: Batch, event: Event, customer: CustomerSeen | None) 
         return "unrouted"
     mirror_customer(batch, customer)
     venue = batch.venue(customer.account_id)
-    if venue is not None and venue.livemode == customer.livemode:
+    if venue is not None and venue.livemode == customer.livemode and not customer.deleted:
         # The email may have changed or become known: re-check this customer's mismatches.
+        # (Not on deletion: the purged email says nothing new about who the customer was.)
         recheck_open_mismatches(batch, venue, customer_id=customer.customer_id)
     release_waiting_events(batch, event.row.account_id, customer.livemode,
                            customer.customer_id)
@@ -77,6 +90,10 @@ def customer_changed(batch: Batch, event: Event, customer: CustomerSeen | None) 
 def subscription_seen(event: Event) -> SubscriptionSeen:
     sub = event.object
     subscription_id, customer_id = object_id(sub.get("id")), object_id(sub.get("customer"))
+    if subscription_id and not customer_id and object_id(sub.get("customer_account")):
+        raise Ignored(f"subscription {subscription_id} is billed to account "
+                      f"{object_id(sub.get('customer_account'))} (customer_account), not a "
+                      f"customer: not matched", CUSTOMER_ACCOUNT)
     if not subscription_id or not customer_id:
         raise Ignored("no subscription or customer id in the event")
     deleted = event.row.type == "customer.subscription.deleted"

@@ -67,6 +67,7 @@ class Item:
     handler: Handler | None
     subject: Subject | None = None
     ignored: str | None = None  # why `reads` refused it
+    ignored_as: str = "ignored"  # the outcome it is recorded under
 
 
 class _Failed(Exception):
@@ -200,7 +201,7 @@ def _item(config: Config, row: StripeEvent) -> Item:
     try:
         return Item(row, event, handler, handler.reads(event))
     except Ignored as why:
-        return Item(row, event, handler, ignored=str(why))
+        return Item(row, event, handler, ignored=str(why), ignored_as=why.outcome)
 
 
 # --- one transaction -------------------------------------------------------------------------
@@ -273,7 +274,8 @@ def _handle(batch: Batch, item: Item) -> Outcome:
     if item.handler is None:
         row.status, row.outcome, row.last_error = EventStatus.IGNORED, "unhandled_type", None
     elif item.ignored is not None:
-        row.status, row.outcome, row.last_error = EventStatus.IGNORED, "ignored", item.ignored
+        row.status, row.outcome, row.last_error = (EventStatus.IGNORED, item.ignored_as,
+                                                   item.ignored)
     else:
         row.outcome = item.handler.handle(batch, item.event, item.subject)
         row.status, row.last_error = EventStatus.PROCESSED, None

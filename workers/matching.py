@@ -92,10 +92,13 @@ def mirror_customer(batch: Batch, customer: CustomerSeen) -> None:
     assert customer.account_id
     key = (customer.account_id, customer.livemode, customer.customer_id)
     batch.forget_mirrored(key)
+    # Stripe purges a deleted customer's email and name; so does the mirror (the open
+    # mismatch keeps the email it was classified with, for the venue's record).
+    email, name = (None, None) if customer.deleted else (customer.email, customer.name)
     inserted = insert_ignoring_duplicates(
         batch.session, StripeCustomer,
         dict(account_id=customer.account_id, livemode=customer.livemode,
-             customer_id=customer.customer_id, email=customer.email, name=customer.name,
+             customer_id=customer.customer_id, email=email, name=name,
              deleted=customer.deleted, last_event_created=customer.created,
              updated_at=utcnow()),
         returning=StripeCustomer.id,
@@ -105,15 +108,14 @@ def mirror_customer(batch: Batch, customer: CustomerSeen) -> None:
     where = ((StripeCustomer.account_id == customer.account_id)
              & (StripeCustomer.livemode == customer.livemode)
              & (StripeCustomer.customer_id == customer.customer_id))
-    values: dict[str, Any] = dict(email=customer.email, name=customer.name,
+    values: dict[str, Any] = dict(email=email, name=name,
                                   last_event_created=customer.created, updated_at=utcnow())
-    if customer.deleted:
-        values["deleted"] = True
     batch.session.execute(update(StripeCustomer)
                           .where(where, StripeCustomer.last_event_created <= customer.created)
                           .values(**values))
     if customer.deleted:  # even when a newer snapshot is already here: deletion is final
-        batch.session.execute(update(StripeCustomer).where(where).values(deleted=True))
+        batch.session.execute(update(StripeCustomer).where(where)
+                              .values(deleted=True, email=None, name=None))
 
 
 def release_waiting_events(batch: Batch, event_account: str | None, livemode: bool,
