@@ -311,3 +311,54 @@ class EndedSession(Base):
 
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     ended_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+
+
+class Payment(Base):
+    """What an outside subscription charged (rule 7): one row per paid invoice, with what was
+    refunded of it and whether it is disputed. Recorded for every subscription not known to
+    be linked (its mismatch may open after the invoice), read by the mismatch's views."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        UniqueConstraint("account_id", "invoice_id"),
+        Index("ix_payments_account_subscription", "account_id", "subscription_id"),
+        Index("ix_payments_account_charge", "account_id", "charge_id"),
+        Index("ix_payments_account_payment_intent", "account_id", "payment_intent_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    livemode: Mapped[bool] = mapped_column(Boolean, default=False)
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    invoice_id: Mapped[str] = mapped_column(String(64))
+    charge_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    amount: Mapped[int] = mapped_column(BigInteger)  # minor units (cents)
+    currency: Mapped[str] = mapped_column(String(8))
+    paid_at: Mapped[int] = mapped_column(BigInteger)  # Unix time, as Stripe gives it
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    disputed: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+
+class StripeAction(Base):
+    """The audit log of what we asked Stripe to do about a mismatch: who, when, what, with
+    which idempotency key, Stripe's request id and answer. One row per (mismatch, kind,
+    target): asking twice finds the first."""
+
+    __tablename__ = "stripe_actions"
+    __table_args__ = (Index("ix_stripe_actions_mismatch", "mismatch_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mismatch_id: Mapped[int] = mapped_column(ForeignKey("mismatches.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # cancel_subscription | refund
+    target: Mapped[str] = mapped_column(String(64))  # the subscription or charge acted on
+    amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # refunds
+    currency: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    actor: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    stripe_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -9,8 +9,9 @@ from typing import Any
 from flask import Blueprint, abort, jsonify, make_response, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from db import Mismatch, Resolution, StripeEvent, Venue, isoformat
+from db import Mismatch, Resolution, StripeAction, StripeEvent, Venue, isoformat
 from db.records import (
     MAX_OFFSET,
     NOTE_MAX,
@@ -24,7 +25,18 @@ from db.records import (
     venue_json,
 )
 from listener import current_config, current_db
-from workers import enqueue_recheck, try_enqueue
+from notifications.view import charges_of
+from workers import (
+    CANCEL,
+    REFUND,
+    ActionRefused,
+    ActionStatus,
+    actions_of,
+    enqueue_action,
+    enqueue_recheck,
+    request_action,
+    try_enqueue,
+)
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -118,7 +130,7 @@ def remove_member(account_id: str, member_ref: str):  # type: ignore[no-untyped-
     return jsonify(deleted=True), 200
 
 
-def mismatch_json(m: Mismatch) -> dict[str, Any]:
+def mismatch_json(session: Session, m: Mismatch) -> dict[str, Any]:
     return {
         "id": m.id,
         "case": m.case,
@@ -136,7 +148,16 @@ def mismatch_json(m: Mismatch) -> dict[str, Any]:
         "note": m.note,
         "opened_at": isoformat(m.opened_at),
         "resolved_at": isoformat(m.resolved_at),
+        "charges": [c.as_json() for c in charges_of(session, m.account_id, m.subscription_id)],
+        "actions": [action_json(a) for a in actions_of(session, m.id)],
     }
+
+
+def action_json(a: StripeAction) -> dict[str, Any]:
+    return {"id": a.id, "kind": a.kind, "target": a.target, "amount": a.amount,
+            "currency": a.currency, "status": a.status, "actor": a.actor,
+            "requested_at": isoformat(a.requested_at), "finished_at": isoformat(a.finished_at),
+            "stripe_request_id": a.stripe_request_id, "error": a.error}
 
 
 @bp.get("/mismatches")
@@ -161,7 +182,7 @@ def list_mismatches():  # type: ignore[no-untyped-def]
     if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
         raise InvalidInput(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
     with current_db().session() as s:
-        rows = [mismatch_json(m) for m in s.scalars(query.limit(limit).offset(offset))]
+        rows = [mismatch_json(s, m) for m in s.scalars(query.limit(limit).offset(offset))]
     return jsonify(mismatches=rows, limit=limit, offset=offset)
 
 
@@ -171,7 +192,7 @@ def get_mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
         m = s.get(Mismatch, mismatch_id)
         if m is None:
             return jsonify(error=f"no mismatch {mismatch_id}"), 404
-        return jsonify(mismatch_json(m))
+        return jsonify(mismatch_json(s, m))
 
 
 @bp.post("/mismatches/<int:mismatch_id>/resolve")
@@ -188,7 +209,44 @@ def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
         if m is None:
             return jsonify(error=f"no mismatch {mismatch_id}"), 404
         m.resolve(Resolution.MANUAL, note)
-        return jsonify(mismatch_json(m))
+        return jsonify(mismatch_json(s, m))
+
+
+def _act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
+    """Ask for an action on Stripe (listener/actions.py): 202 with the action, queued for a
+    worker; asking again answers the same action."""
+    data = _json() or {}
+    if not isinstance(data, dict):
+        raise InvalidInput("body must be a JSON object")
+    actor = data.get("actor") or "api"
+    if not isinstance(actor, str) or len(actor) > 100 or unstorable(actor):
+        raise InvalidInput("'actor' must be a short string")
+    with current_db().session() as s:
+        m = s.get(Mismatch, mismatch_id, with_for_update=True)
+        if m is None:
+            return jsonify(error=f"no mismatch {mismatch_id}"), 404
+        if data.get("confirm") != m.subscription_id:
+            raise InvalidInput(f"'confirm' must be the subscription id ({m.subscription_id}): "
+                               f"it says which subscription you mean to act on")
+        try:
+            actions = request_action(current_config(), s, m, kind, f"{actor} (api)")
+        except ActionRefused as exc:
+            return jsonify(error=str(exc)), 409
+        body = [action_json(a) for a in actions]
+        ids = [a.id for a in actions if a.status == ActionStatus.QUEUED]
+    for action_id in ids:
+        try_enqueue(enqueue_action, current_config(), action_id)
+    return jsonify(actions=body), 202
+
+
+@bp.post("/mismatches/<int:mismatch_id>/cancel-subscription")
+def cancel_subscription(mismatch_id: int):  # type: ignore[no-untyped-def]
+    return _act(mismatch_id, CANCEL)
+
+
+@bp.post("/mismatches/<int:mismatch_id>/refund")
+def refund(mismatch_id: int):  # type: ignore[no-untyped-def]
+    return _act(mismatch_id, REFUND)
 
 
 @bp.get("/events/<event_id>")

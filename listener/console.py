@@ -58,12 +58,28 @@ from listener.console_auth import (
     viewer_for,
 )
 from notifications.links import LinkExpired, LinkInvalid, describe_age, read_link
-from notifications.view import CASE_SHORT, CASE_TITLES, dashboard_url, guide_view, mismatch_view
+from notifications.view import (
+    CASE_SHORT,
+    CASE_TITLES,
+    dashboard_url,
+    day,
+    guide_view,
+    mismatch_view,
+    money,
+)
 from workers import (
+    CANCEL,
     CUSTOMER_ACCOUNT,
     CUSTOMER_UNKNOWN,
+    REFUND,
+    ActionRefused,
+    ActionStatus,
+    actions_of,
+    enqueue_action,
     enqueue_recheck_mismatch,
     queue_depth,
+    refusal,
+    request_action,
     requeue_event,
     try_enqueue,
 )
@@ -136,7 +152,7 @@ def check_csrf():  # type: ignore[no-untyped-def]
 @bp.context_processor
 def helpers() -> dict[str, Any]:
     return {"csrf_token": csrf_token, "csrf_field": CSRF_FIELD, "when": when, "ago": ago,
-            "case_title": CASE_TITLES, "case_short": CASE_SHORT,
+            "case_title": CASE_TITLES, "case_short": CASE_SHORT, "money": money, "day": day,
             "staff": staff_user(current_config(), current_db())}
 
 
@@ -457,10 +473,69 @@ def mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
         venue = s.get(Venue, m.venue_id) if m.venue_id else None
         view = mismatch_view(current_config(), s, m, venue)
         events = _timeline(s, m)
+        actions = actions_of(s, m.id)
+        refused = ({kind: refusal(current_config(), s, m, kind) for kind in (CANCEL, REFUND)}
+                   if viewer.is_staff else {})
         return render_template("pages/mismatch.html", m=m, v=view, events=events,
-                               viewer=viewer, timeline_limit=TIMELINE_LIMIT,
+                               viewer=viewer, timeline_limit=TIMELINE_LIMIT, actions=actions,
+                               refused=refused, CANCEL=CANCEL, REFUND=REFUND,
                                platform_account=current_config().stripe_platform_account,
                                dashboard_url=dashboard_url)
+
+
+ACTION_TITLES = {CANCEL: "Cancel subscription in Stripe", REFUND: "Refund what it charged"}
+
+
+def _staff_action(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
+    if kind not in ACTION_TITLES:
+        abort(404)
+    who = _require_staff()  # venue admins' links read and resolve only
+    if not isinstance(who, str):
+        return who, None
+    return who, kind
+
+
+@bp.get("/mismatches/<int:mismatch_id>/act/<kind>")
+def confirm_action(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
+    """The confirmation step: exactly what will happen, before anything does."""
+    who, kind = _staff_action(mismatch_id, kind)
+    if kind is None:
+        return who
+    with current_db().session() as s:
+        m, viewer = _load_for(s, mismatch_id)
+        view = mismatch_view(current_config(), s, m)
+        why = refusal(current_config(), s, m, kind)
+        return render_template("pages/confirm_action.html", m=m, v=view, viewer=viewer,
+                               kind=kind, title=ACTION_TITLES[kind], refused=why,
+                               due=[c for c in view.charges if c.refundable],
+                               CANCEL=CANCEL, REFUND=REFUND)
+
+
+@bp.post("/mismatches/<int:mismatch_id>/act/<kind>")
+def act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
+    who, kind = _staff_action(mismatch_id, kind)
+    if kind is None:
+        return who
+    queued: list[int] = []
+    with current_db().session() as s:
+        m, _viewer = _load_for(s, mismatch_id, lock=True)
+        if request.form.get("confirm") != m.subscription_id:
+            flash("Type the subscription ID to confirm; nothing was done.", "warn")
+            return redirect(url_for("console.confirm_action", mismatch_id=mismatch_id,
+                                    kind=kind), 303)
+        try:
+            actions = request_action(current_config(), s, m, kind, f"{who} (support)")
+        except ActionRefused as exc:
+            flash(f"Not done: {exc}.", "warn")
+            return redirect(url_for("console.mismatch", mismatch_id=mismatch_id), 303)
+        queued = [a.id for a in actions if a.status == ActionStatus.QUEUED]
+    for action_id in queued:
+        try_enqueue(enqueue_action, current_config(), action_id)
+    log.info("console: %s requested on mismatch %s (%d queued)", kind, mismatch_id,
+             len(queued))
+    flash(f"{ACTION_TITLES[kind]}: {'queued' if queued else 'already asked for'}. The "
+          "outcome appears under “Done in Stripe” below.", "ok")
+    return redirect(url_for("console.mismatch", mismatch_id=mismatch_id), 303)
 
 
 @bp.post("/mismatches/<int:mismatch_id>/resolve")

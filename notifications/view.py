@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config import Config
-from db import Member, Mismatch, StripeCustomer, Subscription, Venue
+from db import Member, Mismatch, Payment, StripeCustomer, Subscription, Venue
 
 # The three cases in the venue admin's words.
 CASE_TITLES = {
@@ -77,6 +77,7 @@ class MismatchView:
     email: str | None = None
     customer_name: str | None = None
     customer_deleted: bool = False  # deleted in Stripe (its email and name are purged)
+    charges: list[Charge] = field(default_factory=list)  # what the subscription charged
     member_ref: str | None = None
     member_name: str | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
@@ -115,7 +116,26 @@ class MismatchView:
         return NO_CHARGE_STATUSES.get(self.subscription_status or "")
 
     @property
+    def charge_lines(self) -> list[str]:
+        """Each payment in one sentence, saying what to do about it (rule 7)."""
+        return [c.sentence for c in self.charges]
+
+    @property
+    def refund_due(self) -> int:
+        return sum(c.refundable for c in self.charges)
+
+    @property
+    def disputed(self) -> bool:
+        return any(c.disputed for c in self.charges)
+
+    @property
     def refund_clause(self) -> str:
+        if self.disputed:
+            return "a payment is disputed: don't refund, escalate"
+        if self.charges:
+            due = self.refund_due
+            return (f"refund {money(due, self.charges[0].currency)}" if due
+                    else "nothing left to refund")
         return NO_CHARGE_SHORT.get(self.subscription_status or "", "refund if charged")
 
     @property
@@ -161,6 +181,7 @@ def mismatch_view(config: Config, session: Session, mismatch: Mismatch,
         email=(mismatch.customer_email or "").strip() or None,
         customer_name=mirrored.name if mirrored is not None else None,
         customer_deleted=bool(mirrored is not None and mirrored.deleted),
+        charges=charges_of(session, mismatch.account_id, mismatch.subscription_id),
         member_ref=member.member_ref if member else None,
         member_name=member.name if member else None,
         candidates=list(mismatch.candidates or []), note=mismatch.note,
@@ -178,3 +199,66 @@ def mismatch_view(config: Config, session: Session, mismatch: Mismatch,
 def guide_view(case: int) -> MismatchView:
     """A case's steps with placeholders for the IDs (the remediation guides)."""
     return MismatchView(case=case, guide=True)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One payment as a notice, a page and the API show it."""
+
+    invoice_id: str
+    charge_id: str | None
+    payment_intent_id: str | None
+    amount: int
+    currency: str
+    paid_at: int
+    amount_refunded: int
+    disputed: bool
+
+    @property
+    def refundable(self) -> int:
+        return 0 if self.disputed else max(0, self.amount - self.amount_refunded)
+
+    @property
+    def sentence(self) -> str:
+        """"€49.00 charged on 22 Nov (in_…) — refund it", "refunded €49.00", "disputed …"."""
+        paid = f"{money(self.amount, self.currency)} charged on {day(self.paid_at)} " \
+               f"({self.invoice_id})"
+        if self.disputed:
+            return f"{paid} — disputed: don't refund, escalate"
+        if self.amount_refunded >= self.amount > 0:
+            return f"{paid} — refunded {money(self.amount_refunded, self.currency)}"
+        if self.amount_refunded:
+            return (f"{paid} — {money(self.amount_refunded, self.currency)} refunded, "
+                    f"refund the other {money(self.refundable, self.currency)}")
+        return f"{paid} — refund it" if self.amount else f"{paid} — nothing to refund"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"invoice_id": self.invoice_id, "charge_id": self.charge_id,
+                "payment_intent_id": self.payment_intent_id, "amount": self.amount,
+                "currency": self.currency, "paid_at": self.paid_at,
+                "amount_refunded": self.amount_refunded, "disputed": self.disputed}
+
+
+def charges_of(session: Session, account_id: str, subscription_id: str) -> list[Charge]:
+    rows = session.scalars(select(Payment).where(
+        Payment.account_id == account_id, Payment.subscription_id == subscription_id)
+        .order_by(Payment.paid_at, Payment.id))
+    return [Charge(p.invoice_id, p.charge_id, p.payment_intent_id, p.amount, p.currency,
+                   p.paid_at, p.amount_refunded, p.disputed) for p in rows]
+
+
+CURRENCY_SIGNS = {"eur": "€", "usd": "$", "gbp": "£"}
+ZERO_DECIMAL = {"jpy", "krw", "vnd", "clp", "pyg", "xof", "xaf", "ugx", "rwf", "kmf", "gnf",
+                "djf", "bif", "mga", "vuv", "xpf"}
+
+
+def money(amount: int, currency: str) -> str:
+    """Stripe's minor units as people write them: 4900 eur → €49.00."""
+    code = (currency or "").lower()
+    value = f"{amount:,}" if code in ZERO_DECIMAL else f"{amount / 100:,.2f}"
+    sign = CURRENCY_SIGNS.get(code)
+    return f"{sign}{value}" if sign else f"{value} {code.upper()}".strip()
+
+
+def day(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%-d %b %Y")

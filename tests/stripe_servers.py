@@ -73,6 +73,12 @@ class ConnectStripe:
         self.other_mode: dict[str, str] = {}  # customer id -> "live"/"test"
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, account)
         self.created = 0
+        # Writes: what was done (once per idempotency key, as Stripe does), and the answers
+        # replayed for a key seen before.
+        self.canceled: list[tuple[str | None, str]] = []  # (account, subscription id)
+        self.refunds: list[dict[str, Any]] = []  # {"account", "charge"/"payment_intent", …}
+        self.answers: dict[str, tuple[int, dict[str, Any]]] = {}  # idempotency key -> answer
+        self.invoice_payments: dict[str, str] = {}  # invoice id -> payment intent id
         owner = self
 
         class Handler(JsonHandler):
@@ -82,7 +88,16 @@ class ConnectStripe:
                 account = self.headers.get("Stripe-Account")
                 owner.requests.append(("GET", parts.path, account))
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                if parts.path == "/v1/subscriptions":
+                if parts.path == "/v1/invoice_payments":
+                    invoice = query.get("invoice", "")
+                    data = ([{"object": "invoice_payment", "id": f"inpay_{invoice}",
+                              "invoice": invoice, "status": "paid",
+                              "payment": {"type": "payment_intent",
+                                          "payment_intent": owner.invoice_payments[invoice]}}]
+                            if invoice in owner.invoice_payments else [])
+                    self.answer(200, {"object": "list", "data": data, "has_more": False,
+                                      "url": "/v1/invoice_payments"})
+                elif parts.path == "/v1/subscriptions":
                     page = owner.page(owner.subscriptions.get(account, []), query)
                     if "data.customer" in [v for k, v in query.items() if k.startswith("expand")]:
                         store = owner.customers.get(account, {})
@@ -108,12 +123,55 @@ class ConnectStripe:
                     self.answer(404, {"error": {"type": "invalid_request_error",
                                                  "message": "Unrecognized request URL"}})
 
+            def write(self, account: str | None, do) -> None:  # type: ignore[no-untyped-def]
+                """Answer a write once per Idempotency-Key; the same key replays it."""
+                key = self.headers.get("Idempotency-Key")
+                if key and key in owner.answers:
+                    status, body = owner.answers[key]
+                else:
+                    status, body = do()
+                    if key:
+                        owner.answers[key] = (status, body)
+                self.answer(status, body, {"Request-Id": f"req_{len(owner.requests):06d}"})
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                account = self.headers.get("Stripe-Account")
+                owner.requests.append(("DELETE", self.path, account))
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                sid = self.path.split("?")[0].rsplit("/", 1)[-1]
+
+                def cancel() -> tuple[int, dict[str, Any]]:
+                    for sub in owner.subscriptions.get(account, []):
+                        if sub["id"] == sid:
+                            if sub["status"] == "canceled":
+                                return 400, {"error": {
+                                    "type": "invalid_request_error",
+                                    "message": f"No such subscription: '{sid}'"}}
+                            sub["status"] = "canceled"
+                            owner.canceled.append((account, sid))
+                            return 200, sub
+                    return 404, {"error": {"type": "invalid_request_error",
+                                           "message": f"No such subscription: '{sid}'"}}
+
+                self.write(account, cancel)
+
             def do_POST(self) -> None:  # noqa: N802
                 account = self.headers.get("Stripe-Account")
                 owner.requests.append(("POST", self.path, account))
                 length = int(self.headers.get("Content-Length") or 0)
                 form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
-                if self.path == "/v1/customers":
+                if self.path == "/v1/refunds":
+                    def refund() -> tuple[int, dict[str, Any]]:
+                        made = {"id": f"re_{len(owner.refunds) + 1:06d}", "object": "refund",
+                                "account": account, "status": "succeeded",
+                                **{k: form[k] for k in ("charge", "payment_intent", "amount")
+                                   if k in form}}
+                        owner.refunds.append(made)
+                        return 200, made
+
+                    self.write(account, refund)
+                elif self.path == "/v1/customers":
                     owner.created += 1
                     customer = owner.add_customer(account, f"cus_New{owner.created:04d}",
                                                   form.get("email"), name=form.get("name"))

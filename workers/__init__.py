@@ -6,7 +6,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from workers.actions import (  # noqa: E402 - after the queue, which it uses
+    CANCEL,
+    REFUND,
+    ActionRefused,
+    ActionStatus,
+    actions_of,
+    refusal,
+    request_action,
+)
 from workers.queue import (
+    enqueue_action,
     enqueue_event,
     enqueue_notification,
     enqueue_recheck,
@@ -29,8 +39,16 @@ CUSTOMER_UNKNOWN = "customer_unknown"
 CUSTOMER_ACCOUNT = "customer_account"
 
 __all__ = [
+    "CANCEL",
+    "REFUND",
+    "ActionRefused",
+    "ActionStatus",
+    "actions_of",
+    "refusal",
+    "request_action",
     "CUSTOMER_ACCOUNT",
     "CUSTOMER_UNKNOWN",
+    "enqueue_action",
     "enqueue_event",
     "enqueue_notification",
     "enqueue_recheck",

@@ -23,8 +23,16 @@ from workers.matching import (
     record_unrouted,
     release_waiting_events,
 )
+from workers.payments import record_payment
 from workers.queue import enqueue_notification
-from workers.subjects import CustomerSeen, Subject, SubscriptionSeen, object_id, text
+from workers.subjects import (
+    CustomerSeen,
+    PaymentSeen,
+    Subject,
+    SubscriptionSeen,
+    object_id,
+    text,
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,32 @@ def subscription_changed(batch: Batch, event: Event, seen: SubscriptionSeen) -> 
     return observe_subscription(batch, venue, seen)
 
 
+# --- payments (rule 7) -----------------------------------------------------------------
+
+def invoice_seen(event: Event) -> PaymentSeen | None:
+    seen = PaymentSeen.from_invoice(event.object, event.account_id, event.livemode,
+                                    event.row.created)
+    if seen is None:
+        raise Ignored("the invoice is not a subscription's (no subscription or invoice id)")
+    return seen if event.account_id else None
+
+
+def charge_seen(kind: str) -> Callable[[Event], PaymentSeen | None]:
+    def reads(event: Event) -> PaymentSeen | None:
+        seen = PaymentSeen.from_charge(event.object, event.account_id, event.livemode, kind)
+        if seen is None:
+            raise Ignored("no charge or payment intent id in the event")
+        return seen if event.account_id else None
+
+    return reads
+
+
+def payment_changed(batch: Batch, event: Event, seen: PaymentSeen | None) -> str:
+    if seen is None:
+        return "unrouted"
+    return record_payment(batch, seen)
+
+
 @dataclass(frozen=True)
 class Handler:
     reads: Callable[[Event], Subject | None]  # raises Ignored for an event not ours
@@ -159,4 +193,7 @@ HANDLERS: dict[str, Handler] = {
     "customer.subscription.updated": Handler(subscription_seen, subscription_changed),
     "customer.subscription.deleted": Handler(subscription_seen, subscription_changed),
     "checkout.session.completed": Handler(checkout_seen, subscription_changed),
+    "invoice.paid": Handler(invoice_seen, payment_changed),
+    "charge.refunded": Handler(charge_seen("refunded"), payment_changed),
+    "charge.dispute.created": Handler(charge_seen("disputed"), payment_changed),
 }

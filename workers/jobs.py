@@ -132,3 +132,12 @@ def send_notification(notification_id: int) -> str:
     config, db = runtime()
     return deliver(config, db, get_redis(config), notification_id,
                    final_attempt=_last_attempt())
+
+
+@told_safely
+def act_on_stripe(action_id: int) -> str:
+    """Carry out one confirmed action on Stripe (workers/actions.py)."""
+    from workers.actions import carry_out
+
+    config, db = runtime()
+    return carry_out(config, db.session, action_id)

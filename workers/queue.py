@@ -158,6 +158,17 @@ def enqueue_notification(config: Config, notification_id: int) -> None:
     )
 
 
+def enqueue_action(config: Config, action_id: int) -> None:
+    """Queue one confirmed action on Stripe (workers/actions.py)."""
+    _enqueue(
+        config,
+        "workers.jobs.act_on_stripe",
+        args=(action_id,),
+        job_id=job_id("action", action_id),
+        description=f"act on stripe {action_id}",
+    )
+
+
 def queue_depth(config: Config) -> int:
     """Jobs waiting in the queue (dashboard, metrics)."""
     return len(get_queue(config))

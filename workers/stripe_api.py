@@ -197,3 +197,45 @@ class StripeApi:
         customer = self.call("customers.create", self.client.v1.customers.create,
                              params=params, options=options)
         return customer.id
+
+    # --- writes (workers/actions.py: confirmed by a person, audited, idempotent) ---------
+
+    def _write_options(self, account_id: str | None, idempotency_key: str) -> dict[str, Any]:
+        return {**self.options(account_id), "idempotency_key": idempotency_key}
+
+    def cancel_subscription(self, account_id: str | None, subscription_id: str,
+                            idempotency_key: str) -> str | None:
+        """Cancel now, without proration or a final invoice; Stripe's request id."""
+        done = self.call(f"subscriptions.cancel {subscription_id}",
+                         self.client.v1.subscriptions.cancel, subscription_id,
+                         params={"prorate": False, "invoice_now": False},
+                         options=self._write_options(account_id, idempotency_key))
+        return _request_id(done)
+
+    def refund(self, account_id: str | None, charge_id: str | None,
+               payment_intent_id: str | None, amount: int | None,
+               idempotency_key: str) -> str | None:
+        """Refund `amount` (all when None) of one payment; Stripe's request id."""
+        params: dict[str, Any] = ({"charge": charge_id} if charge_id
+                                  else {"payment_intent": payment_intent_id})
+        if amount:
+            params["amount"] = amount
+        done = self.call("refunds.create", self.client.v1.refunds.create, params=params,
+                         options=self._write_options(account_id, idempotency_key))
+        return _request_id(done)
+
+    def invoice_payment_intent(self, account_id: str | None, invoice_id: str) -> str | None:
+        """The payment intent that paid an invoice (since 2025-03-31 an invoice names its
+        payments only on request)."""
+        for item in self.list_all(f"invoice_payments.list {invoice_id}",
+                                  self.client.v1.invoice_payments.list, account_id,
+                                  {"invoice": invoice_id}):
+            payment = item.get("payment") or {}
+            if item.get("status") == "paid" and payment.get("payment_intent"):
+                return payment["payment_intent"]
+        return None
+
+
+def _request_id(obj: Any) -> str | None:
+    response = getattr(obj, "last_response", None)
+    return getattr(response, "request_id", None) if response is not None else None

@@ -77,4 +77,67 @@ class SubscriptionSeen:
         return (self.account_id or "", self.livemode, self.customer_id)
 
 
-Subject = CustomerSeen | SubscriptionSeen
+
+
+@dataclass(frozen=True)
+class PaymentSeen:
+    """A payment an event shows (rule 7): an invoice paid, a charge refunded or disputed. Which
+    fields are known depends on the event: an invoice names its subscription and, in older
+    API versions, its charge and payment intent; a charge or dispute names those only."""
+
+    account_id: str | None
+    livemode: bool
+    kind: str  # paid | refunded | disputed
+    subscription_id: str | None = None
+    invoice_id: str | None = None
+    charge_id: str | None = None
+    payment_intent_id: str | None = None
+    amount: int = 0
+    currency: str = ""
+    at: int = 0
+    amount_refunded: int = 0
+
+    @classmethod
+    def from_invoice(cls, invoice: dict[str, Any], account_id: str | None, livemode: bool,
+                     created: int) -> PaymentSeen | None:
+        """An `invoice.paid`, in the shape of any API version: since 2025-03-31 the invoice
+        names its subscription under `parent.subscription_details` and its payments under
+        `payments` (when included); before, `subscription`, `charge` and `payment_intent`."""
+        parent = invoice.get("parent")
+        details = parent.get("subscription_details") if isinstance(parent, dict) else None
+        subscription = object_id(details.get("subscription")) if isinstance(details, dict) \
+            else None
+        subscription = subscription or object_id(invoice.get("subscription"))
+        invoice_id = object_id(invoice.get("id"))
+        if not subscription or not invoice_id:
+            return None
+        charge, intent = object_id(invoice.get("charge")), object_id(invoice.get("payment_intent"))
+        payments = invoice.get("payments")
+        for item in (payments.get("data") or []) if isinstance(payments, dict) else []:
+            payment = item.get("payment") if isinstance(item, dict) else None
+            if isinstance(payment, dict):
+                charge = charge or object_id(payment.get("charge"))
+                intent = intent or object_id(payment.get("payment_intent"))
+        amount = invoice.get("amount_paid")
+        transitions = invoice.get("status_transitions")
+        paid_at = transitions.get("paid_at") if isinstance(transitions, dict) else None
+        return cls(account_id, livemode, "paid", subscription, invoice_id, charge, intent,
+                   amount if type(amount) is int and 0 <= amount < 2**62 else 0,
+                   text(invoice.get("currency"), 8) or "",
+                   paid_at if type(paid_at) is int and 0 < paid_at < 2**62 else created)
+
+    @classmethod
+    def from_charge(cls, obj: dict[str, Any], account_id: str | None, livemode: bool,
+                    kind: str) -> PaymentSeen | None:
+        """A `charge.refunded` (the charge) or `charge.dispute.created` (the dispute)."""
+        charge = object_id(obj.get("id")) if kind == "refunded" else object_id(obj.get("charge"))
+        intent = object_id(obj.get("payment_intent"))
+        if not charge and not intent:
+            return None
+        refunded = obj.get("amount_refunded") if kind == "refunded" else 0
+        return cls(account_id, livemode, kind, charge_id=charge, payment_intent_id=intent,
+                   invoice_id=object_id(obj.get("invoice")),
+                   amount_refunded=refunded if type(refunded) is int and refunded >= 0 else 0)
+
+
+Subject = CustomerSeen | SubscriptionSeen | PaymentSeen

@@ -1,0 +1,246 @@
+"""What an outside subscription charged (rule 7), and acting on it in Stripe through the API:
+cancel and refund, confirmed, carried out by the real worker against the project's Connect
+stand-in, once per idempotency key whatever is clicked or retried, audited in the JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.stripe_servers import ConnectStripe
+from tests.support import GYM, customer, event, post_event, subscription
+
+SUB, CUS = "sub_1Outside0000001", "cus_1Outside0000001"
+
+
+def invoice_old(invoice_id: str, amount: int, charge: str, intent: str) -> dict:
+    """An invoice as API versions before 2025-03-31 send it."""
+    return {"id": invoice_id, "object": "invoice", "subscription": SUB, "customer": CUS,
+            "amount_paid": amount, "currency": "eur", "charge": charge,
+            "payment_intent": intent, "status": "paid",
+            "status_transitions": {"paid_at": 1_763_800_000}}
+
+
+def invoice_new(invoice_id: str, amount: int) -> dict:
+    """An invoice as 2025-03-31 and later send it: the subscription under `parent`, its
+    payments not included."""
+    return {"id": invoice_id, "object": "invoice", "customer": CUS, "amount_paid": amount,
+            "currency": "eur", "status": "paid",
+            "parent": {"type": "subscription_details",
+                       "subscription_details": {"subscription": SUB, "metadata": {}}},
+            "status_transitions": {"paid_at": 1_763_900_000}}
+
+
+@pytest.fixture
+def stripe_stand_in(env, monkeypatch):  # type: ignore[no-untyped-def]
+    server = ConnectStripe()
+    server.add_subscription(GYM, SUB, CUS)
+    server.invoice_payments["in_1New000000001"] = "pi_1New000000001"
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_actions")
+    monkeypatch.setenv("STRIPE_API_BASE", server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def outside(stripe_stand_in, venues, client, api, work):  # type: ignore[no-untyped-def]
+    """A case-3 mismatch on GYM that charged twice (one invoice of each API shape)."""
+    from config import load_config
+    from listener import create_app
+
+    for payload in (
+        event("customer.created", customer(CUS, "walkin@example.com"), account=GYM),
+        event("customer.subscription.created", subscription(SUB, CUS), account=GYM),
+        event("invoice.paid", invoice_old("in_1Old000000001", 4900, "ch_1Old000000001",
+                                          "pi_1Old000000001"), account=GYM),
+        event("invoice.paid", invoice_new("in_1New000000001", 4900), account=GYM),
+    ):
+        assert post_event(client, payload).status_code == 200
+    work()
+    [m] = api.get("/api/mismatches").json["mismatches"]
+    # An app that reads the Stripe key and stand-in set above.
+    app = create_app(load_config(), TESTING=True)
+    return m, app.test_client()
+
+
+AUTH = {"Authorization": "Bearer test-api-token"}
+
+
+def test_the_mismatch_knows_each_payment_in_either_shape(outside, api):
+    m, _ = outside
+    charges = {c["invoice_id"]: c for c in m["charges"]}
+    assert charges["in_1Old000000001"] == {
+        "invoice_id": "in_1Old000000001", "charge_id": "ch_1Old000000001",
+        "payment_intent_id": "pi_1Old000000001", "amount": 4900, "currency": "eur",
+        "paid_at": 1_763_800_000, "amount_refunded": 0, "disputed": False}
+    assert charges["in_1New000000001"]["amount"] == 4900
+    assert charges["in_1New000000001"]["charge_id"] is None  # not in the newer shape
+    assert m["actions"] == []
+
+
+def test_cancel_reaches_stripe_once_whatever_is_clicked_or_retried(outside, stripe_stand_in,
+                                                                   work, api, db):
+    m, client = outside
+    url = f"/api/mismatches/{m['id']}/cancel-subscription"
+    assert client.post(url, json={}, headers=AUTH).status_code == 400  # no confirmation
+    assert client.post(url, json={"confirm": "sub_other"}, headers=AUTH).status_code == 400
+    first = client.post(url, json={"confirm": SUB, "actor": "alice"}, headers=AUTH)
+    second = client.post(url, json={"confirm": SUB, "actor": "alice"}, headers=AUTH)  # again
+    assert first.status_code == second.status_code == 202
+    [action] = first.json["actions"]
+    assert second.json["actions"][0]["id"] == action["id"]
+    assert (action["kind"], action["status"], action["target"]) == (
+        "cancel_subscription", "queued", SUB)
+    assert stripe_stand_in.canceled == []  # nothing reaches Stripe inside the request
+
+    work()
+    assert stripe_stand_in.canceled == [(GYM, SUB)]
+    [done] = api.get(f"/api/mismatches/{m['id']}").json["actions"]
+    assert done["status"] == "succeeded" and done["stripe_request_id"].startswith("req_")
+    assert done["actor"] == "alice (api)" and done["finished_at"]
+
+    # A worker killed after Stripe answered but before it wrote the answer runs the job
+    # again: the same idempotency key gets Stripe's first answer, no second cancel.
+    from sqlalchemy import update
+
+    from db import StripeAction
+    from workers.jobs import act_on_stripe
+
+    with db.session() as s:
+        s.execute(update(StripeAction).values(status="queued"))
+    assert act_on_stripe(done["id"]) == "succeeded"
+    assert act_on_stripe(done["id"]) == "succeeded"  # a retried job: already done
+    assert stripe_stand_in.canceled == [(GYM, SUB)]
+    deletes = [r for r in stripe_stand_in.requests if r[0] == "DELETE"]
+    assert len(deletes) == 2 and all(account == GYM for _, _, account in deletes)
+
+
+def test_refund_every_paid_payment_once_in_either_shape(outside, stripe_stand_in, work, api):
+    m, client = outside
+    url = f"/api/mismatches/{m['id']}/refund"
+    first = client.post(url, json={"confirm": SUB}, headers=AUTH)
+    again = client.post(url, json={"confirm": SUB}, headers=AUTH)
+    assert first.status_code == again.status_code == 202
+    assert sorted(a["target"] for a in first.json["actions"]) == [
+        "in_1New000000001", "in_1Old000000001"]
+    assert [a["id"] for a in again.json["actions"]] == [a["id"] for a in first.json["actions"]]
+    work()
+    refunds = sorted((r["account"], r.get("charge", "-"), r.get("payment_intent", "-"),
+                      r["amount"]) for r in stripe_stand_in.refunds)
+    assert refunds == [(GYM, "-", "pi_1New000000001", "4900"),
+                       (GYM, "ch_1Old000000001", "-", "4900")]
+    after = api.get(f"/api/mismatches/{m['id']}").json
+    assert {a["status"] for a in after["actions"]} == {"succeeded"}
+    assert all(c["amount_refunded"] == 4900 for c in after["charges"])
+    # Nothing left to refund: refused, and no new request.
+    response = client.post(url, json={"confirm": SUB}, headers=AUTH)
+    assert response.status_code == 202  # the recorded ones, answered again
+    assert len(stripe_stand_in.refunds) == 2
+
+
+def test_refused_with_a_reason(outside, client, api, work, stripe_stand_in, monkeypatch):
+    m, app_client = outside
+    # A dispute: never refund, escalate.
+    assert post_event(client, event("charge.dispute.created", {
+        "id": "dp_1", "object": "dispute", "charge": "ch_1Old000000001",
+        "payment_intent": "pi_1Old000000001", "amount": 4900}, account=GYM)).status_code == 200
+    work()
+    response = app_client.post(f"/api/mismatches/{m['id']}/refund", json={"confirm": SUB},
+                               headers=AUTH)
+    assert response.status_code == 409 and "disputed" in response.json["error"]
+    assert [c["disputed"] for c in api.get(f"/api/mismatches/{m['id']}").json["charges"]
+            if c["invoice_id"] == "in_1Old000000001"] == [True]
+
+    # Resolved: refused.
+    assert api.post(f"/api/mismatches/{m['id']}/resolve", json={"note": "x"}).status_code == 200
+    response = app_client.post(f"/api/mismatches/{m['id']}/cancel-subscription",
+                               json={"confirm": SUB}, headers=AUTH)
+    assert response.status_code == 409 and "resolved" in response.json["error"]
+    assert stripe_stand_in.canceled == [] and stripe_stand_in.refunds == []
+
+
+def test_refused_without_a_stripe_key(venues, client, api, work):
+    for payload in (event("customer.created", customer(CUS, "walkin@example.com"), account=GYM),
+                    event("customer.subscription.created", subscription(SUB, CUS),
+                          account=GYM)):
+        assert post_event(client, payload).status_code == 200
+    work()
+    [m] = api.get("/api/mismatches").json["mismatches"]
+    response = api.post(f"/api/mismatches/{m['id']}/cancel-subscription", json={"confirm": SUB})
+    assert response.status_code == 409 and "STRIPE_SECRET_KEY" in response.json["error"]
+
+
+def test_a_refund_event_and_a_linked_subscription(venues, client, api, work, db):
+    from sqlalchemy import func, select
+
+    from db import Payment
+
+    # A member's own (linked) subscription: its payments are none of ours.
+    assert api.put(f"/api/venues/{GYM}/members/m-1", json={
+        "email": "member@example.com", "stripe_customer_id": "cus_1Member"}).status_code == 201
+    for payload in (
+        event("customer.subscription.created", subscription("sub_1Member", "cus_1Member"),
+              account=GYM),
+        event("invoice.paid", {**invoice_old("in_1Member", 4900, "ch_1Member", "pi_1Member"),
+                               "subscription": "sub_1Member"}, account=GYM),
+        event("customer.created", customer(CUS, "walkin@example.com"), account=GYM),
+        event("customer.subscription.created", subscription(SUB, CUS), account=GYM),
+        event("invoice.paid", invoice_old("in_1Old000000001", 4900, "ch_1Old000000001",
+                                          "pi_1Old000000001"), account=GYM),
+        event("charge.refunded", {"id": "ch_1Old000000001", "object": "charge",
+                                  "payment_intent": "pi_1Old000000001", "amount": 4900,
+                                  "amount_refunded": 4900, "refunded": True}, account=GYM),
+    ):
+        assert post_event(client, payload).status_code == 200
+    work()
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Payment)
+                        .where(Payment.invoice_id == "in_1Member")) == 0
+    [m] = api.get("/api/mismatches").json["mismatches"]
+    [charge] = m["charges"]
+    assert charge["amount_refunded"] == 4900
+    response = api.post(f"/api/mismatches/{m['id']}/refund", json={"confirm": SUB})
+    assert response.status_code == 409  # no STRIPE_SECRET_KEY here; nothing to refund anyway
+
+
+def test_support_confirms_then_a_worker_cancels_and_the_page_logs_it(outside, stripe_stand_in,
+                                                                     work, monkeypatch, env):
+    from config import load_config
+    from listener import create_app
+    from tests.pages_support import SUPPORT_USERS, csrf_from, sign_in
+
+    m, _ = outside
+    monkeypatch.setenv("SUPPORT_USERS", SUPPORT_USERS)
+    console = create_app(load_config(), TESTING=True).test_client()
+    sign_in(console)
+    page = console.get(f"/mismatches/{m['id']}").get_data(as_text=True)
+    assert "Cancel subscription in Stripe" in page and "Refund what it charged" in page
+    assert "€49.00 charged on 22 Nov 2025 (in_1Old000000001) — refund it" in page
+
+    confirm = console.get(f"/mismatches/{m['id']}/act/cancel_subscription")
+    text = confirm.get_data(as_text=True)
+    assert confirm.status_code == 200
+    assert SUB in text and GYM in text and "no proration" in text and "Test" in text
+    token = csrf_from(text)
+    wrong = console.post(f"/mismatches/{m['id']}/act/cancel_subscription",
+                         data={"csrf_token": token, "confirm": "sub_nope"})
+    assert wrong.status_code == 303 and stripe_stand_in.canceled == []
+    for _ in range(2):  # a double click
+        done = console.post(f"/mismatches/{m['id']}/act/cancel_subscription",
+                            data={"csrf_token": token, "confirm": SUB})
+        assert done.status_code == 303
+    work()
+    assert stripe_stand_in.canceled == [(GYM, SUB)]
+    page = console.get(f"/mismatches/{m['id']}").get_data(as_text=True)
+    assert "Done in Stripe" in page and "alice (support)" in page and "succeeded" in page
+    assert "why-not-cancel_subscription" in page  # now off, saying why
+
+
+def test_venue_admin_links_cannot_act(outside, config, client):
+    from notifications.links import mismatch_link
+
+    m, app_client = outside
+    link = mismatch_link(config, m["id"], GYM).split("mismatch.test", 1)[-1]
+    assert app_client.get(link).status_code == 303
+    page = app_client.get(f"/mismatches/{m['id']}").get_data(as_text=True)
+    assert "Act in Stripe" not in page
+    assert app_client.get(f"/mismatches/{m['id']}/act/refund").status_code == 302  # sign in

@@ -1,0 +1,153 @@
+"""Acting on Stripe about a mismatch: cancel its outside subscription, refund what it charged.
+
+A request is checked and recorded (`stripe_actions`, the audit log) in the caller's
+transaction; a worker job then calls Stripe as the venue's account, outside any transaction,
+with an idempotency key made of (mismatch, action, target) — so a double click, a retried
+job or a worker killed mid-call reaches Stripe once — and writes Stripe's answer back. The
+mismatch itself still resolves from Stripe's own events (the cancellation's
+`customer.subscription.deleted`)."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+import stripe
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from config import Config
+from db import (
+    Mismatch,
+    MismatchStatus,
+    Payment,
+    StripeAction,
+    Subscription,
+    SubscriptionState,
+    insert_ignoring_duplicates,
+    utcnow,
+)
+from notifications.view import charges_of
+from workers.stripe_api import StripeApi
+
+log = logging.getLogger(__name__)
+
+CANCEL, REFUND = "cancel_subscription", "refund"
+
+
+class ActionStatus(StrEnum):
+    QUEUED = "queued"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ActionRefused(Exception):
+    """The action may not be taken; the message says why (IDs only)."""
+
+
+def idempotency_key(mismatch_id: int, kind: str, target: str) -> str:
+    return f"mismatch-{mismatch_id}-{kind}-{target}"
+
+
+def actions_of(session: Session, mismatch_id: int) -> list[StripeAction]:
+    return list(session.scalars(select(StripeAction).where(
+        StripeAction.mismatch_id == mismatch_id).order_by(StripeAction.id)))
+
+
+def refusal(config: Config, session: Session, m: Mismatch, kind: str) -> str | None:
+    """Why `kind` may not be taken on `m` now, or None. Also what a button says when off."""
+    if not config.stripe_secret_key:
+        return "STRIPE_SECRET_KEY is not set: the service cannot act on Stripe"
+    if m.status != MismatchStatus.OPEN:
+        return f"mismatch {m.id} is resolved"
+    sub = session.scalar(select(Subscription).where(
+        Subscription.account_id == m.account_id,
+        Subscription.subscription_id == m.subscription_id))
+    if sub is not None and sub.state == SubscriptionState.LINKED:
+        return f"subscription {m.subscription_id} is linked to a member: not ours to change"
+    if kind == CANCEL:
+        if sub is not None and sub.canceled:
+            return f"subscription {m.subscription_id} is already canceled"
+        asked = [a for a in actions_of(session, m.id) if a.kind == CANCEL]
+        if asked:
+            return f"its cancellation was asked for already (action {asked[0].id}: " \
+                   f"{asked[0].status})"
+        return None
+    charges = charges_of(session, m.account_id, m.subscription_id)
+    disputed = [c.invoice_id for c in charges if c.disputed]
+    if disputed:
+        return f"a payment is disputed ({', '.join(disputed)}): don't refund, escalate"
+    if not any(c.refundable for c in charges):
+        return (f"nothing to refund: subscription {m.subscription_id} has no paid, "
+                f"unrefunded payment")
+    return None
+
+
+def request_action(config: Config, session: Session, m: Mismatch, kind: str, actor: str
+                   ) -> list[StripeAction]:
+    """Record the action(s) asked for, queued, in the caller's transaction (the mismatch row
+    locked by the caller); asking again returns the recorded ones. Raises ActionRefused."""
+    if kind == CANCEL:
+        targets: list[tuple[str, int | None, str | None]] = [(m.subscription_id, None, None)]
+    else:
+        targets = [(c.invoice_id, c.refundable, c.currency)
+                   for c in charges_of(session, m.account_id, m.subscription_id) if c.refundable]
+    recorded = [a for a in actions_of(session, m.id) if a.kind == kind]
+    if kind == CANCEL and recorded:
+        return recorded  # asked before: the same action, never a second cancel
+    asked = {a.target for a in recorded}
+    why = refusal(config, session, m, kind)
+    if why is not None:
+        if recorded:
+            return recorded
+        raise ActionRefused(why)
+    for target, amount, currency in targets:
+        if target in asked:
+            continue
+        insert_ignoring_duplicates(session, StripeAction, dict(
+            mismatch_id=m.id, kind=kind, target=target, amount=amount, currency=currency,
+            idempotency_key=idempotency_key(m.id, kind, target),
+            status=ActionStatus.QUEUED.value, actor=actor[:200], requested_at=utcnow()))
+    return [a for a in actions_of(session, m.id) if a.kind == kind]
+
+
+def carry_out(config: Config, session_factory, action_id: int) -> str:  # type: ignore[no-untyped-def]
+    """The worker's half: read the action, call Stripe with no transaction open, write the
+    answer. A job run again after its call went through finds the action done, or sends the
+    same idempotency key and gets Stripe's first answer back."""
+    with session_factory() as s:
+        action = s.get(StripeAction, action_id)
+        if action is None or action.status != ActionStatus.QUEUED:
+            return action.status if action is not None else "missing"
+        m = s.get(Mismatch, action.mismatch_id)
+        assert m is not None
+        kind, target, key = action.kind, action.target, action.idempotency_key
+        account, amount = m.account_id, action.amount
+        payment = (s.scalar(select(Payment).where(Payment.account_id == account,
+                                                  Payment.invoice_id == target))
+                   if kind == REFUND else None)
+        charge = payment.charge_id if payment else None
+        intent = payment.payment_intent_id if payment else None
+    api = StripeApi(config)
+    request_id: str | None = None
+    error: str | None = None
+    try:
+        if kind == CANCEL:
+            request_id = api.cancel_subscription(account, target, key)
+        else:
+            if not charge and not intent:  # a newer invoice names its payment only on request
+                intent = api.invoice_payment_intent(account, target)
+            request_id = api.refund(account, charge, intent, amount, key)
+        status = ActionStatus.SUCCEEDED
+    except stripe.StripeError as exc:  # Stripe refused (4xx): final, with its message
+        status, request_id = ActionStatus.FAILED, exc.request_id
+        error = f"{type(exc).__name__}: {exc.user_message or 'refused'}"[:500]
+    with session_factory() as s:
+        s.execute(update(StripeAction).where(StripeAction.id == action_id).values(
+            status=status.value, finished_at=utcnow(), stripe_request_id=request_id,
+            error=error))
+        if status == ActionStatus.SUCCEEDED and kind == REFUND and payment is not None:
+            s.execute(update(Payment).where(Payment.id == payment.id).values(
+                amount_refunded=Payment.amount_refunded + (amount or 0)))
+    log.info("action %s %s on %s: %s", action_id, kind, target, status.value)
+    return status.value
