@@ -53,6 +53,11 @@ class Config:
     smtp: SmtpSettings | None
     mail_from: str
     public_base_url: str
+    # The booking product's pages, for buttons in notices and pages (values URL-encoded):
+    # INVITE_URL_TEMPLATE with {account_id}, {email}; MEMBER_URL_TEMPLATE with {account_id},
+    # {member_ref}. Unset: the steps say it in words.
+    invite_url_template: str | None
+    member_url_template: str | None
     secret_key: str
     secret_key_generated: bool
     production: bool  # MISMATCH_ENV or FLASK_ENV is "production"
@@ -197,6 +202,25 @@ def _dev_secret_key(instance_path: Path, *, create: bool = True) -> str:
             return path.read_text().strip()
 
 
+def _url_template(env: Mapping[str, str], name: str, fields: set[str]) -> str | None:
+    """An http(s) URL template using only `fields` as {placeholders}, or None when unset."""
+    import string
+
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("https://", "http://")):
+        raise ConfigError(f"{name}: expected an http(s):// URL")
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(raw) if f is not None}
+    except ValueError:
+        raise ConfigError(f"{name}: unbalanced {{ }} in the template") from None
+    if not used <= fields:
+        raise ConfigError(f"{name}: unknown placeholder(s) {', '.join(sorted(used - fields))}; "
+                          f"use {', '.join('{' + f + '}' for f in sorted(fields))}")
+    return raw
+
+
 def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool = True
                 ) -> Config:
     """Read the environment once; raise ConfigError naming the variable on bad input.
@@ -252,6 +276,9 @@ def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool =
         smtp=smtp,
         mail_from=env.get("MAIL_FROM", "").strip() or "mismatch@localhost",
         public_base_url=public,
+        invite_url_template=_url_template(env, "INVITE_URL_TEMPLATE", {"account_id", "email"}),
+        member_url_template=_url_template(env, "MEMBER_URL_TEMPLATE",
+                                          {"account_id", "member_ref"}),
         secret_key=secret_key,
         secret_key_generated=generated,
         production=production,

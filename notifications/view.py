@@ -90,6 +90,9 @@ class MismatchView:
     account_url: str | None = None
     # The page's address for whoever reads this: in an email, the signed link of its admin.
     link: str | None = None
+    # The booking product's invite page for this email, and the member's page (templates).
+    invite_url: str | None = None
+    member_url: str | None = None
 
     @property
     def title(self) -> str:
@@ -193,7 +196,19 @@ def mismatch_view(config: Config, session: Session, mismatch: Mismatch,
         payments_url=dash(f"payments?customer={customer}"),
         account_url=dash("dashboard"),
         link=link,
+        invite_url=_filled(config.invite_url_template, account_id=mismatch.account_id,
+                           email=(mismatch.customer_email or "").strip()),
+        member_url=_filled(config.member_url_template, account_id=mismatch.account_id,
+                           member_ref=member.member_ref if member else ""),
     )
+
+
+def _filled(template: str | None, **values: str) -> str | None:
+    """A booking-product URL with each value URL-encoded; None without a template or when a
+    value it needs is unknown."""
+    if not template or any(not v and "{" + k + "}" in template for k, v in values.items()):
+        return None
+    return template.format(**{k: quote(v, safe="") for k, v in values.items()})
 
 
 def guide_view(case: int) -> MismatchView:

@@ -244,3 +244,42 @@ def test_venue_admin_links_cannot_act(outside, config, client):
     page = app_client.get(f"/mismatches/{m['id']}").get_data(as_text=True)
     assert "Act in Stripe" not in page
     assert app_client.get(f"/mismatches/{m['id']}/act/refund").status_code == 302  # sign in
+
+
+def test_booking_product_buttons_from_url_templates(venues, api, work, env, monkeypatch):
+    import json
+
+    from config import ConfigError, load_config
+    from listener import create_app
+    from tests.pages_support import SUPPORT_USERS, sign_in
+    from tests.support import CONNECT_SECRET, sign
+
+    for bad in ("ftp://app/x", "https://app/{nope}", "https://app/{email"):
+        with pytest.raises(ConfigError, match="^INVITE_URL_TEMPLATE: "):
+            load_config({**env, "INVITE_URL_TEMPLATE": bad})
+    monkeypatch.setenv("INVITE_URL_TEMPLATE",
+                       "https://app.example/venues/{account_id}/invite?email={email}")
+    monkeypatch.setenv("MEMBER_URL_TEMPLATE", "https://app.example/members/{member_ref}")
+    monkeypatch.setenv("SUPPORT_USERS", SUPPORT_USERS)
+    console = create_app(load_config(), TESTING=True).test_client()
+    for payload in (
+        event("customer.created", customer(CUS, "Walk+In@example.com"), account=GYM),
+        event("customer.subscription.created", subscription(SUB, CUS), account=GYM),
+    ):
+        body = json.dumps(payload)
+        assert console.post("/webhooks/stripe/connect", data=body, headers={
+            "Stripe-Signature": sign(body, CONNECT_SECRET)}).status_code == 200
+    work()
+    [m] = api.get("/api/mismatches").json["mismatches"]
+    sign_in(console)
+    page = console.get(f"/mismatches/{m['id']}").get_data(as_text=True)
+    expected = f"https://app.example/venues/{GYM}/invite?email=Walk%2BIn%40example.com"
+    assert "Send invite link" in page and expected in page
+    assert "Open member" not in page  # case 3: no member to open
+    from email import message_from_bytes, policy
+
+    from notifications.send import outbox_dir
+
+    texts = [message_from_bytes(p.read_bytes(), policy=policy.default)
+             .get_body(("plain",)).get_content() for p in outbox_dir(load_config()).glob("*.eml")]
+    assert any(f"Send invite link: {expected}" in t for t in texts), texts[:1]
