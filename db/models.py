@@ -350,8 +350,11 @@ class StripeAction(Base):
     __table_args__ = (Index("ix_stripe_actions_mismatch", "mismatch_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    mismatch_id: Mapped[int] = mapped_column(ForeignKey("mismatches.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(32))  # cancel_subscription | refund
+    # The mismatch acted on; none for the "No such customer" fix (/support/diagnose).
+    mismatch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mismatches.id", ondelete="CASCADE"), nullable=True)
+    account_id: Mapped[str] = mapped_column(String(64))  # acted as
+    kind: Mapped[str] = mapped_column(String(32))  # cancel_subscription | refund | create_customer
     target: Mapped[str] = mapped_column(String(64))  # the subscription or charge acted on
     amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # refunds
     currency: Mapped[str | None] = mapped_column(String(8), nullable=True)
@@ -361,4 +364,5 @@ class StripeAction(Base):
     requested_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
     stripe_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # what it made, in IDs
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

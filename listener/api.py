@@ -157,7 +157,7 @@ def action_json(a: StripeAction) -> dict[str, Any]:
     return {"id": a.id, "kind": a.kind, "target": a.target, "amount": a.amount,
             "currency": a.currency, "status": a.status, "actor": a.actor,
             "requested_at": isoformat(a.requested_at), "finished_at": isoformat(a.finished_at),
-            "stripe_request_id": a.stripe_request_id, "error": a.error}
+            "stripe_request_id": a.stripe_request_id, "result": a.result, "error": a.error}
 
 
 @bp.get("/mismatches")

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import stripe
 from flask import (
     Blueprint,
     Flask,
@@ -34,10 +35,12 @@ from sqlalchemy.orm import Session
 
 from db import (
     EventStatus,
+    Member,
     Mismatch,
     MismatchStatus,
     RejectedDelivery,
     Resolution,
+    StripeAction,
     StripeEvent,
     Venue,
 )
@@ -74,13 +77,19 @@ from workers import (
     REFUND,
     ActionRefused,
     ActionStatus,
+    StripeApi,
+    StripeUnavailable,
     actions_of,
+    diagnose,
     enqueue_action,
     enqueue_recheck_mismatch,
     queue_depth,
+    read_pasted,
     refusal,
     request_action,
+    request_customer_fix,
     requeue_event,
+    same_email_customers,
     try_enqueue,
 )
 
@@ -586,3 +595,82 @@ def guide(case: int):  # type: ignore[no-untyped-def]
     if case not in (1, 2, 3):
         abort(404)
     return render_template("pages/guide.html", v=guide_view(case))
+
+
+# --- "No such customer" (the SOP as a page) --------------------------------------------------
+
+@bp.route("/support/diagnose", methods=["GET", "POST"])
+def diagnose_page():  # type: ignore[no-untyped-def]
+    """Paste a cus_…, Stripe's error or its request_log_url: where that customer lives, who
+    links it, and the SOP's fix as a confirmed action. Stripe is read here with no database
+    transaction open; the fix itself runs in a worker."""
+    who = _require_staff()
+    if not isinstance(who, str):
+        return who
+    config = current_config()
+    text = request.form.get("pasted", "") if request.method == "POST" else (
+        request.args.get("customer", ""))
+    pasted = read_pasted(text) if text else None
+    account = (request.values.get("account") or (pasted.account_id if pasted else None)
+               or None)
+    with current_db().session() as s:
+        venues = list(s.execute(select(Venue.account_id, Venue.name).order_by(Venue.name)))
+        fixes = (list(s.scalars(select(StripeAction).where(
+            StripeAction.kind == "create_customer",
+            StripeAction.target == pasted.customer_id).order_by(StripeAction.id.desc())))
+            if pasted and pasted.customer_id else [])
+    result, error, others = None, None, []
+    if pasted is not None and pasted.customer_id is None:
+        error = "No customer ID (cus_…) in what you pasted."
+    elif pasted is not None:
+        api = StripeApi(config)
+        try:
+            result = diagnose(config, current_db(), api, pasted.customer_id, account)
+            target = account or (result.members[0][0] if result.members else None)
+            email = result.location.email or _member_email(pasted.customer_id, target)
+            if target and email:
+                others = [c for c in same_email_customers(api, target, email)
+                          if c != pasted.customer_id]
+        except StripeUnavailable as exc:
+            error = str(exc)
+        except stripe.StripeError as exc:
+            error = f"Stripe refused: {type(exc).__name__}"
+    return render_template("pages/diagnose.html", pasted=pasted, text=text, result=result,
+                           error=error, others=others, venues=venues, account=account,
+                           fixes=fixes)
+
+
+def _member_email(customer_id: str, account_id: str | None) -> str | None:
+    if not account_id:
+        return None
+    with current_db().session() as s:
+        return s.scalar(select(Member.email).join(Venue, Venue.id == Member.venue_id).where(
+            Venue.account_id == account_id, Member.stripe_customer_id == customer_id))
+
+
+@bp.post("/support/diagnose/fix")
+def diagnose_fix():  # type: ignore[no-untyped-def]
+    who = _require_staff()
+    if not isinstance(who, str):
+        return who
+    customer_id = request.form.get("customer", "")
+    account_id = request.form.get("account", "")
+    back = url_for("console.diagnose_page", customer=customer_id, account=account_id)
+    if request.form.get("confirm") != customer_id or not customer_id.startswith("cus_"):
+        flash("Type the old customer ID to confirm; nothing was done.", "warn")
+        return redirect(back, 303)
+    if not current_config().stripe_secret_key:
+        flash("Not done: STRIPE_SECRET_KEY is not set.", "warn")
+        return redirect(back, 303)
+    with current_db().session() as s:
+        if s.scalar(select(Venue.id).where(Venue.account_id == account_id)) is None:
+            flash(f"Not done: no venue {account_id}.", "warn")
+            return redirect(back, 303)
+        action = request_customer_fix(s, account_id, customer_id, f"{who} (support)")
+        action_id, queued = action.id, action.status == ActionStatus.QUEUED
+    if queued:
+        try_enqueue(enqueue_action, current_config(), action_id)
+    log.info("console: customer fix requested for %s in %s", customer_id, account_id)
+    flash("Queued: a worker creates the customer and relinks the member; the result shows "
+          "below." if queued else "Already asked for; the result shows below.", "ok")
+    return redirect(back, 303)

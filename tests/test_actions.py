@@ -283,3 +283,56 @@ def test_booking_product_buttons_from_url_templates(venues, api, work, env, monk
     texts = [message_from_bytes(p.read_bytes(), policy=policy.default)
              .get_body(("plain",)).get_content() for p in outbox_dir(load_config()).glob("*.eml")]
     assert any(f"Send invite link: {expected}" in t for t in texts), texts[:1]
+
+
+def test_no_such_customer_as_a_page_diagnose_then_fix(env, monkeypatch, venues, api, work, db):
+    import json
+
+    from sqlalchemy import select
+
+    from config import load_config
+    from db import Member
+    from listener import create_app
+    from tests.pages_support import SUPPORT_USERS, csrf_from, sign_in
+
+    server = ConnectStripe()
+    try:
+        server.add_customer(None, "cus_1Wrong000", "member@example.com")  # on the platform
+        monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_diagnose")
+        monkeypatch.setenv("STRIPE_API_BASE", server.url)
+        monkeypatch.setenv("SUPPORT_USERS", SUPPORT_USERS)
+        assert api.put(f"/api/venues/{GYM}/members/m-1", json={
+            "email": "member@example.com", "name": "Mia",
+            "stripe_customer_id": "cus_1Wrong000"}).status_code == 201
+        console = create_app(load_config(), TESTING=True).test_client()
+        sign_in(console)
+        page = console.get("/support/diagnose").get_data(as_text=True)
+        error = json.dumps({"error": {
+            "code": "resource_missing", "message": "No such customer: 'cus_1Wrong000'",
+            "request_log_url": f"https://dashboard.stripe.com/{GYM}/test/logs/req_1Abc?t=1"}})
+        response = console.post("/support/diagnose", data={
+            "csrf_token": csrf_from(page), "pasted": error})
+        text = response.get_data(as_text=True)
+        assert response.status_code == 200
+        assert "not in the venue&#39;s connected account" in text or \
+            "not in the venue's connected account" in text
+        assert "Create the customer and relink" in text and "m-1" in text
+        assert [r for r in server.requests if r[0] == "POST"] == []  # reading only so far
+
+        for _ in range(2):  # a double click
+            done = console.post("/support/diagnose/fix", data={
+                "csrf_token": csrf_from(text), "customer": "cus_1Wrong000", "account": GYM,
+                "confirm": "cus_1Wrong000"})
+            assert done.status_code == 303
+        work()
+        creates = [r for r in server.requests if r[:2] == ("POST", "/v1/customers")]
+        assert creates == [("POST", "/v1/customers", GYM)]
+        with db.session() as s:
+            linked = s.scalar(select(Member.stripe_customer_id).where(Member.member_ref == "m-1"))
+        assert linked.startswith("cus_New")
+        page = console.get(done.headers["Location"]).get_data(as_text=True)
+        assert "succeeded" in page and linked in page
+        assert "old customer: cus_1Wrong000" in page and f"account: {GYM}" in page
+        assert "We have created it in the right account" in page
+    finally:
+        server.stop()

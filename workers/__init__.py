@@ -14,6 +14,7 @@ from workers.actions import (  # noqa: E402 - after the queue, which it uses
     actions_of,
     refusal,
     request_action,
+    request_customer_fix,
 )
 from workers.queue import (
     enqueue_action,
@@ -46,6 +47,12 @@ __all__ = [
     "actions_of",
     "refusal",
     "request_action",
+    "request_customer_fix",
+    "diagnose",
+    "read_pasted",
+    "same_email_customers",
+    "StripeApi",
+    "StripeUnavailable",
     "CUSTOMER_ACCOUNT",
     "CUSTOMER_UNKNOWN",
     "enqueue_action",
@@ -68,3 +75,8 @@ def init_app(app: Flask) -> None:
     from workers import cli
 
     cli.init_app(app)
+
+
+# Last: the "No such customer" engine imports the handlers, which import the constants above.
+from workers.recovery import diagnose, read_pasted, same_email_customers  # noqa: E402
+from workers.stripe_api import StripeApi, StripeUnavailable  # noqa: E402

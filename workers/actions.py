@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from config import Config
 from db import (
+    Database,
     Mismatch,
     MismatchStatus,
     Payment,
@@ -32,7 +33,7 @@ from workers.stripe_api import StripeApi
 
 log = logging.getLogger(__name__)
 
-CANCEL, REFUND = "cancel_subscription", "refund"
+CANCEL, REFUND, CREATE_CUSTOMER = "cancel_subscription", "refund", "create_customer"
 
 
 class ActionStatus(StrEnum):
@@ -105,24 +106,37 @@ def request_action(config: Config, session: Session, m: Mismatch, kind: str, act
         if target in asked:
             continue
         insert_ignoring_duplicates(session, StripeAction, dict(
-            mismatch_id=m.id, kind=kind, target=target, amount=amount, currency=currency,
+            mismatch_id=m.id, account_id=m.account_id, kind=kind, target=target,
+            amount=amount, currency=currency,
             idempotency_key=idempotency_key(m.id, kind, target),
             status=ActionStatus.QUEUED.value, actor=actor[:200], requested_at=utcnow()))
     return [a for a in actions_of(session, m.id) if a.kind == kind]
 
 
-def carry_out(config: Config, session_factory, action_id: int) -> str:  # type: ignore[no-untyped-def]
+def request_customer_fix(session: Session, account_id: str, customer_id: str, actor: str
+                         ) -> StripeAction:
+    """Record the "No such customer" fix (create the customer in the venue's account with the
+    member's email, relink the member), queued; asking again returns the recorded one."""
+    key = idempotency_key(0, CREATE_CUSTOMER, f"{account_id}-{customer_id}")
+    insert_ignoring_duplicates(session, StripeAction, dict(
+        mismatch_id=None, account_id=account_id, kind=CREATE_CUSTOMER, target=customer_id,
+        idempotency_key=key, status=ActionStatus.QUEUED.value, actor=actor[:200],
+        requested_at=utcnow()))
+    action = session.scalar(select(StripeAction).where(StripeAction.idempotency_key == key))
+    assert action is not None
+    return action
+
+
+def carry_out(config: Config, db: Database, action_id: int) -> str:
     """The worker's half: read the action, call Stripe with no transaction open, write the
     answer. A job run again after its call went through finds the action done, or sends the
     same idempotency key and gets Stripe's first answer back."""
-    with session_factory() as s:
+    with db.session() as s:
         action = s.get(StripeAction, action_id)
         if action is None or action.status != ActionStatus.QUEUED:
             return action.status if action is not None else "missing"
-        m = s.get(Mismatch, action.mismatch_id)
-        assert m is not None
         kind, target, key = action.kind, action.target, action.idempotency_key
-        account, amount = m.account_id, action.amount
+        account, amount = action.account_id, action.amount
         payment = (s.scalar(select(Payment).where(Payment.account_id == account,
                                                   Payment.invoice_id == target))
                    if kind == REFUND else None)
@@ -131,21 +145,28 @@ def carry_out(config: Config, session_factory, action_id: int) -> str:  # type: 
     api = StripeApi(config)
     request_id: str | None = None
     error: str | None = None
+    result: str | None = None
     try:
         if kind == CANCEL:
             request_id = api.cancel_subscription(account, target, key)
-        else:
+        elif kind == REFUND:
             if not charge and not intent:  # a newer invoice names its payment only on request
                 intent = api.invoice_payment_intent(account, target)
             request_id = api.refund(account, charge, intent, amount, key)
+        else:
+            from workers.recovery import fix_member_link
+
+            fixed = fix_member_link(config, db, api, target, account)
+            result = "; ".join(f"member {ref}: {old} -> {new}" for ref, old, new in
+                               fixed.changes) or "no member links to it any more"
         status = ActionStatus.SUCCEEDED
     except stripe.StripeError as exc:  # Stripe refused (4xx): final, with its message
         status, request_id = ActionStatus.FAILED, exc.request_id
         error = f"{type(exc).__name__}: {exc.user_message or 'refused'}"[:500]
-    with session_factory() as s:
+    with db.session() as s:
         s.execute(update(StripeAction).where(StripeAction.id == action_id).values(
             status=status.value, finished_at=utcnow(), stripe_request_id=request_id,
-            error=error))
+            result=result, error=error))
         if status == ActionStatus.SUCCEEDED and kind == REFUND and payment is not None:
             s.execute(update(Payment).where(Payment.id == payment.id).values(
                 amount_refunded=Payment.amount_refunded + (amount or 0)))

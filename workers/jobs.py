@@ -140,4 +140,4 @@ def act_on_stripe(action_id: int) -> str:
     from workers.actions import carry_out
 
     config, db = runtime()
-    return carry_out(config, db.session, action_id)
+    return carry_out(config, db, action_id)

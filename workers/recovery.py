@@ -7,6 +7,7 @@ All three read Stripe by list (paginated, never search) or by ID, within the rat
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -369,3 +370,49 @@ def fix_member_link(config: Config, db: Database, api: StripeApi, customer_id: s
         if venue is not None:
             venue.recheck_requested_at = utcnow()
     return MemberLinkFix(venue_id, changes)
+
+
+@dataclass(frozen=True)
+class Pasted:
+    """What support pasted from a "No such customer" ticket, read out."""
+
+    customer_id: str | None
+    account_id: str | None = None  # from the request_log_url
+    livemode: bool | None = None
+    request_log_url: str | None = None
+    message: str | None = None
+
+
+_CUSTOMER_ID = re.compile(r"\bcus_[A-Za-z0-9]{1,60}\b")
+_LOG_URL = re.compile(r"https://dashboard\.stripe\.com/(?:(acct_[A-Za-z0-9]{1,40})/)?"
+                      r"(?:(test)/)?logs/(req_[A-Za-z0-9]{1,40})[^\s\"'<>]*")
+
+
+def read_pasted(text: str) -> Pasted:
+    """A `cus_…`, Stripe's error payload (JSON or not) or its `request_log_url`: the customer
+    and, when the log URL is there, the account and mode that handled the request."""
+    text = text[:20_000]
+    message: str | None = None
+    try:
+        payload = json.loads(text)
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"][:500]
+    except ValueError:
+        pass
+    found = _CUSTOMER_ID.search(text)
+    log_url = _LOG_URL.search(text)
+    return Pasted(
+        customer_id=found.group(0) if found else None,
+        account_id=log_url.group(1) if log_url else None,
+        livemode=(log_url.group(2) is None) if log_url else None,
+        request_log_url=log_url.group(0) if log_url else None,
+        message=message)
+
+
+def same_email_customers(api: StripeApi, account_id: str, email: str) -> list[str]:
+    """Other customers with this email in the venue's account (at most one page)."""
+    for page in api.list_pages(f"customers.list {account_id}", api.client.v1.customers.list,
+                               account_id, {"email": email}):
+        return [c["id"] for c in page if not c.get("deleted")]
+    return []

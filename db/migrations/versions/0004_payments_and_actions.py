@@ -43,7 +43,8 @@ def upgrade() -> None:
     op.create_table(
         'stripe_actions',
         sa.Column('id', sa.Integer(), nullable=False),
-        sa.Column('mismatch_id', sa.Integer(), nullable=False),
+        sa.Column('mismatch_id', sa.Integer(), nullable=True),
+        sa.Column('account_id', sa.String(length=64), nullable=False),
         sa.Column('kind', sa.String(length=32), nullable=False),
         sa.Column('target', sa.String(length=64), nullable=False),
         sa.Column('amount', sa.BigInteger(), nullable=True),
@@ -54,6 +55,7 @@ def upgrade() -> None:
         sa.Column('requested_at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
         sa.Column('stripe_request_id', sa.String(length=64), nullable=True),
+        sa.Column('result', sa.Text(), nullable=True),
         sa.Column('error', sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(['mismatch_id'], ['mismatches.id'], ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id'),
