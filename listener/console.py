@@ -629,8 +629,11 @@ def diagnose_page():  # type: ignore[no-untyped-def]
             target = account or (result.members[0][0] if result.members else None)
             email = result.location.email or _member_email(pasted.customer_id, target)
             if target and email:
-                others = [c for c in same_email_customers(api, target, email)
-                          if c != pasted.customer_id]
+                try:
+                    others = [c for c in same_email_customers(api, target, email)
+                              if c != pasted.customer_id]
+                except (StripeUnavailable, stripe.StripeError) as exc:
+                    others = [f"(could not list: {type(exc).__name__})"]
         except StripeUnavailable as exc:
             error = str(exc)
         except stripe.StripeError as exc:
@@ -655,7 +658,9 @@ def diagnose_fix():  # type: ignore[no-untyped-def]
         return who
     customer_id = request.form.get("customer", "")
     account_id = request.form.get("account", "")
-    back = url_for("console.diagnose_page", customer=customer_id, account=account_id)
+    # Back to the same diagnosis, with what was pasted (the note quotes its error and URL).
+    back = url_for("console.diagnose_page", account=account_id,
+                   customer=request.form.get("pasted", "")[:4000] or customer_id)
     if request.form.get("confirm") != customer_id or not customer_id.startswith("cus_"):
         flash("Type the old customer ID to confirm; nothing was done.", "warn")
         return redirect(back, 303)

@@ -104,6 +104,12 @@ class ConnectStripe:
                         page["data"] = [{**s, "customer": store.get(s["customer"], s["customer"])}
                                         for s in page["data"]]
                     self.answer(200, page)
+                elif parts.path == "/v1/customers":
+                    email = query.get("email")
+                    found = [c for c in owner.customers.get(account, {}).values()
+                             if email is None or c.get("email") == email]
+                    self.answer(200, {"object": "list", "data": found, "has_more": False,
+                                      "url": "/v1/customers"})
                 elif parts.path.startswith("/v1/customers/"):
                     cid = parts.path.rsplit("/", 1)[-1]
                     found = owner.customers.get(account, {}).get(cid)

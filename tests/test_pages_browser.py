@@ -325,3 +325,137 @@ def test_mismatch_page_with_real_ids_a_deleted_customer_then_resolved(browser, l
         shot(tab, f"mismatch-resolved-{width}")
     finally:
         context.close()
+
+
+@pytest.fixture
+def connect_stripe_for_actions(env, monkeypatch):  # type: ignore[no-untyped-def]
+    """The project's Connect stand-in as Stripe, knowing case 1's subscription (set up
+    before the app reads its configuration)."""
+    from tests.stripe_servers import ConnectStripe
+
+    server = ConnectStripe()
+    server.add_subscription(GYM, "sub_Ann0000000001", "cus_AnnNew0000001")
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_browser")
+    monkeypatch.setenv("STRIPE_API_BASE", server.url)
+    yield server
+    server.stop()
+
+
+def test_case_1_from_the_notice_to_resolved_by_cancel_and_refund(
+        connect_stripe_for_actions, page, live, scene, client, work, db):
+    stripe = connect_stripe_for_actions
+    invoice = {"id": "in_1Ann000000001", "object": "invoice", "subscription": "sub_Ann0000000001",
+               "customer": "cus_AnnNew0000001", "amount_paid": 4900, "currency": "eur",
+               "charge": "ch_1Ann000000001", "payment_intent": "pi_1Ann000000001",
+               "status_transitions": {"paid_at": 1_763_800_000}}
+    assert post_event(client, event("invoice.paid", invoice, account=GYM)).status_code == 200
+    work()
+    clicks = 0
+
+    def click(locator: Any) -> None:
+        nonlocal clicks
+        clicks += 1
+        locator.click()
+
+    assert page.goto(live.link(scene.case_1, GYM)).status == 200  # the notice's link
+    assert "Act in Stripe" not in text(page)  # a venue admin reads and resolves only
+    click(page.get_by_role("link", name="Support sign-in"))
+    page.fill("#username", STAFF_USER)
+    page.fill("#password", STAFF_PASSWORD)
+    click(page.get_by_role("button", name="Sign in"))
+    assert page.url == f"{live.base}/mismatches/{scene.case_1}"  # back where it started
+    assert "€49.00 charged on 22 Nov 2025 (in_1Ann000000001) — refund it" in text(page)
+
+    click(page.locator("#act-cancel_subscription"))
+    body = text(page)
+    assert "Cancel subscription in Stripe?" in body and "sub_Ann0000000001" in body
+    assert GYM in body and "no proration" in body
+    shot(page, "confirm-cancel")
+    page.fill("#confirm-id", "sub_Ann0000000001")
+    click(page.get_by_role("button", name="Cancel subscription in Stripe"))
+    assert "queued" in page.inner_text(".flash")
+    work()
+    assert stripe.canceled == [(GYM, "sub_Ann0000000001")]
+
+    page.goto(f"{live.base}/mismatches/{scene.case_1}")
+    click(page.locator("#act-refund"))
+    body = text(page)
+    assert "€49.00 of invoice in_1Ann000000001" in body and "(charge ch_1Ann000000001)" in body
+    shot(page, "confirm-refund")
+    page.fill("#confirm-id", "sub_Ann0000000001")
+    click(page.get_by_role("button", name="Refund what it charged"))
+    work()
+    assert [(r["account"], r["charge"], r["amount"]) for r in stripe.refunds] == [
+        (GYM, "ch_1Ann000000001", "4900")]
+
+    # Stripe tells us the subscription is gone: the mismatch resolves itself.
+    deleted = event("customer.subscription.deleted",
+                    subscription("sub_Ann0000000001", "cus_AnnNew0000001", status="canceled"),
+                    account=GYM)
+    assert post_event(client, deleted).status_code == 200
+    work()
+    page.goto(f"{live.base}/mismatches/{scene.case_1}")
+    assert page.inner_text(".hero .st-resolved").startswith("Resolved")
+    log = page.inner_text("#done-in-stripe")
+    assert log.count("succeeded") == 2 and "alice (support)" in log
+    shot(page, "mismatch-acted-on")
+    assert clicks == 6  # sign in (link, button), cancel (button, confirm), refund (same)
+    with db.session() as s:
+        assert s.get(Mismatch, scene.case_1).resolution == "canceled"
+
+
+@pytest.fixture
+def connect_stripe_for_diagnose(env, monkeypatch):  # type: ignore[no-untyped-def]
+    """The Connect stand-in with a customer on the platform that a GYM member links."""
+    from tests.stripe_servers import ConnectStripe
+
+    server = ConnectStripe()
+    server.add_customer(None, "cus_1Wrong000", "mia@example.com")
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_browser")
+    monkeypatch.setenv("STRIPE_API_BASE", server.url)
+    yield server
+    server.stop()
+
+
+def test_diagnose_page_from_a_pasted_error_to_the_relinked_member(
+        connect_stripe_for_diagnose, page, live, api, work, db):
+    import json
+
+    from db import Member
+
+    stripe = connect_stripe_for_diagnose
+    assert api.put(f"/api/venues/{GYM}", json={"name": "Harbour Gym", "admin_emails": [
+        "owner@gym.test"], "livemode": False}).status_code == 201
+    assert api.put(f"/api/venues/{GYM}/members/m-mia", json={
+        "email": "mia@example.com", "name": "Mia", "stripe_customer_id": "cus_1Wrong000"}
+        ).status_code == 201
+    page.goto(f"{live.base}/support/login")
+    page.fill("#username", STAFF_USER)
+    page.fill("#password", STAFF_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="No such customer").click()
+    error = json.dumps({"error": {
+        "code": "resource_missing", "message": "No such customer: 'cus_1Wrong000'",
+        "request_log_url": f"https://dashboard.stripe.com/{GYM}/test/logs/req_1Abc?t=1"}},
+        indent=2)
+    page.fill("#pasted", error)
+    page.get_by_role("button", name="Look it up in Stripe").click()
+    sentence = page.inner_text("#sentence")
+    assert "cus_1Wrong000 lives in" in sentence and GYM in sentence
+    assert "m-mia" in page.inner_text("#diagnosis")
+    assert page.locator("#diagnose-error").count() == 0
+    shot(page, "diagnose")
+    page.fill("#confirm-customer", "cus_1Wrong000")
+    page.get_by_role("button", name="Create the customer and relink").click()
+    work()
+    page.reload()
+    with db.session() as s:
+        linked = s.scalar(select(Member.stripe_customer_id).where(Member.member_ref == "m-mia"))
+    assert linked != "cus_1Wrong000" and linked in page.inner_text("#fix-log")
+    assert [r for r in stripe.requests if r[:2] == ("POST", "/v1/customers")] == [
+        ("POST", "/v1/customers", GYM)]
+    note = page.inner_text("#internal-note")
+    assert "old customer: cus_1Wrong000" in note and "req_1Abc" in note
+    assert "No such customer: 'cus_1Wrong000'" in note
+    assert page.locator("#diagnose-error").count() == 0
+    shot(page, "diagnose-fixed")
