@@ -79,6 +79,8 @@ class ConnectStripe:
         self.refunds: list[dict[str, Any]] = []  # {"account", "charge"/"payment_intent", …}
         self.answers: dict[str, tuple[int, dict[str, Any]]] = {}  # idempotency key -> answer
         self.invoice_payments: dict[str, str] = {}  # invoice id -> payment intent id
+        self.keys: list[str | None] = []  # the Idempotency-Key of every write, in order
+        self.answer_after = 0.0  # seconds a write waits, done, before it answers
         owner = self
 
         class Handler(JsonHandler):
@@ -132,12 +134,14 @@ class ConnectStripe:
             def write(self, account: str | None, do) -> None:  # type: ignore[no-untyped-def]
                 """Answer a write once per Idempotency-Key; the same key replays it."""
                 key = self.headers.get("Idempotency-Key")
+                owner.keys.append(key)
                 if key and key in owner.answers:
                     status, body = owner.answers[key]
                 else:
                     status, body = do()
                     if key:
                         owner.answers[key] = (status, body)
+                    time.sleep(owner.answer_after)  # done in "Stripe", not yet answered
                 self.answer(status, body, {"Request-Id": f"req_{len(owner.requests):06d}"})
 
             def do_DELETE(self) -> None:  # noqa: N802

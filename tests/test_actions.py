@@ -336,3 +336,125 @@ def test_no_such_customer_as_a_page_diagnose_then_fix(env, monkeypatch, venues, 
         assert "We have created it in the right account" in page
     finally:
         server.stop()
+
+
+def test_a_worker_killed_mid_call_cancels_once(outside, stripe_stand_in, config, redis,
+                                               tmp_path):
+    """A real `mismatch worker` is SIGKILLed after Stripe did the cancel but before it heard
+    back; the sweeper queues the action again and the next worker's call, with the same
+    idempotency key, gets Stripe's first answer."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from datetime import timedelta
+    from pathlib import Path
+
+    from rq import SimpleWorker
+
+    from workers.queue import get_queue
+    from workers.runtime import runtime
+    from workers.sweep import sweep
+
+    m, client = outside
+    stripe_stand_in.answer_after = 30.0
+    response = client.post(f"/api/mismatches/{m['id']}/cancel-subscription",
+                           json={"confirm": SUB}, headers=AUTH)
+    assert response.status_code == 202
+    mismatch = str(Path(sys.executable).parent / "mismatch")
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([mismatch, "worker", "--sweep-every", "0"],
+                                  env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not stripe_stand_in.canceled and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert stripe_stand_in.canceled == [(GYM, SUB)], \
+                (tmp_path / "worker.log").read_text()
+        finally:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+    [action] = client.get(f"/api/mismatches/{m['id']}", headers=AUTH).json["actions"]
+    assert action["status"] == "queued"  # it never heard Stripe's answer
+
+    stripe_stand_in.answer_after = 0.0
+    queue = get_queue(config)
+    assert sweep(config, runtime()[1], older_than=timedelta(0))["actions"] == 1
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    [action] = client.get(f"/api/mismatches/{m['id']}", headers=AUTH).json["actions"]
+    assert action["status"] == "succeeded"
+    assert stripe_stand_in.canceled == [(GYM, SUB)]  # still once
+    key = f"mismatch-{m['id']}-cancel_subscription-{SUB}"
+    assert stripe_stand_in.keys == [key, key]  # the same key, seen twice at "Stripe"
+
+
+def test_notices_say_what_was_charged(outside, client, work, db, config):
+    from sqlalchemy import select
+
+    from db import Notification
+    from notifications.render import render_notice
+
+    m, _ = outside
+    with db.session() as s:
+        notification = s.scalar(select(Notification).where(Notification.mismatch_id == m["id"]))
+        rendered = render_notice(config, s, notification)
+    for text in (rendered.text, rendered.html):
+        assert "€49.00 charged on 22 Nov 2025 (in_1Old000000001) — refund it" in text
+        assert "€49.00 charged on 23 Nov 2025 (in_1New000000001) — refund it" in text
+    assert "Refund what it charged" in rendered.text
+
+    assert post_event(client, event("charge.dispute.created", {
+        "id": "dp_1", "object": "dispute", "charge": "ch_1Old000000001"}, account=GYM)
+        ).status_code == 200
+    work()
+    with db.session() as s:
+        rendered = render_notice(config, s, s.get(Notification, notification.id))
+    assert "Don't refund: a payment is disputed. Escalate to support." in rendered.text
+    assert "(in_1Old000000001) — disputed: don't refund, escalate" in rendered.text
+
+
+def test_a_trialing_subscription_says_nothing_charged_yet(stripe_stand_in, venues, client,
+                                                          work, db, config):
+    from sqlalchemy import select
+
+    from db import Notification
+    from notifications.render import render_notice
+
+    for payload in (event("customer.created", customer(CUS, "walkin@example.com"), account=GYM),
+                    event("customer.subscription.created",
+                          subscription(SUB, CUS, status="trialing"), account=GYM)):
+        assert post_event(client, payload).status_code == 200
+    work()
+    with db.session() as s:
+        rendered = render_notice(config, s, s.scalar(select(Notification)))
+    assert "nobody has been charged yet" in rendered.text
+
+
+def test_refused_on_a_linked_subscription(stripe_stand_in, venues, api, client, work, db):
+    from sqlalchemy import select
+
+    from config import load_config
+    from db import Mismatch
+    from listener import create_app
+
+    for payload in (event("customer.created", customer(CUS, "walkin@example.com"), account=GYM),
+                    event("customer.subscription.created", subscription(SUB, CUS),
+                          account=GYM)):
+        assert post_event(client, payload).status_code == 200
+    work()
+    # The venue links the customer to a member: the mismatch resolves as linked.
+    assert api.put(f"/api/venues/{GYM}/members/m-1", json={
+        "email": "walkin@example.com", "stripe_customer_id": CUS}).status_code == 201
+    work()
+    with db.session() as s:
+        m = s.scalar(select(Mismatch))
+        assert m.resolution == "linked"
+    app_client = create_app(load_config(), TESTING=True).test_client()
+    for route in ("cancel-subscription", "refund"):
+        response = app_client.post(f"/api/mismatches/{m.id}/{route}", json={"confirm": SUB},
+                                   headers=AUTH)
+        assert response.status_code == 409, route
+        assert "resolved" in response.json["error"] or "linked" in response.json["error"]
+    assert stripe_stand_in.canceled == [] and stripe_stand_in.refunds == []

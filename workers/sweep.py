@@ -9,7 +9,16 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 
 from config import Config
-from db import Database, EventStatus, Notification, NotificationStatus, StripeEvent, Venue, utcnow
+from db import (
+    Database,
+    EventStatus,
+    Notification,
+    NotificationStatus,
+    StripeAction,
+    StripeEvent,
+    Venue,
+    utcnow,
+)
 from workers import queue
 
 
@@ -20,7 +29,8 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
     events are reset and replayed too."""
     cutoff = utcnow() - (older_than if older_than is not None
                          else timedelta(seconds=config.sweep_after_seconds))
-    counts = {"events": 0, "failed_events": 0, "rechecks": 0, "notifications": 0}
+    counts = {"events": 0, "failed_events": 0, "rechecks": 0, "notifications": 0,
+              "actions": 0}
     with db.session() as session:
         failed: list[str] = []
         if include_failed:
@@ -41,6 +51,11 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
         pending = list(session.scalars(
             select(Notification.id).where(Notification.status == NotificationStatus.PENDING,
                                           Notification.created_at <= cutoff)))
+        # Actions on Stripe asked for but not carried out (a worker killed mid-call): their
+        # idempotency keys make the second call Stripe's first answer.
+        actions = list(session.scalars(
+            select(StripeAction.id).where(StripeAction.status == "queued",
+                                          StripeAction.requested_at <= cutoff)))
     # Skip what RQ still holds queued or scheduled: behind a backlog older than the cutoff,
     # re-queueing it on every sweep piled up duplicates faster than workers could drop them.
     waiting = queue.waiting(config, "event", stale)
@@ -60,4 +75,9 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
     for notification_id in pending:
         queue.enqueue_notification(config, notification_id)
     counts["notifications"] = len(pending)
+    waiting = queue.waiting(config, "action", actions)
+    actions = [action_id for action_id in actions if action_id not in waiting]
+    for action_id in actions:
+        queue.enqueue_action(config, action_id)
+    counts["actions"] = len(actions)
     return counts
