@@ -458,3 +458,60 @@ def test_refused_on_a_linked_subscription(stripe_stand_in, venues, api, client, 
         assert response.status_code == 409, route
         assert "resolved" in response.json["error"] or "linked" in response.json["error"]
     assert stripe_stand_in.canceled == [] and stripe_stand_in.refunds == []
+
+
+def test_cancel_against_localstripe_on_the_platform_account(env, monkeypatch, tmp_path, api,
+                                                            client, work):
+    """The platform's own venue against localstripe (stateful; no Connect): the worker's
+    cancel really cancels the subscription there, and a second request changes nothing."""
+    import json
+
+    from config import load_config
+    from listener import create_app
+    from listener.stand_ins import LocalStripe
+    from tests.support import PLATFORM_ACCOUNT, PLATFORM_SECRET, sign
+
+    try:
+        local = LocalStripe(tmp_path)
+    except RuntimeError:
+        pytest.skip("localstripe did not start")
+    try:
+        stripe_client = local.client()
+        product = stripe_client.v1.products.create(params={"name": "Membership"})
+        plan = stripe_client.v1.plans.create(params={
+            "amount": 4900, "currency": "usd", "interval": "month", "product": product.id})
+        customer_obj = stripe_client.v1.customers.create(params={"email": "walkin@example.com"})
+        sub = stripe_client.v1.subscriptions.create(params={
+            "customer": customer_obj.id, "items": [{"plan": plan.id}], "trial_period_days": 14})
+        monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_localstripe")
+        monkeypatch.setenv("STRIPE_API_BASE", local.url)
+        assert api.put(f"/api/venues/{PLATFORM_ACCOUNT}", json={
+            "name": "Platform studio", "admin_emails": ["studio@example.com"],
+            "livemode": False}).status_code == 201
+        for payload in (
+            event("customer.created", customer(customer_obj.id, "walkin@example.com")),
+            event("customer.subscription.created",
+                  subscription(sub.id, customer_obj.id, status="trialing")),
+        ):
+            body = json.dumps(payload)
+            assert client.post("/webhooks/stripe", data=body, headers={
+                "Stripe-Signature": sign(body, PLATFORM_SECRET)}).status_code == 200
+        work()
+        [m] = api.get("/api/mismatches").json["mismatches"]
+        assert m["account_id"] == PLATFORM_ACCOUNT and m["charges"] == []
+        app_client = create_app(load_config(), TESTING=True).test_client()
+        url = f"/api/mismatches/{m['id']}/cancel-subscription"
+        assert app_client.post(url, json={"confirm": sub.id}, headers=AUTH).status_code == 202
+        assert app_client.post(url, json={"confirm": sub.id}, headers=AUTH).status_code == 202
+        refund = app_client.post(f"/api/mismatches/{m['id']}/refund", json={"confirm": sub.id},
+                                 headers=AUTH)
+        assert refund.status_code == 409 and "nothing to refund" in refund.json["error"]
+        work()
+        [action] = api.get(f"/api/mismatches/{m['id']}").json["actions"]
+        assert action["status"] == "succeeded", action
+        assert stripe_client.v1.subscriptions.retrieve(sub.id).status == "canceled"
+        cancels = [line for line in local.log_path.read_text().splitlines()
+                   if "DELETE /v1/subscriptions/" in line]
+        assert len(cancels) == 1
+    finally:
+        local.stop()

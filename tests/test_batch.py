@@ -74,7 +74,7 @@ def scenario() -> tuple[list[dict], list[dict]]:
               created=t + 1),  # unrouted
         event("customer.subscription.created", subscription("sub_L", "cus_A"), account=GYM,
               livemode=True, created=t + 1),  # the venue is in test mode
-        event("invoice.paid", {"id": "in_1", "object": "invoice"}, account=GYM, created=t + 1),
+        event("invoice.created", {"id": "in_1", "object": "invoice"}, account=GYM, created=t + 1),
     ]
     return created, rest
 

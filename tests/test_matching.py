@@ -172,7 +172,7 @@ def test_checkout_in_payment_mode_is_ignored(venues, client, work, api):
 
 
 def test_other_event_types_are_ignored(venues, client, work, api):
-    payload = event("invoice.paid", {"id": "in_1", "object": "invoice"}, account=GYM)
+    payload = event("invoice.created", {"id": "in_1", "object": "invoice"}, account=GYM)
     deliver(client, payload)
     work()
     assert api.get(f"/api/events/{payload['id']}").json["status"] == "ignored"
