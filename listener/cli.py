@@ -144,7 +144,8 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
         session.write_text(json.dumps({
             "url": base, "api_token": env.get("API_TOKEN"),
             "connect_secret": (config.connect_webhook_secrets or [None])[0],
-            "platform_secret": (config.webhook_secrets or [None])[0]}))
+            "platform_secret": (config.webhook_secrets or [None])[0],
+            "platform_account": config.stripe_platform_account}))
         session.chmod(0o600)
     mail = (f"SMTP {config.smtp.host}" if config.smtp
             else f"local outbox {config.instance_path / 'outbox'} (and {base}/outbox)")

@@ -142,7 +142,9 @@ def demo(url: str | None) -> None:
         connect_webhook_secrets=config.connect_webhook_secrets
         or tuple(filter(None, [running.get("connect_secret")])),
         webhook_secrets=config.webhook_secrets
-        or tuple(filter(None, [running.get("platform_secret")])))
+        or tuple(filter(None, [running.get("platform_secret")])),
+        stripe_platform_account=config.stripe_platform_account
+        or running.get("platform_account"))
     if not config.api_token:
         raise click.ClickException("API_TOKEN is not set (make run sets dev-token)")
     if not config.connect_webhook_secrets:
