@@ -80,6 +80,8 @@ class ConnectStripe:
         self.answers: dict[str, tuple[int, dict[str, Any]]] = {}  # idempotency key -> answer
         self.invoice_payments: dict[str, str] = {}  # invoice id -> payment intent id
         self.keys: list[str | None] = []  # the Idempotency-Key of every write, in order
+        self.events: dict[str | None, list[tuple[dict[str, Any], bool]]] = {}  # (event, delivered)
+        self.queries: list[tuple[str, str | None, dict[str, str]]] = []  # (path, account, query)
         self.answer_after = 0.0  # seconds a write waits, done, before it answers
         owner = self
 
@@ -90,7 +92,14 @@ class ConnectStripe:
                 account = self.headers.get("Stripe-Account")
                 owner.requests.append(("GET", parts.path, account))
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                if parts.path == "/v1/invoice_payments":
+                owner.queries.append((parts.path, account, query))
+                if parts.path == "/v1/events":
+                    wanted = query.get("delivery_success")
+                    data = [e for e, delivered in owner.events.get(account, [])
+                            if wanted is None or str(delivered).lower() == wanted]
+                    self.answer(200, {"object": "list", "data": data, "has_more": False,
+                                      "url": "/v1/events"})
+                elif parts.path == "/v1/invoice_payments":
                     invoice = query.get("invoice", "")
                     data = ([{"object": "invoice_payment", "id": f"inpay_{invoice}",
                               "invoice": invoice, "status": "paid",

@@ -114,6 +114,28 @@ def test_replay_states_the_30_day_window(localstripe, api, app):
     assert "Stripe keeps events for 30 days" in result.output
 
 
+def test_replay_undelivered_asks_each_account_for_undelivered_events_only(
+        connect_stripe, api, work, app):
+    """`--undelivered`: Stripe's `delivery_success=false`, per account; only those come in."""
+    from tests.support import customer, event
+
+    venue(api, GYM)
+    missed = event("customer.created", customer("cus_1Missed", "m@example.com"), account=GYM)
+    delivered = event("customer.created", customer("cus_1Came", "c@example.com"), account=GYM)
+    connect_stripe.events[GYM] = [(missed, False), (delivered, True)]
+    since = datetime.now(UTC).strftime("%Y-%m-%d")
+
+    result = cli(app, "replay", "--since", since, "--undelivered")
+    assert result.exit_code == 0, result.output
+    assert "listed 1 undelivered events" in result.output and "1 new" in result.output
+    asked = [(account, query.get("delivery_success")) for path, account, query
+             in connect_stripe.queries if path == "/v1/events"]
+    assert (GYM, "false") in asked and all(flag == "false" for _, flag in asked)
+    work()
+    assert api.get(f"/api/events/{missed['id']}").json["status"] == "processed"
+    assert api.get(f"/api/events/{delivered['id']}").status_code == 404
+
+
 def test_replay_needs_a_key(env, app):
     result = cli(app, "replay", "--since", "2026-01-01")
     assert result.exit_code != 0 and "STRIPE_SECRET_KEY" in result.output

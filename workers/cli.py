@@ -134,14 +134,16 @@ def members_import(path: str) -> None:
               help="Replay events created at or after this date (UTC).")
 @click.option("--account", default=None, help="Only this account (acct_…).")
 @click.option("--now", "inline", is_flag=True, help="Process here instead of queueing.")
-def replay_cmd(since: datetime, account: str | None, inline: bool) -> None:
+@click.option("--undelivered", is_flag=True,
+              help="Only events Stripe reports as not delivered (delivery_success=false).")
+def replay_cmd(since: datetime, account: str | None, inline: bool, undelivered: bool) -> None:
     """List events through the Events API and feed the missing ones through the inbox."""
     from workers.inbox import handle_events
     from workers.recovery import replay
 
     config, db = _state()
     summary = replay(config, db, _stripe(config), since.replace(tzinfo=UTC), account,
-                     echo=click.echo, track=_track)
+                     echo=click.echo, track=_track, undelivered=undelivered)
     if inline:
         outcomes = handle_events(config, db, StripeApi(config), summary.new_event_ids)
         for event_id, outcome in outcomes.items():
@@ -149,7 +151,8 @@ def replay_cmd(since: datetime, account: str | None, inline: bool) -> None:
                 click.echo(f"{event_id}: {outcome.reason}", err=True)
     else:
         _queue_all(enqueue_event, config, summary.new_event_ids, "events")
-    click.echo(f"listed {summary.listed} events in {summary.list_calls} list calls: "
+    which = "undelivered events" if undelivered else "events"
+    click.echo(f"listed {summary.listed} {which} in {summary.list_calls} list calls: "
                f"{summary.new} new, {summary.known} already in the inbox, "
                f"{summary.skipped_types} of types we do not handle")
 

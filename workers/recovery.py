@@ -73,9 +73,11 @@ class ReplaySummary:
 
 
 def replay(config: Config, db: Database, api: StripeApi, since: datetime,
-           account: str | None = None, echo: Echo = print, track: Track = _untracked
-           ) -> ReplaySummary:
-    """Feed events Stripe has but our inbox lacks through the same inbox (dedup by id)."""
+           account: str | None = None, echo: Echo = print, track: Track = _untracked,
+           *, undelivered: bool = False) -> ReplaySummary:
+    """Feed events Stripe has but our inbox lacks through the same inbox (dedup by id).
+    `undelivered`: only those Stripe reports as not delivered to an endpoint
+    (`delivery_success=false`), each account asked separately."""
     summary = ReplaySummary()
     oldest = datetime.now(UTC) - EVENT_RETENTION
     if since < oldest:
@@ -87,8 +89,11 @@ def replay(config: Config, db: Database, api: StripeApi, since: datetime,
         targets = _accounts(session, config, account)
     for acct, _venue in targets:
         # Listed before the transaction: no Stripe call while one is open.
+        params: dict[str, Any] = {"created": {"gte": int(since.timestamp())}}
+        if undelivered:
+            params["delivery_success"] = False
         events = list(api.list_all(f"events.list {acct or 'platform'}", api.client.v1.events.list,
-                                   acct, {"created": {"gte": int(since.timestamp())}}))
+                                   acct, params))
         # The API answers newest first; the handlers are order-independent, but oldest
         # first keeps the mirror and timeline natural.
         events.sort(key=lambda e: (e.get("created", 0), e.get("id", "")))
