@@ -53,7 +53,7 @@ class PipelineCollector:
     def collect(self):  # type: ignore[no-untyped-def]
         from db import EventStatus, Mismatch, Notification, StripeEvent
         from listener import current_config, current_db
-        from workers import queue_depth
+        from workers import last_reconcile, queue_depth
 
         events = GaugeMetricFamily("mismatch_events", "Inbox events by status", labels=["status"])
         outcomes = GaugeMetricFamily(
@@ -68,6 +68,12 @@ class PipelineCollector:
             "Age of the oldest event not yet processed",
         )
         depth = GaugeMetricFamily("mismatch_queue_depth", "Jobs waiting in the RQ queue")
+        missed = GaugeMetricFamily(
+            "mismatch_reconcile_missed_subscriptions",
+            "Subscriptions the last whole `mismatch reconcile` repaired because no event had "
+            "reached us (the missed-webhook alarm)")
+        reconciled = GaugeMetricFamily("mismatch_reconcile_last_run_timestamp_seconds",
+                                       "When the last whole `mismatch reconcile` ran")
         up = GaugeMetricFamily("mismatch_dependency_up", "Database/Redis reachable", labels=["dep"])
         with self.app.app_context():
             try:
@@ -111,11 +117,15 @@ class PipelineCollector:
                 up.add_metric(["database"], 0)
             try:
                 depth.add_metric([], queue_depth(current_config()))
+                last = last_reconcile(current_config())
+                if last is not None:
+                    reconciled.add_metric([], last[0])
+                    missed.add_metric([], last[1])
                 up.add_metric(["redis"], 1)
             except Exception:  # noqa: BLE001
                 log.warning("metrics: redis unreachable")
                 up.add_metric(["redis"], 0)
-        yield from (events, outcomes, mismatches, mail, oldest, depth, up)
+        yield from (events, outcomes, mismatches, mail, oldest, depth, up, missed, reconciled)
 
 
 def init_app(app: Flask) -> None:

@@ -71,6 +71,9 @@ def queue_mismatch_notices(session: Session, mismatch: Mismatch, venue: Venue) -
     return created
 
 
+MISSED_WEBHOOKS = "missed_webhooks"
+
+
 def queue_unrouted_alert(session: Session, config: Config, account_id: str,
                          event: StripeEvent) -> list[int]:
     """Tell support once per account per day that events arrive for an unknown account."""
@@ -99,6 +102,22 @@ def queue_customer_unknown_alert(session: Session, config: Config, account_id: s
                   context={"account_id": account_id, "livemode": livemode, "day": day,
                            "customer_id": customer_id, "event_id": event_id,
                            "reason": reason})
+    return [new_id] if new_id is not None else []
+
+
+def queue_missed_webhooks_alert(session: Session, config: Config, account_id: str,
+                                livemode: bool, subscription_ids: list[str]) -> list[int]:
+    """Tell support once per account per day that reconcile found subscriptions no webhook
+    had told us about: the endpoints or their secrets may be wrong, or Stripe gave up."""
+    if not config.support_email or not subscription_ids:
+        return []
+    day = datetime.now(UTC).date().isoformat()
+    recipient = config.support_email.strip().lower()
+    new_id = _owe(session, key=f"{MISSED_WEBHOOKS}:{account_id}:{day}:{recipient}",
+                  mismatch_id=None, recipient=recipient, kind=MISSED_WEBHOOKS,
+                  context={"account_id": account_id, "livemode": livemode, "day": day,
+                           "missed": len(subscription_ids),
+                           "subscription_ids": subscription_ids[:20]})
     return [new_id] if new_id is not None else []
 
 

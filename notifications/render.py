@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from config import Config
 from db import Mismatch, Notification, Venue
 from notifications.links import describe_age, mismatch_link
-from notifications.outbox import CUSTOMER_UNKNOWN
+from notifications.outbox import CUSTOMER_UNKNOWN, MISSED_WEBHOOKS
 from notifications.view import MismatchView, dashboard_url, mismatch_view
 
 
@@ -128,6 +128,8 @@ def _digest(config: Config, session: Session, notification: Notification
 SUPPORT_ALERTS = {
     "unrouted": "Stripe events for an account with no venue: {account_id}",
     CUSTOMER_UNKNOWN: "Stripe says it has no such customer, in {account_id}: check our key",
+    MISSED_WEBHOOKS: "Webhooks missed: reconcile found subscriptions we never heard of, in "
+                     "{account_id}",
 }
 
 

@@ -163,6 +163,55 @@ def test_reconcile_finds_a_subscription_whose_webhook_never_came(localstripe, ap
     assert "0 new mismatches" in again.output
 
 
+def test_reconcile_is_the_missed_webhook_alarm(localstripe, api, client, work, app,
+                                              monkeypatch):
+    """How many subscriptions no event had told us about: printed, in /metrics, and mailed
+    to SUPPORT_EMAIL once per account per day; a webhook that did arrive is not counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from sqlalchemy import select
+
+    from db import Notification
+    from listener import create_app
+
+    monkeypatch.setenv("SUPPORT_EMAIL", "oncall@platform.test")
+    venue(api, PLATFORM_ACCOUNT)
+    stripe = localstripe.client()
+    monthly = plan(stripe)
+    heard_cus, heard_sub = subscribe(stripe, monthly.id, "heard@example.com")
+    _, missed_sub = subscribe(stripe, monthly.id, "missed@example.com")
+    events = stripe.v1.events.list(params={"limit": 100}).data
+    for e in events:  # only the first subscription's events ever reached us
+        if e.to_dict()["data"]["object"].get("id") in (heard_cus, heard_sub):
+            assert post_event(client, e.to_dict()).status_code == 200
+    work()
+
+    def gauge(name: str) -> float | None:
+        text = create_app().test_client().get("/metrics").get_data(as_text=True)
+        return next((s.value for f in text_string_to_metric_families(text)
+                     for s in f.samples if s.name == name), None)
+
+    assert gauge("mismatch_reconcile_missed_subscriptions") is None  # never ran
+    result = cli(app, "reconcile", "--no-member-check")
+    assert result.exit_code == 0, result.output
+    assert (f"1 subscription had to be repaired because no event had reached us: "
+            f"{PLATFORM_ACCOUNT}") in result.output
+    assert gauge("mismatch_reconcile_missed_subscriptions") == 1
+    assert gauge("mismatch_reconcile_last_run_timestamp_seconds") > 0
+    work()
+    db = create_app().extensions["db"]
+    with db.session() as s:
+        [alert] = s.scalars(select(Notification).where(Notification.kind == "missed_webhooks"))
+        assert (alert.recipient, alert.status) == ("oncall@platform.test", "sent")
+        assert alert.context["subscription_ids"] == [missed_sub]
+
+    again = cli(app, "reconcile", "--no-member-check")
+    assert "0 subscriptions had to be repaired" in again.output
+    assert gauge("mismatch_reconcile_missed_subscriptions") == 0
+    with db.session() as s:
+        assert len(list(s.scalars(select(Notification).where(
+            Notification.kind == "missed_webhooks")))) == 1
+
+
 def test_reconcile_2000_subscriptions_over_4_venues_uses_one_call_per_page(connect_stripe,
                                                                            api, app):
     accounts = [f"acct_1Venue{n:09d}" for n in range(4)]

@@ -11,11 +11,18 @@ from typing import TypeVar
 
 import click
 from flask import Flask
+from sqlalchemy import select
 
 from config import Config, load_config
-from db import Database
+from db import Database, Venue
 from db.records import InvalidInput, import_members, import_venues
-from workers.queue import enqueue_event, enqueue_notification, enqueue_recheck, try_enqueue
+from workers.queue import (
+    enqueue_event,
+    enqueue_notification,
+    enqueue_recheck,
+    record_reconcile,
+    try_enqueue,
+)
 from workers.runtime import runtime
 from workers.stripe_api import StripeApi
 
@@ -183,6 +190,28 @@ def reconcile_cmd(account: str | None, no_member_check: bool) -> None:
                    f"{finding.detail}")
     click.echo(f"\n{summary.subscriptions} subscriptions, {summary.new_mismatches} new "
                f"mismatches, {summary.list_calls} list calls")
+    _missed_webhooks_alarm(config, db, summary.missed, whole_run=account is None)
+
+
+def _missed_webhooks_alarm(config: Config, db: Database, missed: dict[str, list[str]], *,
+                           whole_run: bool) -> None:
+    """Reconcile as the missed-webhook alarm: say how many subscriptions no event had told us
+    about, keep the count for /metrics, and email SUPPORT_EMAIL (once per account per day)."""
+    from notifications.outbox import queue_missed_webhooks_alert
+
+    total = sum(len(subs) for subs in missed.values())
+    click.echo(f"{total} subscription{'s' if total != 1 else ''} had to be repaired because "
+               f"no event had reached us" + (f": {', '.join(sorted(missed))}" if total else ""))
+    if whole_run:
+        record_reconcile(config, total)
+    alerts: list[int] = []
+    with db.session() as session:
+        for account_id, subscription_ids in sorted(missed.items()):
+            venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
+            alerts += queue_missed_webhooks_alert(session, config, account_id,
+                                                  bool(venue and venue.livemode),
+                                                  subscription_ids)
+    _queue_all(enqueue_notification, config, alerts, "alerts to SUPPORT_EMAIL")
 
 
 @click.command("diagnose")

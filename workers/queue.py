@@ -169,6 +169,23 @@ def enqueue_action(config: Config, action_id: int) -> None:
     )
 
 
+RECONCILE_KEY = "mismatch:reconcile:last"
+
+
+def record_reconcile(config: Config, missed: int) -> None:
+    """Keep when reconcile last ran and how many subscriptions it had to repair, for
+    /metrics (the missed-webhook alarm)."""
+    get_redis(config).hset(RECONCILE_KEY, mapping={"at": int(time.time()), "missed": missed})
+
+
+def last_reconcile(config: Config) -> tuple[int, int] | None:
+    """(when, how many repaired) of the last reconcile, or None if it never ran."""
+    found = get_redis(config).hgetall(RECONCILE_KEY)
+    if not found:
+        return None
+    return int(found.get(b"at", 0)), int(found.get(b"missed", 0))
+
+
 def queue_depth(config: Config) -> int:
     """Jobs waiting in the queue (dashboard, metrics)."""
     return len(get_queue(config))

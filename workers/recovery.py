@@ -23,6 +23,7 @@ from db import (
     EventStatus,
     Member,
     StripeEvent,
+    Subscription,
     Venue,
     insert_ignoring_duplicates,
     utcnow,
@@ -141,6 +142,9 @@ class ReconcileSummary:
     subscriptions: int = 0
     new_mismatches: int = 0
     notices: list[int] = field(default_factory=list)  # outbox rows to send
+    # Subscriptions reconcile had to record because no event about them had reached us: the
+    # missed-webhook alarm, per venue account (their IDs).
+    missed: dict[str, list[str]] = field(default_factory=dict)
 
 
 def reconcile(config: Config, db: Database, api: StripeApi, account: str | None = None,
@@ -165,8 +169,11 @@ def reconcile(config: Config, db: Database, api: StripeApi, account: str | None 
                 venue_row = session.get(Venue, venue.id)
                 assert venue_row is not None
                 batch = Batch(session, config)
+                known = _known_subscriptions(session, venue.account_id, page)
                 for sub in page:
                     outcome = _reconcile_one(batch, venue_row, sub, seen_at)
+                    if outcome not in ("canceled", "other_mode") and sub.get("id") not in known:
+                        summary.missed.setdefault(venue.account_id, []).append(sub["id"])
                     if outcome != "canceled":  # the listing leaves them out anyway
                         counts[outcome] += 1
                     if outcome not in ("canceled", "other_mode"):
@@ -178,6 +185,14 @@ def reconcile(config: Config, db: Database, api: StripeApi, account: str | None 
             summary.findings += _check_member_links(config, db, api, venue)
     summary.list_calls = api.list_calls
     return summary
+
+
+def _known_subscriptions(session, account_id: str,  # type: ignore[no-untyped-def]
+                         page: list[dict[str, Any]]) -> set[str]:
+    """Which of a page's subscriptions an event had already told us about."""
+    ids = [sub["id"] for sub in page if isinstance(sub.get("id"), str)]
+    return set(session.scalars(select(Subscription.subscription_id).where(
+        Subscription.account_id == account_id, Subscription.subscription_id.in_(ids))))
 
 
 def _reconcile_one(batch: Batch, venue: Venue, sub: dict[str, Any], seen_at: int) -> str:
