@@ -19,6 +19,13 @@ STRIPE_API_BASE_DEFAULT = "https://api.stripe.com"
 MAX_WEBHOOK_BYTES_DEFAULT = 4 * 1024 * 1024
 # A notice's link to its mismatch page stays valid this long (the admin may act days later).
 MISMATCH_LINK_MAX_AGE_DEFAULT = 14 * 24 * 3600
+# The webhook routes, by endpoint, and the variable holding each one's signing secrets: the
+# web tier serves them, `mismatch stripe setup` and `stripe check` point Stripe at them.
+PLATFORM, CONNECT, THIN = "platform", "connect", "thin"
+WEBHOOK_PATHS = {PLATFORM: "/webhooks/stripe", CONNECT: "/webhooks/stripe/connect",
+                 THIN: "/webhooks/stripe/thin"}
+SECRET_VARS = {PLATFORM: "STRIPE_WEBHOOK_SECRETS", CONNECT: "STRIPE_CONNECT_WEBHOOK_SECRETS",
+               THIN: "STRIPE_THIN_WEBHOOK_SECRETS"}
 # werkzeug.security.generate_password_hash output: "method$salt$hash".
 _PASSWORD_HASH = re.compile(r"^(scrypt|pbkdf2):[A-Za-z0-9:]+\$[^$\s]+\$[0-9a-f]+$")
 _SUPPORT_USER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
@@ -48,6 +55,7 @@ class Config:
     stripe_api_base: str
     webhook_secrets: tuple[str, ...]
     connect_webhook_secrets: tuple[str, ...]
+    thin_webhook_secrets: tuple[str, ...]  # an Event Destination's (thin events)
     webhook_tolerance: int
     max_webhook_bytes: int
     smtp: SmtpSettings | None
@@ -271,6 +279,7 @@ def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool =
         stripe_api_base=(env.get("STRIPE_API_BASE") or STRIPE_API_BASE_DEFAULT).rstrip("/"),
         webhook_secrets=_secrets(env, "STRIPE_WEBHOOK_SECRETS"),
         connect_webhook_secrets=_secrets(env, "STRIPE_CONNECT_WEBHOOK_SECRETS"),
+        thin_webhook_secrets=_secrets(env, "STRIPE_THIN_WEBHOOK_SECRETS"),
         webhook_tolerance=_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
         max_webhook_bytes=_int(env, "MAX_WEBHOOK_BYTES", MAX_WEBHOOK_BYTES_DEFAULT, minimum=1024),
         smtp=smtp,

@@ -32,6 +32,7 @@ from db.models import (
     StripeEvent,
     Subscription,
     SubscriptionState,
+    ThinEvent,
     Venue,
     isoformat,
     normalize_email,
@@ -56,6 +57,7 @@ __all__ = [
     "StoreFailed",
     "StripeAction",
     "StripeEvent",
+    "ThinEvent",
     "Subscription",
     "SubscriptionState",
     "Venue",
@@ -173,6 +175,16 @@ class Database:
             finally:
                 raw.close()
         raise AssertionError("unreachable")
+
+    def store_thin_event(self, row: dict[str, Any]) -> bool:
+        """Insert one thin event as its own transaction; False when already stored."""
+        try:
+            with self.engine.begin() as conn:
+                dialect = "sqlite" if self.is_sqlite else "postgresql"
+                return conn.execute(_insert_ignoring(dialect, ThinEvent, "id"),
+                                    row).scalar_one_or_none() is not None
+        except DBAPIError as exc:
+            raise StoreFailed(type(exc.orig).__name__) from None
 
     @property
     def is_sqlite(self) -> bool:

@@ -366,3 +366,26 @@ class StripeAction(Base):
     stripe_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     result: Mapped[str | None] = mapped_column(Text, nullable=True)  # what it made, in IDs
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ThinEvent(Base):
+    """A thin event (Stripe Event Destinations) as it arrived: an id and a type, no object.
+    Kept until a worker has fetched the full (snapshot) event it stands for and stored that
+    in the inbox, where it is deduplicated with the snapshot delivery of the same event."""
+
+    __tablename__ = "thin_events"
+    __table_args__ = (Index("ix_thin_events_status_received", "status", "received_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)  # the thin event's own id
+    type: Mapped[str] = mapped_column(String(128))  # v1.customer.subscription.created, …
+    context: Mapped[str | None] = mapped_column(String(64), nullable=True)  # acct_… or none
+    livemode: Mapped[bool] = mapped_column(Boolean, default=False)
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="received")  # received|fetched|failed
+    snapshot_event: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)  # stored|duplicate
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    fetched_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)

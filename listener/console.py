@@ -41,6 +41,7 @@ from db import (
     RejectedDelivery,
     Resolution,
     StripeAction,
+    StripeCustomer,
     StripeEvent,
     Venue,
 )
@@ -77,12 +78,14 @@ from workers import (
     REFUND,
     ActionRefused,
     ActionStatus,
+    SetupFinding,
     StripeApi,
     StripeUnavailable,
     actions_of,
     diagnose,
     enqueue_action,
     enqueue_recheck_mismatch,
+    last_setup_check,
     queue_depth,
     read_pasted,
     refusal,
@@ -293,6 +296,56 @@ def _queue_depth() -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class Drift:
+    """A linked member whose Stripe customer's email changed away from the member's (the
+    customer portal, a checkout): the link holds, but notices and matching by email will
+    not find them."""
+
+    venue: str
+    account_id: str
+    member_ref: str
+    member_email: str
+    customer_id: str
+    customer_email: str
+
+
+@dataclass(frozen=True)
+class DriftSummary:
+    total: int
+    newest: list[Drift]
+
+
+def email_drift(s: Session, limit: int = RECENT_LIMIT) -> DriftSummary:
+    """Linked members whose mirrored customer's email differs from theirs (trimmed,
+    lower-cased in SQL: for ASCII, what normalize_email's casefold does)."""
+    drifted = (
+        (Member.stripe_customer_id.is_not(None))
+        & (StripeCustomer.email.is_not(None))
+        & (StripeCustomer.deleted.is_(False))
+        & (func.lower(func.trim(StripeCustomer.email)) != Member.email_normalized))
+    joined = (select(Venue.name, Venue.account_id, Member.member_ref, Member.email,
+                     StripeCustomer.customer_id, StripeCustomer.email)
+              .select_from(Member).join(Venue, Venue.id == Member.venue_id)
+              .join(StripeCustomer, (StripeCustomer.account_id == Venue.account_id)
+                    & (StripeCustomer.livemode == Venue.livemode)
+                    & (StripeCustomer.customer_id == Member.stripe_customer_id))
+              .where(drifted))
+    total = s.scalar(select(func.count()).select_from(joined.subquery())) or 0
+    newest = [Drift(*row) for row in s.execute(
+        joined.order_by(StripeCustomer.updated_at.desc()).limit(limit))]
+    return DriftSummary(total, newest)
+
+
+def _setup_check() -> tuple[int, list[SetupFinding]] | None:
+    """The doctor's last findings (workers run it hourly; `mismatch stripe check` now)."""
+    try:
+        return last_setup_check(current_config())
+    except Exception as exc:  # noqa: BLE001 - the page must render while Redis is down
+        log.warning("console: stripe check unavailable (%s)", type(exc).__name__)
+        return None
+
+
 @bp.get("/support")
 def dashboard():  # type: ignore[no-untyped-def]
     who = _require_staff()
@@ -342,6 +395,7 @@ def dashboard():  # type: ignore[no-untyped-def]
                    StripeEvent.status.in_((EventStatus.RECEIVED, EventStatus.FAILED)))
             .group_by(StripeEvent.account_id, StripeEvent.livemode)
             .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
+        drift = email_drift(s)
         billed_to_accounts = list(s.execute(
             select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
                    func.max(StripeEvent.received_at), func.max(StripeEvent.last_error))
@@ -355,7 +409,7 @@ def dashboard():  # type: ignore[no-untyped-def]
         failed=failed, failed_total=failed_total, queue_depth=_queue_depth(),
         oldest_age=duration(time.time() - oldest.timestamp()) if oldest else None,
         pending=pending, unrouted=unrouted, unknown_customers=unknown_customers,
-        generated_at=datetime.now(UTC),
+        drift=drift, setup_check=_setup_check(), generated_at=datetime.now(UTC),
         platform_account=current_config().stripe_platform_account)
 
 

@@ -4,6 +4,7 @@ everything slow (API calls, matching, mail) happens in the workers."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -16,17 +17,16 @@ import stripe
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from config import CONNECT, PLATFORM, SECRET_VARS, THIN, WEBHOOK_PATHS
 from db import EventStatus, RejectedDelivery, StoreFailed, utcnow
 from listener import current_config, current_db, current_throttle
 from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
-from workers import enqueue_event, try_enqueue
+from workers import THIN_TYPES, enqueue_event, enqueue_thin_event, try_enqueue
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
-PLATFORM, CONNECT = "platform", "connect"
-ROUTES = {PLATFORM: "POST /webhooks/stripe", CONNECT: "POST /webhooks/stripe/connect"}
-SECRET_VARS = {PLATFORM: "STRIPE_WEBHOOK_SECRETS", CONNECT: "STRIPE_CONNECT_WEBHOOK_SECRETS"}
+ROUTES = {name: f"POST {path}" for name, path in WEBHOOK_PATHS.items()}
 
 
 class Rejected(Exception):
@@ -97,6 +97,15 @@ def _storable(value: object, limit: int) -> bool:
         and _STRIPE_TOKEN.fullmatch(value) is not None
 
 
+def _check_timestamp(sig: Signature, tolerance: int) -> None:
+    now = time.time()
+    if sig.timestamp < now - tolerance:
+        raise Rejected(400, "stale_timestamp", f"signature timestamp is older than {tolerance}s")
+    if sig.timestamp > now + tolerance:
+        raise Rejected(400, "future_timestamp",
+                       f"signature timestamp is over {tolerance}s in the future")
+
+
 def verify(endpoint: str, body: bytes, header: str | None) -> dict:
     """Check signature, timestamp and shape; return the event as a dict or raise Rejected."""
     config = current_config()
@@ -122,13 +131,7 @@ def verify(endpoint: str, body: bytes, header: str | None) -> dict:
             )
         raise Rejected(400, "bad_signature",
                        "no signature matches the body with any configured secret")
-    now = time.time()
-    if sig.timestamp < now - config.webhook_tolerance:
-        raise Rejected(400, "stale_timestamp",
-                       f"signature timestamp is older than {config.webhook_tolerance}s")
-    if sig.timestamp > now + config.webhook_tolerance:
-        raise Rejected(400, "future_timestamp",
-                       f"signature timestamp is over {config.webhook_tolerance}s in the future")
+    _check_timestamp(sig, config.webhook_tolerance)
     try:
         event = json.loads(payload)
     except ValueError:
@@ -266,6 +269,101 @@ def receive(endpoint: str) -> tuple[Response, int]:
              event_id, event["type"], event.get("account") or "-")
     REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
     return jsonify(received=True, duplicate=duplicate), 200
+
+
+# --- thin events (Stripe Event Destinations) ------------------------------------------------
+
+@functools.cache
+def _notification_parser() -> stripe.StripeClient:
+    """stripe-python's client, used only to parse thin events (it sends no request here;
+    the worker fetches with the real key)."""
+    return stripe.StripeClient("sk_parse_only")
+
+
+def verify_thin(body: bytes, header: str | None) -> dict:
+    """Check a thin event's signature and timestamp with the Event Destination's secrets,
+    parse it with stripe-python's own parser; its fields as a dict, or raise Rejected."""
+    config = current_config()
+    secrets = config.thin_webhook_secrets
+    if not secrets:
+        raise Rejected(503, "endpoint_not_configured",
+                       f"{SECRET_VARS[THIN]} is not set: this endpoint cannot verify events")
+    sig = parse_signature_header(header)
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(400, "invalid_body", "body is not UTF-8 text") from None
+    assert header is not None
+    secret = next((one for one in secrets if signed_by(payload, header, (one,))), None)
+    if secret is None:
+        for other in (PLATFORM, CONNECT):
+            theirs = config.webhook_secrets if other == PLATFORM else config.connect_webhook_secrets
+            if theirs and signed_by(payload, header, theirs):
+                raise Rejected(400, "wrong_endpoint_secret",
+                               f"signed with the {other.capitalize()} endpoint's secret: "
+                               f"snapshot events belong at {ROUTES[other]}")
+        raise Rejected(400, "bad_signature",
+                       "no signature matches the body with any configured secret")
+    _check_timestamp(sig, config.webhook_tolerance)
+    try:
+        notification = _notification_parser().parse_event_notification(
+            payload, header, secret, tolerance=config.webhook_tolerance)
+    except stripe.SignatureVerificationError:
+        raise Rejected(400, "bad_signature", "signature does not verify") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        snapshot = "snapshot" in str(exc) or "construct_event" in str(exc)
+        raise Rejected(400, "not_an_event",
+                       "a snapshot event: it belongs at POST /webhooks/stripe or "
+                       "/webhooks/stripe/connect" if snapshot else
+                       "body is not a thin event (needs object=v2.core.event, id, type, "
+                       "created)") from None
+    context = str(notification.context) if notification.context else None
+    if not (_storable(notification.id, 255) and _storable(notification.type, 128)
+            and isinstance(notification.created, str)):
+        raise Rejected(400, "not_an_event", "thin event id, type or created is not valid")
+    if context is not None and not _storable(context, 64):
+        raise Rejected(400, "not_an_event", "thin event 'context' is not an account id")
+    snapshot_event = json.loads(payload).get("snapshot_event")
+    if snapshot_event is not None and not _storable(snapshot_event, 255):
+        raise Rejected(400, "not_an_event", "thin event 'snapshot_event' is not an event id")
+    return {"id": notification.id, "type": notification.type, "context": context,
+            "livemode": bool(notification.livemode)}
+
+
+@bp.post("/stripe/thin")
+def thin():  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    config = current_config()
+    body = b""
+    try:
+        body = _read_body(config.max_webhook_bytes)
+        notification = verify_thin(body, request.headers.get("Stripe-Signature"))
+    except Rejected as rejected:
+        _record_rejection(THIN, rejected, body)
+        REQUEST_SECONDS.labels(THIN).observe(time.perf_counter() - started)
+        return jsonify(error=rejected.message, reason=rejected.reason), rejected.status
+    event_id = notification["id"]
+    if notification["type"] not in THIN_TYPES:  # a ping, or a type we do not handle
+        DELIVERIES.labels(THIN, "ignored").inc()
+        REQUEST_SECONDS.labels(THIN).observe(time.perf_counter() - started)
+        return jsonify(received=True, ignored=True), 200
+    try:
+        new = current_db().store_thin_event(dict(
+            event_id=event_id, type=notification["type"], context=notification["context"],
+            livemode=notification["livemode"], payload=body.decode("utf-8"),
+            status="received", attempts=0, received_at=utcnow()))
+    except StoreFailed as exc:
+        DELIVERIES.labels(THIN, "store_failed").inc()
+        log.error("could not store thin event %s: %s", event_id, exc)
+        REQUEST_SECONDS.labels(THIN).observe(time.perf_counter() - started)
+        return jsonify(error="could not store the event; Stripe will retry"), 503
+    if new and not try_enqueue(enqueue_thin_event, config, event_id):
+        ENQUEUE_FAILURES.labels(THIN).inc()
+    DELIVERIES.labels(THIN, "accepted" if new else "duplicate").inc()
+    log.info("thin webhook %s %s type=%s context=%s", "stored" if new else "duplicate",
+             event_id, notification["type"], notification["context"] or "-")
+    REQUEST_SECONDS.labels(THIN).observe(time.perf_counter() - started)
+    return jsonify(received=True, duplicate=not new), 200
 
 
 @bp.post("/stripe")

@@ -83,6 +83,12 @@ class ConnectStripe:
         self.events: dict[str | None, list[tuple[dict[str, Any], bool]]] = {}  # (event, delivered)
         self.queries: list[tuple[str, str | None, dict[str, str]]] = []  # (path, account, query)
         self.answer_after = 0.0  # seconds a write waits, done, before it answers
+        # The platform: its own account id, its connected accounts, its webhook endpoints,
+        # and thin (v2) events by id, each naming its snapshot event.
+        self.platform_account = "acct_platform"
+        self.connected_accounts: list[str] = []
+        self.webhook_endpoints: list[dict[str, Any]] = []
+        self.thin_events: dict[str, dict[str, Any]] = {}
         owner = self
 
         class Handler(JsonHandler):
@@ -93,7 +99,32 @@ class ConnectStripe:
                 owner.requests.append(("GET", parts.path, account))
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
                 owner.queries.append((parts.path, account, query))
-                if parts.path == "/v1/events":
+                if parts.path == "/v1/account":
+                    self.answer(200, {"id": owner.platform_account, "object": "account"})
+                elif parts.path == "/v1/accounts":
+                    accounts = [{"id": a, "object": "account"} for a in owner.connected_accounts]
+                    self.answer(200, owner.page(accounts, query, "/v1/accounts"))
+                elif parts.path == "/v1/webhook_endpoints":
+                    self.answer(200, owner.page(
+                        [{k: v for k, v in e.items() if k != "secret"}
+                         for e in owner.webhook_endpoints], query, "/v1/webhook_endpoints"))
+                elif parts.path.startswith("/v1/events/"):
+                    eid = parts.path.rsplit("/", 1)[-1]
+                    found = [e for e, _ in owner.events.get(account, []) if e["id"] == eid]
+                    if found:
+                        self.answer(200, found[0])
+                    else:
+                        self.answer(404, {"error": {"type": "invalid_request_error",
+                                                     "message": f"No such event: '{eid}'"}})
+                elif parts.path.startswith("/v2/core/events/"):
+                    eid = parts.path.rsplit("/", 1)[-1]
+                    thin = owner.thin_events.get(eid)
+                    if thin and thin.get("context") == self.headers.get("Stripe-Context"):
+                        self.answer(200, thin)
+                    else:
+                        self.answer(404, {"error": {"type": "not_found",
+                                                     "message": f"No such event: '{eid}'"}})
+                elif parts.path == "/v1/events":
                     wanted = query.get("delivery_success")
                     data = [e for e, delivered in owner.events.get(account, [])
                             if wanted is None or str(delivered).lower() == wanted]
@@ -159,6 +190,17 @@ class ConnectStripe:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 sid = self.path.split("?")[0].rsplit("/", 1)[-1]
+                if self.path.startswith("/v1/webhook_endpoints/"):
+                    def delete() -> tuple[int, dict[str, Any]]:
+                        found = owner.endpoint(sid)
+                        if found is None:
+                            return 404, {"error": {"type": "invalid_request_error",
+                                                   "message": f"No such webhook endpoint: '{sid}'"}}
+                        owner.webhook_endpoints.remove(found)
+                        return 200, {"id": sid, "object": "webhook_endpoint", "deleted": True}
+
+                    self.write(account, delete)
+                    return
 
                 def cancel() -> tuple[int, dict[str, Any]]:
                     for sub in owner.subscriptions.get(account, []):
@@ -190,6 +232,20 @@ class ConnectStripe:
                         return 200, made
 
                     self.write(account, refund)
+                elif self.path == "/v1/webhook_endpoints":
+                    self.write(account, lambda: (200, owner.create_endpoint(form)))
+                elif self.path.startswith("/v1/webhook_endpoints/"):
+                    eid = self.path.rsplit("/", 1)[-1]
+
+                    def update() -> tuple[int, dict[str, Any]]:
+                        found = owner.endpoint(eid)
+                        if found is None:
+                            return 404, {"error": {"type": "invalid_request_error",
+                                                   "message": f"No such webhook endpoint: '{eid}'"}}
+                        owner.apply_form(found, form)
+                        return 200, {k: v for k, v in found.items() if k != "secret"}
+
+                    self.write(account, update)
                 elif self.path == "/v1/customers":
                     owner.created += 1
                     customer = owner.add_customer(account, f"cus_New{owner.created:04d}",
@@ -203,15 +259,63 @@ class ConnectStripe:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def endpoint(self, endpoint_id: str) -> dict[str, Any] | None:
+        return next((e for e in self.webhook_endpoints if e["id"] == endpoint_id), None)
+
     @staticmethod
-    def page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
+    def apply_form(endpoint: dict[str, Any], form: dict[str, str]) -> None:
+        """Stripe's update: url, enabled_events, disabled, description, metadata."""
+        events = [v for k, v in sorted(((k, v) for k, v in form.items()
+                                        if k.startswith("enabled_events[")),
+                                       key=lambda kv: int(kv[0][len("enabled_events["):-1]))]
+        if events:
+            endpoint["enabled_events"] = events
+        for key in ("url", "description"):
+            if key in form:
+                endpoint[key] = form[key]
+        if "disabled" in form:
+            endpoint["status"] = "disabled" if form["disabled"] == "true" else "enabled"
+        for key, value in form.items():
+            if key.startswith("metadata["):
+                endpoint["metadata"][key[len("metadata["):-1]] = value
+
+    def create_endpoint(self, form: dict[str, str]) -> dict[str, Any]:
+        """Stripe's create: `connect` and `api_version` are fixed from then on; the secret
+        is in this answer only."""
+        self.created += 1
+        number = self.created
+        made: dict[str, Any] = {
+            "id": f"we_{number:06d}", "object": "webhook_endpoint", "url": "",
+            "api_version": form.get("api_version"), "enabled_events": [],
+            "application": "ca_standin" if form.get("connect") == "true" else None,
+            "status": "enabled", "description": None, "metadata": {}, "livemode": False,
+            "secret": f"whsec_standin{number:06d}",
+        }
+        self.apply_form(made, form)
+        self.webhook_endpoints.append(made)
+        return made
+
+    def add_endpoint(self, url: str, events: list[str], *, connect: bool,
+                     api_version: str | None = None, status: str = "enabled") -> dict[str, Any]:
+        """An endpoint made some other way (the Dashboard)."""
+        form = {"url": url, "connect": "true" if connect else "false",
+                **{f"enabled_events[{i}]": e for i, e in enumerate(events)}}
+        if api_version:
+            form["api_version"] = api_version
+        made = self.create_endpoint(form)
+        made["status"] = status
+        return made
+
+    @staticmethod
+    def page(items: list[dict[str, Any]], query: dict[str, str],
+             url: str = "/v1/subscriptions") -> dict[str, Any]:
         limit = int(query.get("limit", 10))
         start = 0
         if "starting_after" in query:
             start = next(i for i, x in enumerate(items) if x["id"] == query["starting_after"]) + 1
         chunk = items[start:start + limit]
         return {"object": "list", "data": chunk, "has_more": start + limit < len(items),
-                "url": "/v1/subscriptions"}
+                "url": url}
 
     def add_customer(self, account: str | None, cid: str, email: str | None,
                      livemode: bool = False, deleted: bool = False,

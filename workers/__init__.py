@@ -22,6 +22,7 @@ from workers.queue import (
     enqueue_notification,
     enqueue_recheck,
     enqueue_recheck_mismatch,
+    enqueue_thin_event,
     get_redis,
     last_reconcile,
     limits_storage,
@@ -61,6 +62,10 @@ __all__ = [
     "enqueue_notification",
     "enqueue_recheck",
     "enqueue_recheck_mismatch",
+    "enqueue_thin_event",
+    "last_setup_check",
+    "SetupFinding",
+    "THIN_TYPES",
     "get_redis",
     "init_app",
     "last_reconcile",
@@ -80,5 +85,7 @@ def init_app(app: Flask) -> None:
 
 
 # Last: the "No such customer" engine imports the handlers, which import the constants above.
+from workers.doctor import SetupFinding, last_setup_check  # noqa: E402
 from workers.recovery import diagnose, read_pasted, same_email_customers  # noqa: E402
 from workers.stripe_api import StripeApi, StripeUnavailable  # noqa: E402
+from workers.thin import THIN_TYPES  # noqa: E402

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import click
+import stripe
 from flask import Flask
 from sqlalchemy import select
 
@@ -24,14 +25,14 @@ from workers.queue import (
     try_enqueue,
 )
 from workers.runtime import runtime
-from workers.stripe_api import StripeApi
+from workers.stripe_api import StripeApi, StripeUnavailable
 
 T = TypeVar("T")
 
 
 def init_app(app: Flask) -> None:
     for command in (worker, sweep_cmd, venues_group, members_group, replay_cmd,
-                    reconcile_cmd, diagnose_cmd, digest_cmd, retry_notices_cmd):
+                    reconcile_cmd, diagnose_cmd, digest_cmd, retry_notices_cmd, stripe_group):
         app.cli.add_command(command)
 
 
@@ -275,3 +276,73 @@ def retry_notices_cmd() -> None:
     ids = retry_failed(db)
     _queue_all(enqueue_notification, config, ids, "notices")
     click.echo(f"queued {len(ids)} failed notices again")
+
+
+@click.group("stripe")
+def stripe_group() -> None:
+    """Set up and check the platform's Stripe webhook endpoints."""
+
+
+@stripe_group.command("setup")
+@click.option("--url", "base_url", default=None,
+              help="The service's public address (default PUBLIC_BASE_URL), https://host.")
+@click.option("--yes", is_flag=True, help="Do not ask before changing anything in Stripe.")
+def stripe_setup_cmd(base_url: str | None, yes: bool) -> None:
+    """Create or update the platform and Connect endpoints: our URL, exactly the event types
+    handled, the API version pinned. Prints new signing secrets and where each goes."""
+    from workers.stripe_setup import API_VERSION, EVENT_TYPES, apply, plan, secret_lines
+
+    config, db = _state()
+    base = (base_url or config.public_base_url).rstrip("/")
+    if not base.startswith(("https://", "http://")) or " " in base:
+        raise click.ClickException(f"--url: expected https://host, got {base!r}")
+    if config.production and not base.startswith("https://"):
+        raise click.ClickException("--url: Stripe sends live events to https:// URLs only")
+    api = _stripe(config)
+    try:
+        changes = plan(api.webhook_endpoints(), base)
+    except StripeUnavailable as exc:
+        raise click.ClickException(f"{exc}; nothing was changed") from None
+    click.echo(f"{len(EVENT_TYPES)} event types, API version {API_VERSION}, at {base}")
+    for change in changes:
+        click.echo(f"  {change.describe()}")
+    writes = [c for c in changes if c.writes]
+    if not writes:
+        click.echo("Nothing to change.")
+        return
+    if not yes:
+        click.confirm(f"Make {len(writes)} change{'s' if len(writes) != 1 else ''} in "
+                      f"Stripe?", abort=True)
+    try:
+        applied = apply(db, api, changes)
+    except (StripeUnavailable, stripe.StripeError) as exc:
+        raise click.ClickException(
+            f"Stripe refused a change ({type(exc).__name__}); what was done is in "
+            f"stripe_actions, and running setup again finishes the rest") from None
+    for item in applied:
+        if item.change.writes:
+            click.echo(f"done: {item.change.kind} {item.change.name} endpoint "
+                       f"{item.endpoint_id or item.change.endpoint_id}")
+    lines = secret_lines(applied)
+    if lines:
+        click.echo("\nNew signing secrets (Stripe shows each only once; put them in the "
+                   "service's environment and restart it):")
+        for line in lines:
+            click.echo(f"  {line}")
+
+
+@stripe_group.command("check")
+def stripe_check_cmd() -> None:
+    """The configuration doctor: every problem found with its fix; exits 1 on any."""
+    from workers.doctor import check
+
+    config, db = _state()
+    findings = check(config, db, StripeApi(config))
+    if not findings:
+        click.echo("Stripe set-up OK: key, platform account, both endpoints, secrets, "
+                   "venues reachable, no refused deliveries in the last 24 h.")
+        return
+    for finding in findings:
+        click.echo(f"PROBLEM [{finding.code}] {finding.problem}\n  fix: {finding.fix}")
+    click.echo(f"{len(findings)} problem{'s' if len(findings) != 1 else ''} found.")
+    sys.exit(1)

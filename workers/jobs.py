@@ -79,6 +79,15 @@ def process_event(event_id: str) -> str:
     raise EventNotDone(f"event {event_id}: {mine.reason}")
 
 
+@told_safely
+def fetch_thin_event(event_id: str) -> str:
+    """Fetch the snapshot event a thin event stands for and store it in the inbox."""
+    from workers.thin import fetch
+
+    config, db = runtime()
+    return fetch(config, db, StripeApi(config), event_id)
+
+
 def _queue_after_commit(config: Config, batch: Batch) -> None:
     for work, key in batch.after_commit:
         try_enqueue(work, config, key)

@@ -127,6 +127,18 @@ def enqueue_event(config: Config, event_id: str) -> None:
     )
 
 
+def enqueue_thin_event(config: Config, event_id: str) -> None:
+    """Queue fetching the snapshot event a stored thin event stands for (workers/thin.py)."""
+    _enqueue(
+        config,
+        "workers.jobs.fetch_thin_event",
+        args=(event_id,),
+        job_id=job_id("thin", event_id),
+        failure_ttl=7 * 24 * 3600,
+        description=f"fetch thin {event_id}",
+    )
+
+
 def enqueue_recheck(config: Config, venue_id: int) -> None:
     """Queue a re-check of a venue's open mismatches after its members changed."""
     _enqueue(

@@ -80,6 +80,18 @@ def _sweeper(config: Config, every: float, parent: int) -> None:
             sweep_once(config)
         except Exception as exc:  # noqa: BLE001 - keep sweeping when Redis/DB come back
             log.warning("sweep failed: %s", type(exc).__name__)
+        try:
+            _check_setup(config)
+        except Exception as exc:  # noqa: BLE001 - the next hour tries again
+            log.warning("stripe check failed: %s", type(exc).__name__)
+
+
+def _check_setup(config: Config) -> None:
+    """The configuration doctor, hourly across all workers (workers/doctor.py)."""
+    from workers.doctor import check_if_due
+
+    if check_if_due(config, runtime()[1]):
+        log.info("stripe check ran")
 
 
 def _pause(seconds: float) -> bool:

@@ -198,6 +198,51 @@ class StripeApi:
                              params=params, options=options)
         return customer.id
 
+    # --- the platform's own set-up (workers/stripe_setup.py, workers/doctor.py) ----------
+
+    def own_account(self) -> str:
+        """The account the key belongs to."""
+        return self.call("account.retrieve", self.client.v1.accounts.retrieve_current).id
+
+    def connected_accounts(self) -> set[str]:
+        """Every account connected to the platform (100 per request)."""
+        return {item["id"] for item in self.list_all(
+            "accounts.list", self.client.v1.accounts.list, None)}
+
+    def webhook_endpoints(self) -> list[dict[str, Any]]:
+        return list(self.list_all("webhook_endpoints.list",
+                                  self.client.v1.webhook_endpoints.list, None))
+
+    def create_webhook_endpoint(self, params: dict[str, Any], idempotency_key: str
+                                ) -> dict[str, Any]:
+        """The new endpoint, with its signing secret (Stripe shows it in this answer only)."""
+        return self.call("webhook_endpoints.create", self.client.v1.webhook_endpoints.create,
+                         params=params, options={"idempotency_key": idempotency_key}).to_dict()
+
+    def update_webhook_endpoint(self, endpoint_id: str, params: dict[str, Any],
+                                idempotency_key: str) -> dict[str, Any]:
+        return self.call(f"webhook_endpoints.update {endpoint_id}",
+                         self.client.v1.webhook_endpoints.update, endpoint_id,
+                         params=params, options={"idempotency_key": idempotency_key}).to_dict()
+
+    def delete_webhook_endpoint(self, endpoint_id: str, idempotency_key: str) -> None:
+        self.call(f"webhook_endpoints.delete {endpoint_id}",
+                  self.client.v1.webhook_endpoints.delete, endpoint_id,
+                  options={"idempotency_key": idempotency_key})
+
+    # --- thin events (workers/thin.py) ------------------------------------------------------
+
+    def thin_event(self, context: str | None, event_id: str) -> dict[str, Any]:
+        """A v2 event as Stripe keeps it (its `snapshot_event` names the v1 event)."""
+        return self.call(f"v2.core.events.retrieve {event_id}",
+                         self.client.v2.core.events.retrieve, event_id,
+                         options={"stripe_context": context} if context else {}).to_dict()
+
+    def event(self, account_id: str | None, event_id: str) -> dict[str, Any]:
+        """A v1 (snapshot) event, as the account it happened in sees it."""
+        return self.call(f"events.retrieve {event_id}", self.client.v1.events.retrieve,
+                         event_id, options=self.options(account_id)).to_dict()
+
     # --- writes (workers/actions.py: confirmed by a person, audited, idempotent) ---------
 
     def _write_options(self, account_id: str | None, idempotency_key: str) -> dict[str, Any]:

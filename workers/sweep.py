@@ -16,6 +16,7 @@ from db import (
     NotificationStatus,
     StripeAction,
     StripeEvent,
+    ThinEvent,
     Venue,
     utcnow,
 )
@@ -30,7 +31,7 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
     cutoff = utcnow() - (older_than if older_than is not None
                          else timedelta(seconds=config.sweep_after_seconds))
     counts = {"events": 0, "failed_events": 0, "rechecks": 0, "notifications": 0,
-              "actions": 0}
+              "actions": 0, "thin_events": 0}
     with db.session() as session:
         failed: list[str] = []
         if include_failed:
@@ -55,7 +56,12 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
         # idempotency keys make the second call Stripe's first answer.
         actions = list(session.scalars(
             select(StripeAction.id).where(StripeAction.status == "queued",
+                                          # setup's writes are the CLI's own (stripe_setup)
+                                          StripeAction.kind.not_like("%_webhook_endpoint"),
                                           StripeAction.requested_at <= cutoff)))
+        thin = list(session.scalars(
+            select(ThinEvent.event_id).where(ThinEvent.status == "received",
+                                             ThinEvent.received_at <= cutoff)))
     # Skip what RQ still holds queued or scheduled: behind a backlog older than the cutoff,
     # re-queueing it on every sweep piled up duplicates faster than workers could drop them.
     waiting = queue.waiting(config, "event", stale)
@@ -80,4 +86,9 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
     for action_id in actions:
         queue.enqueue_action(config, action_id)
     counts["actions"] = len(actions)
+    waiting = queue.waiting(config, "thin", thin)
+    thin = [event_id for event_id in thin if event_id not in waiting]
+    for event_id in thin:
+        queue.enqueue_thin_event(config, event_id)
+    counts["thin_events"] = len(thin)
     return counts
