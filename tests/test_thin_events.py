@@ -12,7 +12,15 @@ from sqlalchemy import select
 
 from db import StripeEvent, ThinEvent
 from tests.stripe_servers import ConnectStripe
-from tests.support import CONNECT_SECRET, customer, event, post_event, sign, subscription
+from tests.support import (
+    CONNECT_SECRET,
+    PLATFORM_SECRET,
+    customer,
+    event,
+    post_event,
+    sign,
+    subscription,
+)
 
 GYM = "acct_1Gym000000000000"
 THIN_SECRET = "whsec_thin_test_secret"
@@ -131,9 +139,8 @@ def test_a_thin_and_a_snapshot_delivery_of_one_event_count_once(stand_in, thin_a
 
 def test_thin_deliveries_that_are_not_ours_are_refused_or_ignored(stand_in, thin_app, db):
     created = event("customer.created", customer("cus_X", "x@example.com"), account=GYM)
-    wrong_secret = post_thin(thin_app, notification(created), secret=CONNECT_SECRET)
-    assert wrong_secret.status_code == 400 and wrong_secret.json["reason"] == \
-        "wrong_endpoint_secret"
+    wrong_secret = post_thin(thin_app, notification(created), secret="whsec_someone_else")
+    assert wrong_secret.status_code == 400 and wrong_secret.json["reason"] == "bad_signature"
     stale = post_thin(thin_app, notification(created), timestamp=int(time.time()) - 3600)
     assert stale.status_code == 400 and stale.json["reason"] == "stale_timestamp"
     snapshot = post_thin(thin_app, created)
@@ -175,5 +182,16 @@ def test_a_thin_event_whose_job_was_lost_is_swept_and_fetched(stand_in, thin_app
         assert post_thin(thin_app, notification(snapshot)).status_code == 200
     redis.flushdb()
     assert sweep(config, db, older_than=timedelta(0))["thin_events"] == 2
+    work()
+    assert mismatches(api) == EXPECTED
+
+
+@pytest.mark.parametrize("secret", [PLATFORM_SECRET, CONNECT_SECRET])
+def test_a_thin_event_signed_with_either_endpoints_secret_is_accepted(
+        stand_in, thin_app, api, work, secret):
+    """The same secret lists as snapshot deliveries (the external contract)."""
+    created, subscribed = scene(api, stand_in)
+    for snapshot in (created, subscribed):
+        assert post_thin(thin_app, notification(snapshot), secret=secret).status_code == 200
     work()
     assert mismatches(api) == EXPECTED
