@@ -76,6 +76,9 @@ class Config:
     proxy_hops: int
     rejections_recorded_per_minute: int  # rejected-delivery rows per remote address
     support_email: str | None
+    # Payloads of finished events older than this are emptied by `mismatch prune` (the rows
+    # stay: dedup, timelines, tallies); well past Stripe's 30-day Events API window.
+    payload_retention_days: int
     job_retry_intervals: tuple[int, ...]
     sweep_after_seconds: int
     # Requests per second for all processes together (Stripe: 25 test, 100 live); None: by
@@ -297,6 +300,7 @@ def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool =
         rejections_recorded_per_minute=_int(env, "REJECTIONS_RECORDED_PER_MINUTE", 60,
                                             minimum=1),
         support_email=env.get("SUPPORT_EMAIL", "").strip() or None,
+        payload_retention_days=_int(env, "PAYLOAD_RETENTION_DAYS", 90, minimum=7),
         job_retry_intervals=intervals or (0,),
         sweep_after_seconds=_int(env, "SWEEP_AFTER_SECONDS", 60),
         stripe_rate_limit=_int(env, "STRIPE_RATE_LIMIT", 0, minimum=0) or None,

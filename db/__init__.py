@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +15,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.history import ids_named
 from db.models import (
     ROW_ID_MAX,
     Base,
     EndedSession,
     EventStatus,
+    EventTally,
     Member,
     Mismatch,
     MismatchStatus,
@@ -45,6 +48,7 @@ __all__ = [
     "Database",
     "EndedSession",
     "EventStatus",
+    "EventTally",
     "Member",
     "Mismatch",
     "MismatchStatus",
@@ -64,6 +68,7 @@ __all__ = [
     "normalize_email",
     "utcnow",
     "insert_ignoring_duplicates",
+    "ids_named",
     "isoformat",
     "upgrade",
 ]
@@ -101,9 +106,10 @@ class StoreFailed(Exception):
 # as _insert_ignoring builds for StripeEvent. tests/test_webhooks.py stores through both.
 _STORE_EVENT = (
     "INSERT INTO stripe_events (event_id, endpoint, account_id, livemode, type, created, payload,"
-    " status, attempts, received_at) VALUES (%(event_id)s, %(endpoint)s, %(account_id)s,"
-    " %(livemode)s, %(type)s, %(created)s, %(payload)s, %(status)s, %(attempts)s,"
-    " %(received_at)s) ON CONFLICT DO NOTHING RETURNING id"
+    " subscription_id, customer_id, status, attempts, received_at) VALUES (%(event_id)s,"
+    " %(endpoint)s, %(account_id)s, %(livemode)s, %(type)s, %(created)s, %(payload)s,"
+    " %(subscription_id)s, %(customer_id)s, %(status)s, %(attempts)s, %(received_at)s)"
+    " ON CONFLICT DO NOTHING RETURNING id"
 )
 
 
@@ -146,7 +152,16 @@ class Database:
         (compile-cache lookup, parameter processing, result wrapping), which cost about four
         times the driver call (benchmarks/intake.py). No pre-ping: a connection the server
         dropped (a restart) is invalidated and the insert retried once on a fresh one.
-        SQLite keeps the Core statement and takes its write lock up front, as everywhere."""
+        SQLite keeps the Core statement and takes its write lock up front, as everywhere.
+
+        `subscription_id` / `customer_id` (what the event names, for the timeline) are read
+        from the payload when the caller has not (the web tier has: it parsed the event)."""
+        if "subscription_id" not in row:
+            try:
+                named = ids_named(json.loads(row["payload"]))
+            except (ValueError, RecursionError):
+                named = (None, None)
+            row = {**row, "subscription_id": named[0], "customer_id": named[1]}
         if self._single_statements is None:
             try:
                 with self.engine.begin() as conn:

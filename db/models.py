@@ -96,13 +96,16 @@ class Base(DeclarativeBase):
 
 
 TZDateTime = DateTime(timezone=True)
-ROW_ID_MAX = 2**31 - 1  # the `id` columns are INTEGER
+# Row ids are 64-bit: BIGINT on PostgreSQL; SQLite's INTEGER PRIMARY KEY is already 64-bit
+# (and must stay INTEGER to be the rowid).
+RowIdType = BigInteger().with_variant(Integer, "sqlite")
+ROW_ID_MAX = 2**63 - 1
 
 
 class Venue(Base):
     __tablename__ = "venues"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     admin_emails: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -125,8 +128,8 @@ class Member(Base):
         Index("ix_members_venue_email", "venue_id", "email_normalized"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    venue_id: Mapped[int] = mapped_column(ForeignKey("venues.id", ondelete="CASCADE"))
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
+    venue_id: Mapped[int] = mapped_column(RowIdType, ForeignKey("venues.id", ondelete="CASCADE"))
     member_ref: Mapped[str] = mapped_column(String(128))
     email: Mapped[str] = mapped_column(String(320))
     email_normalized: Mapped[str] = mapped_column(String(320))
@@ -144,7 +147,7 @@ class StripeCustomer(Base):
     __tablename__ = "stripe_customers"
     __table_args__ = (UniqueConstraint("account_id", "livemode", "customer_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
     livemode: Mapped[bool] = mapped_column(Boolean)
     customer_id: Mapped[str] = mapped_column(String(64))
@@ -165,16 +168,26 @@ class StripeEvent(Base):
         Index("ix_stripe_events_waiting_for", "waiting_for",
               postgresql_where=text("waiting_for IS NOT NULL"),
               sqlite_where=text("waiting_for IS NOT NULL")),
+        # The mismatch timeline: the events that named a subscription or a customer.
+        Index("ix_stripe_events_subscription", "subscription_id",
+              postgresql_where=text("subscription_id IS NOT NULL"),
+              sqlite_where=text("subscription_id IS NOT NULL")),
+        Index("ix_stripe_events_customer", "customer_id",
+              postgresql_where=text("customer_id IS NOT NULL"),
+              sqlite_where=text("customer_id IS NOT NULL")),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), unique=True)
     endpoint: Mapped[str] = mapped_column(String(16))  # platform | connect
     account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     livemode: Mapped[bool] = mapped_column(Boolean, default=False)
     type: Mapped[str] = mapped_column(String(128))
     created: Mapped[int] = mapped_column(BigInteger)
-    payload: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # "" once pruned (db/history.py)
+    # The subscription and customer the event names (db.history.ids_named), at intake.
+    subscription_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    customer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=EventStatus.RECEIVED)
     # What processing concluded: linked, case_1, unrouted, livemode_mismatch, ...
     outcome: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -192,7 +205,7 @@ class RejectedDelivery(Base):
 
     __tablename__ = "rejected_deliveries"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     endpoint: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -211,20 +224,18 @@ class Subscription(Base):
         Index("ix_subscriptions_account_customer", "account_id", "customer_id"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
     livemode: Mapped[bool] = mapped_column(Boolean)
     subscription_id: Mapped[str] = mapped_column(String(64))
     customer_id: Mapped[str] = mapped_column(String(64))
     venue_id: Mapped[int | None] = mapped_column(
-        ForeignKey("venues.id", ondelete="SET NULL"), nullable=True
-    )
+        RowIdType, ForeignKey("venues.id", ondelete="SET NULL"), nullable=True)
     status: Mapped[str | None] = mapped_column(String(32), nullable=True)  # Stripe's status
     canceled: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16))  # SubscriptionState
     member_id: Mapped[int | None] = mapped_column(
-        ForeignKey("members.id", ondelete="SET NULL"), nullable=True
-    )
+        RowIdType, ForeignKey("members.id", ondelete="SET NULL"), nullable=True)
     last_event_created: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
 
@@ -237,20 +248,18 @@ class Mismatch(Base):
         Index("ix_mismatches_status_venue", "status", "venue_id"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
     livemode: Mapped[bool] = mapped_column(Boolean)
     subscription_id: Mapped[str] = mapped_column(String(64))
     venue_id: Mapped[int | None] = mapped_column(
-        ForeignKey("venues.id", ondelete="CASCADE"), nullable=True
-    )
+        RowIdType, ForeignKey("venues.id", ondelete="CASCADE"), nullable=True)
     case: Mapped[int] = mapped_column(Integer)
     customer_id: Mapped[str] = mapped_column(String(64))
     customer_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
     linked_customer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     member_id: Mapped[int | None] = mapped_column(
-        ForeignKey("members.id", ondelete="SET NULL"), nullable=True
-    )
+        RowIdType, ForeignKey("members.id", ondelete="SET NULL"), nullable=True)
     candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=MismatchStatus.OPEN)
@@ -285,13 +294,12 @@ class Notification(Base):
         Index("ix_notifications_status", "status"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     # mismatch:<id>:<kind>:<recipient> or unrouted:<acct>:<day>:<recipient>; unique even
     # where mismatch_id is NULL (SQL treats NULLs as distinct).
     key: Mapped[str] = mapped_column(String(512), unique=True)
     mismatch_id: Mapped[int | None] = mapped_column(
-        ForeignKey("mismatches.id", ondelete="CASCADE"), nullable=True
-    )
+        RowIdType, ForeignKey("mismatches.id", ondelete="CASCADE"), nullable=True)
     recipient: Mapped[str] = mapped_column(String(320))
     kind: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING)
@@ -326,7 +334,7 @@ class Payment(Base):
         Index("ix_payments_account_payment_intent", "account_id", "payment_intent_id"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
     livemode: Mapped[bool] = mapped_column(Boolean, default=False)
     subscription_id: Mapped[str] = mapped_column(String(64))
@@ -349,10 +357,10 @@ class StripeAction(Base):
     __tablename__ = "stripe_actions"
     __table_args__ = (Index("ix_stripe_actions_mismatch", "mismatch_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     # The mismatch acted on; none for the "No such customer" fix (/support/diagnose).
     mismatch_id: Mapped[int | None] = mapped_column(
-        ForeignKey("mismatches.id", ondelete="CASCADE"), nullable=True)
+        RowIdType, ForeignKey("mismatches.id", ondelete="CASCADE"), nullable=True)
     account_id: Mapped[str] = mapped_column(String(64))  # acted as
     kind: Mapped[str] = mapped_column(String(32))  # cancel_subscription | refund | create_customer
     target: Mapped[str] = mapped_column(String(64))  # the subscription or charge acted on
@@ -376,7 +384,7 @@ class ThinEvent(Base):
     __tablename__ = "thin_events"
     __table_args__ = (Index("ix_thin_events_status_received", "status", "received_at"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), unique=True)  # the thin event's own id
     type: Mapped[str] = mapped_column(String(128))  # v1.customer.subscription.created, …
     context: Mapped[str | None] = mapped_column(String(64), nullable=True)  # acct_… or none
@@ -389,3 +397,19 @@ class ThinEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     fetched_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+
+
+class EventTally(Base):
+    """How many inbox events finished (processed or ignored) with each outcome, per account
+    and mode, kept in the transaction that finishes them: `/metrics` and the dashboard add up
+    these rows instead of counting the inbox (db/history.py)."""
+
+    __tablename__ = "event_tallies"
+
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" for none
+    account_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" for none
+    livemode: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_received_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    last_detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # newest last_error

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from db import (
     EventStatus,
+    EventTally,
     Member,
     Mismatch,
     MismatchStatus,
@@ -337,6 +338,16 @@ def email_drift(s: Session, limit: int = RECENT_LIMIT) -> DriftSummary:
     return DriftSummary(total, newest)
 
 
+def _tallied(s: Session, outcome: str) -> list[tuple[str, bool, int, Any, str | None]]:
+    """Finished events with this outcome per account and mode, newest first (the tallies)."""
+    return [tuple(row) for row in s.execute(  # type: ignore[misc]
+        select(EventTally.account_id, EventTally.livemode, func.sum(EventTally.n),
+               func.max(EventTally.last_received_at), func.max(EventTally.last_detail))
+        .where(EventTally.outcome == outcome)
+        .group_by(EventTally.account_id, EventTally.livemode)
+        .order_by(func.max(EventTally.last_received_at).desc()).limit(20))]
+
+
 def _setup_check() -> tuple[int, list[SetupFinding]] | None:
     """The doctor's last findings (workers run it hourly; `mismatch stripe check` now)."""
     try:
@@ -369,8 +380,10 @@ def dashboard():  # type: ignore[no-untyped-def]
             select(Mismatch, Venue.name).outerjoin(Venue, Venue.id == Mismatch.venue_id)
             .where(Mismatch.status == MismatchStatus.OPEN)
             .order_by(Mismatch.opened_at.desc(), Mismatch.id.desc()).limit(RECENT_LIMIT)))
-        accepted = list(s.scalars(select(StripeEvent).order_by(
-            StripeEvent.received_at.desc(), StripeEvent.id.desc()).limit(RECENT_LIMIT)))
+        # Each figure reads an index or the tallies, never the whole inbox (db/history.py):
+        # the newest by id, the unfinished by (status, received_at).
+        accepted = list(s.scalars(select(StripeEvent).order_by(StripeEvent.id.desc())
+                                  .limit(RECENT_LIMIT)))
         rejected = list(s.scalars(select(RejectedDelivery).order_by(
             RejectedDelivery.received_at.desc(), RejectedDelivery.id.desc()
         ).limit(RECENT_LIMIT)))
@@ -382,26 +395,19 @@ def dashboard():  # type: ignore[no-untyped-def]
             StripeEvent.status == EventStatus.RECEIVED)))
         pending = s.scalar(select(func.count()).select_from(StripeEvent).where(
             StripeEvent.status == EventStatus.RECEIVED)) or 0
-        unrouted = list(s.execute(
-            select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
-                   func.max(StripeEvent.received_at))
-            .where(StripeEvent.outcome == "unrouted")
-            .group_by(StripeEvent.account_id, StripeEvent.livemode)
-            .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
+        unrouted = [(account or None, livemode, n, last) for account, livemode, n, last, _
+                    in _tallied(s, "unrouted")]
         unknown_customers = list(s.execute(
             select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
                    func.max(StripeEvent.received_at), func.max(StripeEvent.last_error))
-            .where(StripeEvent.outcome == CUSTOMER_UNKNOWN,
-                   StripeEvent.status.in_((EventStatus.RECEIVED, EventStatus.FAILED)))
+            .where(StripeEvent.status.in_((EventStatus.RECEIVED, EventStatus.FAILED)),
+                   StripeEvent.outcome == CUSTOMER_UNKNOWN)
             .group_by(StripeEvent.account_id, StripeEvent.livemode)
             .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
         drift = email_drift(s)
-        billed_to_accounts = list(s.execute(
-            select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
-                   func.max(StripeEvent.received_at), func.max(StripeEvent.last_error))
-            .where(StripeEvent.outcome == CUSTOMER_ACCOUNT)
-            .group_by(StripeEvent.account_id, StripeEvent.livemode)
-            .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
+        billed_to_accounts = [(account or None, livemode, n, last, detail)
+                              for account, livemode, n, last, detail
+                              in _tallied(s, CUSTOMER_ACCOUNT)]
     return render_template(
         "pages/dashboard.html", by_venue=by_venue, newest_open=newest_open,
         billed_to_accounts=billed_to_accounts,
@@ -469,15 +475,15 @@ def mismatches():  # type: ignore[no-untyped-def]
 # --- one mismatch ----------------------------------------------------------------------------
 
 def _timeline(s: Session, m: Mismatch) -> list[StripeEvent]:
-    """The newest events of this account and mode whose payload names the subscription or
-    the customer (as a JSON string, so `cus_A` does not match `cus_AB`)."""
+    """The newest events of this account and mode that named the subscription or the
+    customer (the ids recorded at intake, indexed: this reads only those events)."""
     account = StripeEvent.account_id == m.account_id
     if m.account_id == current_config().stripe_platform_account:
         account = or_(account, StripeEvent.account_id.is_(None))
-    mentions = or_(StripeEvent.payload.contains(f'"{m.subscription_id}"', autoescape=True),
-                   StripeEvent.payload.contains(f'"{m.customer_id}"', autoescape=True))
+    named = or_(StripeEvent.subscription_id == m.subscription_id,
+                StripeEvent.customer_id == m.customer_id)
     return list(s.scalars(
-        select(StripeEvent).where(account, StripeEvent.livemode == m.livemode, mentions)
+        select(StripeEvent).where(named, account, StripeEvent.livemode == m.livemode)
         .order_by(StripeEvent.created.desc(), StripeEvent.id.desc()).limit(TIMELINE_LIMIT)))
 
 

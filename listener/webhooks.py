@@ -18,7 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import CONNECT, PLATFORM, SECRET_VARS, THIN, WEBHOOK_PATHS
-from db import EventStatus, RejectedDelivery, StoreFailed, utcnow
+from db import EventStatus, RejectedDelivery, StoreFailed, ids_named, utcnow
 from listener import current_config, current_db, current_throttle
 from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
 from workers import THIN_TYPES, enqueue_event, enqueue_thin_event, try_enqueue
@@ -240,6 +240,7 @@ def receive(endpoint: str) -> tuple[Response, int]:
         return jsonify(error=rejected.message, reason=rejected.reason), rejected.status
 
     event_id = event["id"]
+    subscription_id, customer_id = ids_named(event)
     try:
         row_id = current_db().store_event(  # committed before we enqueue or answer
             dict(
@@ -250,6 +251,8 @@ def receive(endpoint: str) -> tuple[Response, int]:
                 type=event["type"],
                 created=event["created"],
                 payload=body.decode("utf-8"),
+                subscription_id=subscription_id,
+                customer_id=customer_id,
                 status=EventStatus.RECEIVED.value,  # a plain str: no enum adaptation per request
                 attempts=0,
                 received_at=utcnow(),
@@ -281,7 +284,8 @@ def _notification_parser() -> stripe.StripeClient:
 
 
 def verify_thin(body: bytes, header: str | None) -> dict:
-    """Check a thin event's signature and timestamp, parse it with stripe-python's own parser; its fields as a dict, or raise Rejected."""
+    """Check a thin event's signature and timestamp, then parse it with stripe-python's
+    own parser; its fields as a dict, or raise Rejected."""
     config = current_config()
     # An Event Destination's own secret, or either endpoint's: the same lists as snapshot
     # deliveries (a destination set up beside an endpoint may share its secret).

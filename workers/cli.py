@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 def init_app(app: Flask) -> None:
     for command in (worker, sweep_cmd, venues_group, members_group, replay_cmd,
-                    reconcile_cmd, diagnose_cmd, digest_cmd, retry_notices_cmd, stripe_group):
+                    reconcile_cmd, diagnose_cmd, digest_cmd, retry_notices_cmd, stripe_group,
+                    prune_cmd):
         app.cli.add_command(command)
 
 
@@ -346,3 +347,21 @@ def stripe_check_cmd() -> None:
         click.echo(f"PROBLEM [{finding.code}] {finding.problem}\n  fix: {finding.fix}")
     click.echo(f"{len(findings)} problem{'s' if len(findings) != 1 else ''} found.")
     sys.exit(1)
+
+
+@click.command("prune")
+@click.option("--older-than-days", "days", type=click.IntRange(min=1), default=None,
+              help="Default PAYLOAD_RETENTION_DAYS (90).")
+@click.option("--from-start", is_flag=True,
+              help="Walk the whole inbox, not only from where the last run stopped.")
+def prune_cmd(days: int | None, from_start: bool) -> None:
+    """Empty the payloads of finished events past the retention age; their rows stay
+    (dedup, timelines, tallies). Workers also run this daily."""
+    from workers.retention import prune
+
+    config, db = _state()
+    done = prune(config, db, days=days, from_start=from_start)
+    click.echo(f"{done.payloads} payloads emptied (events received over "
+               f"{days or config.payload_retention_days} days ago, processed or ignored); "
+               f"{done.rejected} refused deliveries and {done.thin} fetched thin events "
+               f"deleted")

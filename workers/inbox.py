@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from config import Config
 from db import Database, EventStatus, StripeEvent, utcnow
 from db.errors import describe_error
+from db.history import record_finished
 from workers import CUSTOMER_UNKNOWN
 from workers.batch import Answer, Batch
 from workers.handlers import HANDLERS, Event, Handler, Ignored
@@ -240,6 +241,7 @@ def _handle_taken(batch: Batch, take: Taker, excluded: set[str], own: set[str],
     rows, held = take(batch.session, excluded)
     outcomes: dict[str, Outcome] = {event_id: Outcome(ELSEWHERE) for event_id in held}
     todo: list[Item] = []
+    finished: list[StripeEvent] = []
     for row in rows:
         if row.status in DONE:
             outcomes[row.event_id] = Outcome(row.status, row.outcome or row.status)
@@ -265,6 +267,8 @@ def _handle_taken(batch: Batch, take: Taker, excluded: set[str], own: set[str],
             outcomes[item.row.event_id] = _handle(batch, item)
         except Exception as exc:
             raise _Failed(item.row.event_id, exc) from exc
+        finished.append(item.row)
+    record_finished(batch.session, finished)  # in this transaction: counted once, or never
     return outcomes
 
 

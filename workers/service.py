@@ -84,6 +84,20 @@ def _sweeper(config: Config, every: float, parent: int) -> None:
             _check_setup(config)
         except Exception as exc:  # noqa: BLE001 - the next hour tries again
             log.warning("stripe check failed: %s", type(exc).__name__)
+        try:
+            _prune(config)
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            log.warning("prune failed: %s", type(exc).__name__)
+
+
+def _prune(config: Config) -> None:
+    """Retention, daily across all workers (workers/retention.py)."""
+    from workers.retention import prune_if_due
+
+    done = prune_if_due(config, runtime()[1])
+    if done is not None:
+        log.info("prune: %d payloads emptied, %d refused deliveries and %d thin events "
+                 "deleted", done.payloads, done.rejected, done.thin)
 
 
 def _check_setup(config: Config) -> None:

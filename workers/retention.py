@@ -1,0 +1,84 @@
+"""Retention: the inbox keeps every event's row forever (a redelivery years later is still a
+duplicate; timelines and tallies read the rows) but not its payload. Payloads of finished
+events older than PAYLOAD_RETENTION_DAYS (default 90: past Stripe's 3-day retries and its
+30-day Events API window, so `replay` never needs one) are emptied in small transactions;
+refused deliveries and fetched thin events that old are deleted.
+
+`mismatch prune` runs it; workers run it daily (one worker, a Redis key). The walk resumes
+from where the last one stopped (kept in Redis; lost, it starts again from the oldest row)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis as redis_lib
+from sqlalchemy import delete
+
+from config import Config
+from db import Database, RejectedDelivery, ThinEvent, utcnow
+from db.history import prune_batch
+from workers.queue import get_redis
+
+log = logging.getLogger(__name__)
+
+PRUNE_AFTER_KEY = "mismatch:prune:after-id"
+PRUNE_DUE_KEY = "mismatch:prune:due"
+PRUNE_EVERY = 24 * 3600
+BATCH = 5000  # rows per transaction: a short lock, a small WAL burst
+
+
+@dataclass
+class Pruned:
+    payloads: int = 0
+    rejected: int = 0
+    thin: int = 0
+
+
+def prune(config: Config, db: Database, *, days: int | None = None,
+          from_start: bool = False) -> Pruned:
+    before = utcnow() - timedelta(days=days if days is not None
+                                  else config.payload_retention_days)
+    done = Pruned()
+    after = 0 if from_start else _watermark(config)
+    while True:
+        with db.session() as s:
+            freed, last = prune_batch(s, before, after, BATCH)
+        done.payloads += freed
+        if last is None:
+            break
+        after = last
+        _keep_watermark(config, after)
+    with db.session() as s:
+        done.rejected = s.execute(delete(RejectedDelivery)
+                                  .where(RejectedDelivery.received_at < before)).rowcount or 0
+        done.thin = s.execute(delete(ThinEvent).where(
+            ThinEvent.status == "fetched", ThinEvent.received_at < before)).rowcount or 0
+    return done
+
+
+def prune_if_due(config: Config, db: Database) -> Pruned | None:
+    """The workers' daily run."""
+    connection = get_redis(config)
+    if not connection.set(PRUNE_DUE_KEY, "1", nx=True, ex=PRUNE_EVERY):
+        return None
+    try:
+        return prune(config, db)
+    except Exception:
+        connection.delete(PRUNE_DUE_KEY)  # not pruned: the next sweep tries again
+        raise
+
+
+def _watermark(config: Config) -> int:
+    try:
+        return int(get_redis(config).get(PRUNE_AFTER_KEY) or 0)
+    except (redis_lib.RedisError, ValueError):
+        return 0
+
+
+def _keep_watermark(config: Config, after: int) -> None:
+    try:
+        get_redis(config).set(PRUNE_AFTER_KEY, after)
+    except redis_lib.RedisError:
+        log.warning("prune: could not keep where it stopped (Redis); the next run starts over")
