@@ -75,7 +75,16 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/history.py
 
-from benchmarks.harness import ROOT, Spread, prepare_database, ratio, verdict
+from benchmarks.harness import (
+    ROOT,
+    Spread,
+    descendants,
+    machine_cpu,
+    prepare_database,
+    processes,
+    ratio,
+    verdict,
+)
 from listener.stand_ins import free_port
 
 BIN = Path(sys.executable).parent
@@ -333,8 +342,7 @@ def _invoice(status: str) -> dict[str, Any]:
         "amount_excluding_tax": "#amount", "currency": "eur",
         "description": "1 × @nick (at €@euros / month)", "discount_amounts": [],
         "discountable": True, "discounts": [], "invoice": "@inv", "livemode": False,
-        "metadata": {}, "period": {"end": "#end", "start": "#start"},
-        "price": _price("#since"), "proration": False,
+        "metadata": {}, "period": {"end": "#end", "start": "#start"}, "proration": False,
         "proration_details": {"credited_items": None}, "quantity": 1, "subscription": "@sub",
         "subscription_item": "@si", "tax_amounts": [], "tax_rates": [], "type": "subscription",
         "unit_amount_excluding_tax": "@amount",
@@ -448,9 +456,9 @@ def _event(type_: str, obj: dict[str, Any], previous: dict[str, Any] | None) -> 
 
 
 # Event types with their share of the stream; the last ones are not handled (ignored).
-TYPE_SHARES = (("customer.subscription.updated", 0.32), ("customer.subscription.created", 0.04),
-               ("customer.updated", 0.20), ("invoice.paid", 0.22), ("invoice.created", 0.06),
-               ("charge.succeeded", 0.08), ("payment_intent.succeeded", 0.08))
+TYPE_SHARES = (("customer.subscription.updated", 0.30), ("customer.subscription.created", 0.03),
+               ("customer.updated", 0.22), ("invoice.paid", 0.20), ("invoice.created", 0.05),
+               ("charge.succeeded", 0.10), ("payment_intent.succeeded", 0.10))
 IGNORED_TYPES = frozenset({"invoice.created", "charge.succeeded", "payment_intent.succeeded"})
 _PLACEHOLDER = re.compile(r'"([@#])(\w+)"|@(\w+)')
 
@@ -702,6 +710,7 @@ def fill(pg_url: str, sa_url: str, size: int, largest: int) -> FillReport:
     """Make stripe_events hold at least `size` rows (a top-up from what is there), with
     everything around them; then tallies and VACUUM ANALYZE."""
     import psycopg
+    from psycopg.copy import QueuedLibpqWriter
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         rows = conn.execute("SELECT count(*) FROM stripe_events").fetchone()[0]
@@ -750,8 +759,17 @@ def fill(pg_url: str, sa_url: str, size: int, largest: int) -> FillReport:
             chunk_to = min(g_to, chunk_from + CHUNK_ROWS)
             lines = generate(chunk_from, chunk_to, g_to, clock, rng, payments)
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(f"COPY stripe_events ({columns}) FROM STDIN") as copy:
-                    copy.write("".join(lines))
+                # A writer thread sends while this one generates the next lines.
+                with cur.copy(f"COPY stripe_events ({columns}) FROM STDIN",
+                              writer=QueuedLibpqWriter(cur)) as copy:
+                    batch: list[str] = []
+                    for line in lines:
+                        batch.append(line)
+                        if len(batch) == 500:
+                            copy.write("".join(batch))
+                            batch.clear()
+                    if batch:
+                        copy.write("".join(batch))
             copied += chunk_to - chunk_from
             if time.monotonic() - last_note > 30 or chunk_to == g_to:
                 last_note = time.monotonic()
@@ -1008,6 +1026,73 @@ class Service:
                 self.proc.wait()
 
 
+def _reaped_cpu(pid: int) -> float:
+    """CPU seconds of `pid`'s children that exited and were waited for (cutime + cstime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2:].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Cores busy during a phase: this process and its server, PostgreSQL, and anything
+    else on the machine (another job's CPU disturbs the figures)."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.before = processes()
+        self.reaped = {pid: _reaped_cpu(pid) for pid, info in self.before.items()
+                       if info.comm.startswith(("postgres", "postmaster"))}
+        self.machine = machine_cpu()
+        self.started = time.monotonic()
+
+    def stop(self) -> Noise:
+        after, machine = processes(), machine_cpu()
+        wall = max(time.monotonic() - self.started, 1e-6)
+        ours_pids = {os.getpid(), self.server_pid, *descendants(self.server_pid, after)}
+        groups = {"bench": 0.0, "postgres": 0.0, "other": 0.0}
+        other: dict[str, float] = {}
+        for pid, info in after.items():
+            was = self.before.get(pid)
+            used = info.cpu - (was.cpu if was is not None and was.comm == info.comm else 0.0)
+            if pid in ours_pids:
+                groups["bench"] += used
+            elif info.comm.startswith(("postgres", "postmaster")):
+                groups["postgres"] += used
+            else:
+                groups["other"] += used
+                other[info.comm] = other.get(info.comm, 0.0) + used
+        # Parallel query workers exit before the second look: their CPU is in what the
+        # postmaster reaped meanwhile.
+        for pid, reaped in self.reaped.items():
+            if pid in after:
+                groups["postgres"] += max(0.0, _reaped_cpu(pid) - reaped)
+        busy = machine[0] - self.machine[0]
+        groups["other"] = max(groups["other"], busy - groups["bench"] - groups["postgres"])
+        top = sorted(other.items(), key=lambda kv: -kv[1])[:3]
+        return Noise({k: v / wall for k, v in groups.items()},
+                     [(comm, used / wall) for comm, used in top if used / wall >= 0.02])
+
+
+@dataclass
+class Noise:
+    cores: dict[str, float]  # bench (this process and the server), postgres, other
+    top_other: list[tuple[str, float]]
+
+    def show(self) -> str:
+        text = ", ".join(f"{k} {v:.2f}" for k, v in self.cores.items())
+        if self.top_other:
+            text += " (other: " + ", ".join(f"{c} {v:.2f}" for c, v in self.top_other) + ")"
+        return text
+
+    @property
+    def disturbed(self) -> bool:
+        return self.cores["other"] > 0.15
+
+
 _services: list[Service] = []
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 TIMELINE_SHOWN = re.compile(r"(\d+)(?: newest)? events? naming")
@@ -1087,9 +1172,9 @@ def sign_in_requests(session: Any, base: str) -> None:
 
 
 def time_service(args: argparse.Namespace, env: dict[str, str], world: World,
-                 size_label: str) -> tuple[dict[str, Timed], list[str], int]:
+                 size_label: str) -> tuple[dict[str, Timed], list[str], int, Noise]:
     """The five requests through a fresh server: {name: Timed}, the server log's warning
-    lines, and the timeline length the mismatch page showed."""
+    lines, the timeline length the mismatch page showed, and the machine's CPU meanwhile."""
     import redis
     import requests
 
@@ -1133,13 +1218,15 @@ def time_service(args: argparse.Namespace, env: dict[str, str], world: World,
             for name in REQUESTS:
                 call(name)
         timed = {name: Timed(reps=args.requests) for name in REQUESTS}
+        meter = CpuMeter(service.proc.pid)
         for run in range(args.runs):
             order = REQUESTS[run % len(REQUESTS):] + REQUESTS[:run % len(REQUESTS)]
             for name in order:
                 timed[name].runs.append(statistics.median(call(name)
                                                           for _ in range(args.requests)))
+        noise = meter.stop()
         http.close()
-        return timed, service.problems(), shown[0] if shown else -1
+        return timed, service.problems(), shown[0] if shown else -1, noise
     finally:
         service.stop()
         _services.remove(service)
@@ -1239,8 +1326,21 @@ class Statement:
     ms: float
 
 
+@dataclass
+class PageProfile:
+    """One page requested in process: its statements (median times) and the request's
+    median wall time, SQL included."""
+
+    statements: list[Statement]
+    request_ms: float
+
+    @property
+    def sql_ms(self) -> float:
+        return sum(s.ms for s in self.statements)
+
+
 def page_statements(env: dict[str, str], world: World, reps: int = 5
-                    ) -> dict[str, list[Statement]]:
+                    ) -> dict[str, PageProfile]:
     """Each page, requested in this process (the Flask app, no server) after a warm-up:
     every SQL statement it sent, in order, with its median time over `reps` requests."""
     import logging
@@ -1276,23 +1376,27 @@ def page_statements(env: dict[str, str], world: World, reps: int = 5
     assert answer.status_code == 303, answer.status_code
     paths = {"metrics": "/metrics", "support": "/support",
              "mismatch": f"/mismatches/{world.mismatch_id}"}
-    found: dict[str, list[Statement]] = {}
+    found: dict[str, PageProfile] = {}
     try:
         for name, path in paths.items():
             runs: list[list[Statement]] = []
+            walls: list[float] = []
             for i in range(3 + reps):
                 seen.clear()
+                started = time.perf_counter()
                 response = client.get(path)
+                wall = (time.perf_counter() - started) * 1000
                 assert response.status_code == 200, (path, response.status_code)
                 if i >= 3:
                     runs.append(list(seen))
-            shapes = {len(r) for r in runs}
-            if len(shapes) != 1:  # not the same statements each time: keep the last request
-                found[name] = runs[-1]
+                    walls.append(wall)
+            if len({len(r) for r in runs}) != 1:  # not the same statements each time
+                found[name] = PageProfile(runs[-1], walls[-1])
                 continue
-            found[name] = [Statement(runs[0][j].sql, runs[0][j].params,
-                                     statistics.median(r[j].ms for r in runs))
-                           for j in range(len(runs[0]))]
+            found[name] = PageProfile(
+                [Statement(runs[0][j].sql, runs[0][j].params,
+                           statistics.median(r[j].ms for r in runs))
+                 for j in range(len(runs[0]))], statistics.median(walls))
     finally:
         database.dispose()
     return found
@@ -1314,10 +1418,11 @@ class SizeResult:
     http: dict[str, Timed] = field(default_factory=dict)
     old: dict[str, Timed] = field(default_factory=dict)
     new: dict[str, Timed] = field(default_factory=dict)
-    pages: dict[str, list[Statement]] = field(default_factory=dict)
+    pages: dict[str, PageProfile] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     timeline_shown: int = -1
     seconds: float = 0.0
+    noise: Noise | None = None
 
 
 SQL_NAMES = {"metrics": "metrics", "support": "dashboard", "mismatch": "timeline"}
@@ -1332,7 +1437,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], pg_url: str,
     say(f"  measuring: mismatch #{world.mismatch_id} ({world.timeline} events name its "
         f"subscription or customer; open mismatches' timelines "
         f"{world.timelines.show(',.0f')} events, min / median / max)")
-    result.http, result.problems, result.timeline_shown = time_service(
+    result.http, result.problems, result.timeline_shown, result.noise = time_service(
         args, env, world, label(result.size))
     say(f"    requests done ({time.monotonic() - started:.0f} s); direct SQL:")
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -1373,20 +1478,26 @@ def print_size(args: argparse.Namespace, result: SizeResult) -> None:
         mark = "" if name == "healthz" else verdict(spread.median < TARGET_MS)
         times = f"{spread.median / floor:>8.1f}x" if name != "healthz" else f"{'':>9}"
         say(f"  {REQUEST_NAMES[name]:<34}{spread.show('.1f'):>26}{times}   {mark}")
-    say(f"\n  {'direct SQL (psycopg), ms':<34}{'old (before 0006)':>26}{'new':>26}"
-        f"{'old/new':>9}")
+    say(f"\n  {'direct SQL (psycopg), ms':<34}{'old (baseline, before 0006)':>32}"
+        f"{'new (as the pages now)':>32}{'old/new':>9}")
     for name in ("metrics", "support", "mismatch"):
         old, new = result.old[name], result.new[name]
         say(f"  {SQL_NAMES[name] + ' queries':<34}"
-            f"{old.spread.show('.1f') + f' ({old.reps}/run)':>26}"
-            f"{new.spread.show('.2f') + f' ({new.reps}/run)':>26}"
+            f"{old.spread.show('.1f') + f' ({old.reps}/run)':>32}"
+            f"{new.spread.show('.2f') + f' ({new.reps}/run)':>32}"
             f"{old.spread.median / new.spread.median:>8.0f}x")
-    say("\n  in process (Flask app, no server): SQL each page sends, median of 5 requests")
-    for name, statements in result.pages.items():
-        total = sum(s.ms for s in statements)
-        slowest = max(statements, key=lambda s: s.ms) if statements else None
-        say(f"  {REQUEST_NAMES[name]:<34}{len(statements):>3} statements, {total:7.1f} ms SQL"
-            + (f"; slowest {slowest.ms:.1f} ms: {one_line(slowest.sql, 60)}" if slowest else ""))
+    say("\n  in process (Flask app, no server), median of 5 requests: the request, the SQL it "
+        "sent, the rest (Python, template)")
+    for name, page in result.pages.items():
+        slowest = max(page.statements, key=lambda s: s.ms) if page.statements else None
+        say(f"  {REQUEST_NAMES[name]:<34}{page.request_ms:7.1f} ms = {page.sql_ms:6.1f} ms SQL "
+            f"({len(page.statements)} statements) + {page.request_ms - page.sql_ms:6.1f} ms rest"
+            + (f"; slowest {slowest.ms:.1f} ms: {one_line(slowest.sql, 50)}" if slowest else ""))
+    if result.noise is not None:
+        say(f"\n  cores busy while timing the requests: {result.noise.show()}")
+        if result.noise.disturbed:
+            say("  WARNING: other processes used the CPUs while timing: figures are disturbed; "
+                "rerun on an idle machine")
     if result.problems:
         say(f"  server log: {len(result.problems)} warning/error lines, first ones:")
         for line in result.problems[:5]:
@@ -1399,27 +1510,40 @@ def print_summary(args: argparse.Namespace, results: list[SizeResult]) -> bool:
     growth = f"{label(large.size)}/{label(small.size)}"
     say("\n" + "=" * 100)
     say(f"summary: median ms (min / median / max of {args.runs} runs, each the median of "
-        f"{args.requests} requests) at each size; {growth} run by run")
-    head = "".join(f"{label(r.size):>22}" for r in measured)
-    say(f"\n{'':<34}{head}{growth:>20}  <{TARGET_MS:.0f} ms  ≤{GROWTH_TARGET:g}x")
+        f"{args.requests} requests) at each size; {growth} run by run. The in-process rows: "
+        f"one median of 5 requests, its SQL and the rest (Python, template)")
+    rows: list[tuple[str, list[str], str, str]] = []
     all_ok = True
     for name in REQUESTS:
-        cells = "".join(f"{r.http[name].spread.show('.1f'):>22}" for r in measured)
+        cells = [r.http[name].spread.show(".1f") for r in measured]
         grew = ratio(large.http[name].runs, small.http[name].runs)
-        line = f"{REQUEST_NAMES[name]:<34}{cells}{grew.show('.2f'):>20}"
+        verdicts = ""
         if name != "healthz":
             fast = all(r.http[name].spread.median < TARGET_MS for r in measured)
             flat = grew.median <= GROWTH_TARGET
             all_ok = all_ok and fast and flat
-            line += f"  {verdict(fast):<7} {verdict(flat)}"
-        say(line)
+            verdicts = f"  {verdict(fast):<7} {verdict(flat)}"
+        rows.append((REQUEST_NAMES[name], cells, grew.show(".2f"), verdicts))
     for kind in ("old", "new"):
         for name in ("metrics", "support", "mismatch"):
-            cells = "".join(f"{getattr(r, kind)[name].spread.show('.1f'):>22}"
-                            for r in measured)
+            cells = [getattr(r, kind)[name].spread.show(".1f") for r in measured]
             grew = ratio(getattr(large, kind)[name].runs, getattr(small, kind)[name].runs)
             title = f"{kind} {SQL_NAMES[name]} SQL" + (" (baseline)" if kind == "old" else "")
-            say(f"{title:<34}{cells}{grew.show('.2f'):>20}")
+            rows.append((title, cells, grew.show(".2f"), ""))
+    for name in ("metrics", "support", "mismatch"):
+        for part in ("SQL", "rest"):
+            values = [r.pages[name].sql_ms if part == "SQL"
+                      else r.pages[name].request_ms - r.pages[name].sql_ms for r in measured]
+            grew_one = values[-1] / values[0] if values[0] > 0 else float("nan")
+            rows.append((f"{name} in process: {part}", [f"{v:.1f}" for v in values],
+                         f"{grew_one:.2f}", ""))
+    width = 2 + max(len(c) for _, cells, _, _ in rows for c in cells)
+    growth_width = 2 + max(len(g) for _, _, g, _ in rows)
+    head = "".join(f"{label(r.size):>{width}}" for r in measured)
+    say(f"\n{'':<34}{head}{growth:>{growth_width}}  <{TARGET_MS:.0f} ms  ≤{GROWTH_TARGET:g}x")
+    for title, cells, grew_text, verdicts in rows:
+        say(f"{title:<34}" + "".join(f"{c:>{width}}" for c in cells)
+            + f"{grew_text:>{growth_width}}{verdicts}")
     say("\nverdicts (every request under 200 ms at every size; at most 1.5x slower at the "
         "largest size than at the smallest):")
     for name in REQUESTS[1:]:
@@ -1430,6 +1554,10 @@ def print_summary(args: argparse.Namespace, results: list[SizeResult]) -> bool:
             f"{verdict(grew <= GROWTH_TARGET)}")
     floor_grew = ratio(large.http["healthz"].runs, small.http["healthz"].runs).median
     say(f"  (the floor, GET /healthz, moved {floor_grew:.2f}x between those sizes)")
+    for r in measured:
+        if r.noise is not None and r.noise.disturbed:
+            say(f"  WARNING: at {label(r.size)} other processes kept "
+                f"{r.noise.cores['other']:.2f} cores busy while timing: {r.noise.show()}")
     skipped = [r for r in results if r.world is None]
     for r in skipped:
         say(f"  {label(r.size)} not measured: {r.fill.skipped}")
@@ -1466,11 +1594,12 @@ def print_explain(args: argparse.Namespace, pg_url: str, result: SizeResult) -> 
     engine = create_engine(result_sa_url(args))
     try:
         with engine.connect() as conn:
-            for name, statements in result.pages.items():
-                say(f"\n{REQUEST_NAMES[name]}:")
-                for s in statements:
+            for name, page in result.pages.items():
+                say(f"\n{REQUEST_NAMES[name]}: {page.request_ms:.1f} ms in all, "
+                    f"{page.sql_ms:.1f} ms of it SQL")
+                for s in page.statements:
                     say(f"  {s.ms:8.2f} ms  {one_line(s.sql)}")
-                for s in statements:
+                for s in page.statements:
                     if s.ms > args.slow_ms and isinstance(s.params, dict | tuple):
                         say(f"\n  slow ({s.ms:.1f} ms): {' '.join(s.sql.split())}")
                         say(f"  parameters: {s.params}")
