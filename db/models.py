@@ -126,6 +126,9 @@ class Member(Base):
         UniqueConstraint("venue_id", "member_ref"),
         UniqueConstraint("venue_id", "stripe_customer_id"),
         Index("ix_members_venue_email", "venue_id", "email_normalized"),
+        Index("ix_members_email_drift", "email_drift_since",
+              postgresql_where=text("email_drift_since IS NOT NULL"),
+              sqlite_where=text("email_drift_since IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
@@ -135,6 +138,9 @@ class Member(Base):
     email_normalized: Mapped[str] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Since when the linked customer's email in Stripe (the mirror) differs from the
+    # member's; NULL when they agree (db.records.note_email_drift).
+    email_drift_since: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
 

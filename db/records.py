@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import Database, Member, Venue, normalize_email, utcnow
+from db import Database, Member, StripeCustomer, Venue, normalize_email, utcnow
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -127,9 +127,40 @@ def upsert_member(session: Session, venue: Venue, member_ref: str, data: dict[st
     member.email_normalized = normalize_email(email) or ""
     member.name = name
     member.stripe_customer_id = customer
+    note_email_drift(member, _mirrored_email(session, venue, customer))
     venue.recheck_requested_at = utcnow()
     session.flush()
     return member, created
+
+
+def _mirrored_email(session: Session, venue: Venue, customer_id: str | None) -> str | None:
+    if customer_id is None:
+        return None
+    found = session.execute(select(StripeCustomer.email, StripeCustomer.deleted).where(
+        StripeCustomer.account_id == venue.account_id,
+        StripeCustomer.livemode == venue.livemode,
+        StripeCustomer.customer_id == customer_id)).first()
+    return None if found is None or found.deleted else found.email
+
+
+def note_email_drift(member: Member, customer_email: str | None) -> None:
+    """Email drift: the member's linked customer has another email in Stripe (changed in
+    the customer portal or a checkout). Kept on the member when the member or the customer
+    changes, so the console reads an index, not a join of every linked member."""
+    drifted = customer_email is not None and normalize_email(customer_email) not in (
+        member.email_normalized, None)
+    if not drifted:
+        member.email_drift_since = None
+    elif member.email_drift_since is None:
+        member.email_drift_since = utcnow()
+
+
+def note_customer_email(session: Session, venue: Venue, customer_id: str) -> None:
+    """After a customer.* event changed the mirror: the drift of the member linked to it."""
+    member = session.scalar(select(Member).where(Member.venue_id == venue.id,
+                                                 Member.stripe_customer_id == customer_id))
+    if member is not None:
+        note_email_drift(member, _mirrored_email(session, venue, customer_id))
 
 
 def delete_member(session: Session, venue: Venue, member_ref: str) -> bool:

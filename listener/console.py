@@ -104,6 +104,7 @@ bp = Blueprint("console", __name__)
 STATIC_DIR = Path(__file__).resolve().parents[1] / "templates" / "pages" / "static"
 TIMELINE_LIMIT = 50
 RECENT_LIMIT = 15
+VENUES_SHOWN = 50  # the venues with the most open mismatches; the list page has the rest
 LIST_LIMIT = 100
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
@@ -318,23 +319,20 @@ class DriftSummary:
 
 
 def email_drift(s: Session, limit: int = RECENT_LIMIT) -> DriftSummary:
-    """Linked members whose mirrored customer's email differs from theirs (trimmed,
-    lower-cased in SQL: for ASCII, what normalize_email's casefold does)."""
-    drifted = (
-        (Member.stripe_customer_id.is_not(None))
-        & (StripeCustomer.email.is_not(None))
-        & (StripeCustomer.deleted.is_(False))
-        & (func.lower(func.trim(StripeCustomer.email)) != Member.email_normalized))
-    joined = (select(Venue.name, Venue.account_id, Member.member_ref, Member.email,
-                     StripeCustomer.customer_id, StripeCustomer.email)
-              .select_from(Member).join(Venue, Venue.id == Member.venue_id)
-              .join(StripeCustomer, (StripeCustomer.account_id == Venue.account_id)
-                    & (StripeCustomer.livemode == Venue.livemode)
-                    & (StripeCustomer.customer_id == Member.stripe_customer_id))
-              .where(drifted))
-    total = s.scalar(select(func.count()).select_from(joined.subquery())) or 0
-    newest = [Drift(*row) for row in s.execute(
-        joined.order_by(StripeCustomer.updated_at.desc()).limit(limit))]
+    """Linked members whose Stripe customer's email differs from theirs, newest first: kept
+    on the member as either side changes (db.records.note_email_drift), read by its index."""
+    drifted = Member.email_drift_since.is_not(None)
+    total = s.scalar(select(func.count()).select_from(Member).where(drifted)) or 0
+    newest = [Drift(name, account, ref, email, customer_id, customer_email or "")
+              for name, account, ref, email, customer_id, customer_email in s.execute(
+        select(Venue.name, Venue.account_id, Member.member_ref, Member.email,
+               Member.stripe_customer_id, StripeCustomer.email)
+        .select_from(Member).join(Venue, Venue.id == Member.venue_id)
+        .outerjoin(StripeCustomer, (StripeCustomer.account_id == Venue.account_id)
+                   & (StripeCustomer.livemode == Venue.livemode)
+                   & (StripeCustomer.customer_id == Member.stripe_customer_id))
+        .where(drifted)
+        .order_by(Member.email_drift_since.desc(), Member.id.desc()).limit(limit))]
     return DriftSummary(total, newest)
 
 
@@ -409,7 +407,8 @@ def dashboard():  # type: ignore[no-untyped-def]
                               for account, livemode, n, last, detail
                               in _tallied(s, CUSTOMER_ACCOUNT)]
     return render_template(
-        "pages/dashboard.html", by_venue=by_venue, newest_open=newest_open,
+        "pages/dashboard.html", by_venue=by_venue[:VENUES_SHOWN], venue_total=len(by_venue),
+        newest_open=newest_open,
         billed_to_accounts=billed_to_accounts,
         open_total=sum(r.total for r in by_venue), accepted=accepted, rejected=rejected,
         failed=failed, failed_total=failed_total, queue_depth=_queue_depth(),

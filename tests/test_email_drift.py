@@ -52,3 +52,14 @@ def test_a_linked_customer_changing_its_email_is_a_console_finding_only(
     work()
     page = console.get("/support").get_data(as_text=True)
     assert "Every linked member's Stripe customer has the member's email." in page
+
+    # The member's side: the booking product changes Bob's email, Stripe still has the old.
+    api.put(f"/api/venues/{GYM}/members/m-bob", json={
+        "email": "robert@example.com", "name": "m-bob", "stripe_customer_id": "cus_Bob0000000001"})
+    page = console.get("/support").get_data(as_text=True)
+    drift = page[page.index('id="email-drift"'):page.index('id="failed"')]
+    assert "1 linked member whose" in drift and "robert@example.com" in drift
+    assert "Bob@Example.com" in drift  # what Stripe has
+    # Unlinking ends it: no customer, nothing to differ from.
+    api.put(f"/api/venues/{GYM}/members/m-bob", json={"email": "robert@example.com"})
+    assert "Every linked member's" in console.get("/support").get_data(as_text=True)

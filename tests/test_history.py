@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.engine import make_url
 
-from db import Database, EventTally, StripeEvent, upgrade, utcnow
+from db import Database, EventTally, Member, StripeEvent, upgrade, utcnow
 from db.history import rebuild_tallies
 from tests.pages_support import SUPPORT_USERS, sign_in
 from tests.support import customer, event, post_event, subscription
@@ -156,7 +156,7 @@ def fresh_url(database_url, tmp_path):  # type: ignore[no-untyped-def]
     admin.dispose()
 
 
-def test_migration_0006_fills_named_ids_and_tallies_and_widens_ids(fresh_url):
+def test_migrations_0006_0007_fill_named_ids_tallies_drift_and_widen_ids(fresh_url):
     upgrade(fresh_url, "0005")
     engine = create_engine(fresh_url)
     rows = [
@@ -180,6 +180,21 @@ def test_migration_0006_fills_named_ids_and_tallies_and_widens_ids(fresh_url):
                 " 'connect', :a, false, :t, 1, :p, :s, :o, 1, :r)"),
                 dict(e=event_id, a=GYM, t=type_, s=status, o=outcome, r=utcnow(),
                      p=json.dumps(event(type_, obj, account=GYM, event_id=event_id))))
+        # A linked member whose customer's email changed in Stripe (0007: email drift).
+        conn.execute(text("INSERT INTO venues (account_id, name, admin_emails, livemode, digest,"
+                          " created_at, updated_at) VALUES (:a, 'Gym', '[]', false, false, :t,"
+                          " :t)"), dict(a=GYM, t=utcnow()))
+        for ref, email, cus in (("m1", "a@example.com", "cus_1"), ("m2", "b@example.com",
+                                                                   "cus_2")):
+            conn.execute(text(
+                "INSERT INTO members (venue_id, member_ref, email, email_normalized,"
+                " stripe_customer_id, created_at, updated_at) SELECT id, :r, :e, :e, :c, :t, :t"
+                " FROM venues"), dict(r=ref, e=email, c=cus, t=utcnow()))
+        for cus, email in (("cus_1", "A@Example.com "), ("cus_2", "new@example.com")):
+            conn.execute(text(
+                "INSERT INTO stripe_customers (account_id, livemode, customer_id, email,"
+                " deleted, last_event_created, updated_at) VALUES (:a, false, :c, :e, false, 1,"
+                " :t)"), dict(a=GYM, c=cus, e=email, t=utcnow()))
     engine.dispose()
 
     upgrade(fresh_url)
@@ -188,6 +203,9 @@ def test_migration_0006_fills_named_ids_and_tallies_and_widens_ids(fresh_url):
         named = {e: (sub, cus) for e, sub, cus in s.execute(
             select(StripeEvent.event_id, StripeEvent.subscription_id, StripeEvent.customer_id))}
         tallies = sorted((t.status, t.outcome, t.n) for t in s.scalars(select(EventTally)))
+        drifted = {m.member_ref: m.email_drift_since is not None
+                   for m in s.scalars(select(Member))}
+    assert drifted == {"m1": False, "m2": True}
     assert named == {"evt_1": ("sub_1", "cus_1"), "evt_2": (None, "cus_1"),
                      "evt_3": ("sub_1", "cus_1"), "evt_4": (None, None),
                      "evt_5": ("sub_2", "cus_2")}

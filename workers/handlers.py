@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from db import StripeEvent
+from db.records import note_customer_email
 from workers import CUSTOMER_ACCOUNT
 from workers.batch import Batch
 from workers.matching import (
@@ -84,6 +85,8 @@ def customer_changed(batch: Batch, event: Event, customer: CustomerSeen | None) 
         return "unrouted"
     mirror_customer(batch, customer)
     venue = batch.venue(customer.account_id)
+    if venue is not None and venue.livemode == customer.livemode:
+        note_customer_email(batch.session, venue, customer.customer_id)  # email drift
     if venue is not None and venue.livemode == customer.livemode and not customer.deleted:
         # The email may have changed or become known: re-check this customer's mismatches.
         # (Not on deletion: the purged email says nothing new about who the customer was.)
