@@ -232,11 +232,48 @@ def _url_template(env: Mapping[str, str], name: str, fields: set[str]) -> str | 
     return raw
 
 
-def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool = True
-                ) -> Config:
-    """Read the environment once; raise ConfigError naming the variable on bad input.
-    `create_instance=False` writes nothing (no instance folder, no generated key file)."""
+# A signing key shorter than this is guessable offline from one signed link.
+SECRET_KEY_MIN = 32
+
+
+def is_production(env: Mapping[str, str]) -> bool:
+    return "production" in (env.get("FLASK_ENV"), env.get("MISMATCH_ENV"))
+
+
+def production_problems(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The laptop defaults a production environment still leans on, as (setting, why): each
+    works on a laptop and quietly loses data or mail on a server."""
+    if not is_production(env):
+        return []
+    problems = []
+    if not env.get("DATABASE_URL", "").strip():
+        problems.append(("DATABASE_URL", "required in production (unset, the data would live "
+                                         "in an SQLite file under instance/ on this one host)"))
+    if not env.get("REDIS_URL", "").strip():
+        problems.append(("REDIS_URL", "required in production (unset, each host would start "
+                                      "an embedded Redis of its own)"))
+    if not env.get("SMTP_URL", "").strip():
+        problems.append(("SMTP_URL", "required in production (unset, notices would go to the "
+                                     "local outbox and never leave this host)"))
+    key = env.get("SECRET_KEY", "").strip()
+    if len(key) < SECRET_KEY_MIN:
+        problems.append(("SECRET_KEY", f"required in production, at least {SECRET_KEY_MIN} "
+                                       f"characters ({'unset' if not key else f'{len(key)} given'};"
+                                       f" python -c 'import secrets; print(secrets.token_hex(32))')"
+                         ))
+    return problems
+
+
+def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool = True,
+                allow_production_problems: bool = False) -> Config:
+    """Read the environment once; raise ConfigError naming the variable on bad input, and in
+    production on any laptop default (production_problems) — in one line naming each.
+    `create_instance=False` writes nothing (no instance folder, no generated key file);
+    `allow_production_problems` is for the doctor, which reports them instead."""
     env = os.environ if env is None else env
+    problems = production_problems(env)
+    if problems and not allow_production_problems:
+        raise ConfigError("; ".join(f"{name}: {why}" for name, why in problems))
     instance_path = Path(env.get("INSTANCE_PATH") or Path.cwd() / "instance").resolve()
 
     redis_url = env.get("REDIS_URL", "").strip() or None
@@ -248,10 +285,8 @@ def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool =
 
     secret_key = env.get("SECRET_KEY", "").strip()
     generated = False
-    production = "production" in (env.get("FLASK_ENV"), env.get("MISMATCH_ENV"))
+    production = is_production(env)
     if not secret_key:
-        if production:
-            raise ConfigError("SECRET_KEY: required in production")
         secret_key = _dev_secret_key(instance_path, create=create_instance)
         generated = True
 

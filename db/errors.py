@@ -75,8 +75,31 @@ class ScrubTracebacks(logging.Filter):
         return True
 
 
+def escape_controls(text: str) -> str:
+    """`text` with every control character but none shown as an escape (`\\x00`, `\\n`):
+    what it names stays readable, and it can never start a line of its own."""
+    return "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in text)
+
+
+class EscapeControls(logging.Filter):
+    """On a log handler: a message (formatted with its arguments) holding a control character
+    — a request path with %0a, an id someone typed — has them escaped, so no input can
+    forge a log line. A traceback's own lines are not the message and stay as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - logging reports its own formatting errors
+            return True
+        if not message.isprintable():
+            record.msg, record.args = escape_controls(message), None
+        return True
+
+
 def scrub_logs() -> None:
-    """Install ScrubTracebacks on every handler of the root logger (after basicConfig)."""
+    """Install ScrubTracebacks and EscapeControls on every handler of the root logger (after
+    basicConfig)."""
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, ScrubTracebacks) for f in handler.filters):
-            handler.addFilter(ScrubTracebacks())
+        for kind in (ScrubTracebacks, EscapeControls):
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())

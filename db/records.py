@@ -1,17 +1,16 @@
-"""Venue and member records from the booking product, as the API and the CSV imports
-write them: one validation and one upsert for both doors."""
+"""Venue and member records from the booking product: one validation for both doors (the
+API's PUT and PATCH, and the CSV imports in db/imports.py), and the API's upserts."""
 
 from __future__ import annotations
 
-import csv
 import re
-from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import Database, Member, StripeCustomer, Venue, normalize_email, utcnow
+from db import Member, StripeCustomer, Venue, normalize_email, utcnow
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -69,47 +68,115 @@ def parse_bool(value: Any, field: str) -> bool:
     raise InvalidInput(f"'{field}' must be true or false")
 
 
-def upsert_venue(session: Session, account_id: str, data: dict[str, Any]) -> tuple[Venue, bool]:
-    """Create or update a venue; returns (venue, created)."""
-    check_account_id(account_id)
+# The fields a PUT must carry: it replaces the record, so a field left out would be wiped
+# (a venue's admins, a member's link). PATCH changes only the fields it names.
+VENUE_FIELDS = ("name", "admin_emails", "livemode")
+VENUE_OPTIONAL = ("digest",)  # left out of a PUT: unchanged (false for a new venue)
+MEMBER_FIELDS = ("email", "name", "stripe_customer_id")
+
+
+def _fields(data: Any, required: tuple[str, ...], optional: tuple[str, ...], *,
+            partial: bool, what: str) -> None:
+    """Refuse a body that is not an object, names a field we do not know (a typo would be
+    silently dropped) or, for a PUT, leaves one out."""
     if not isinstance(data, dict):
         raise InvalidInput("body must be a JSON object")
-    name = _text(data, "name", required=True, limit=200)
-    emails = data.get("admin_emails", [])
-    if isinstance(emails, str):
-        emails = [e for e in re.split(r"[;,]", emails) if e.strip()]
-    if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
-        raise InvalidInput("'admin_emails' must be a list of email addresses")
-    emails = [check_email(e.strip(), "admin_emails") for e in emails if e.strip()]
-    livemode = parse_bool(data.get("livemode", False), "livemode")
-    digest = parse_bool(data.get("digest", False), "digest")
-    venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
-    created = venue is None
-    if venue is None:
-        venue = Venue(account_id=account_id)
-        session.add(venue)
-    venue.name = name or account_id
-    venue.admin_emails = emails
-    venue.livemode = livemode
-    venue.digest = digest
-    session.flush()
-    return venue, created
+    unknown = sorted(str(k) for k in data if k not in required + optional)
+    if unknown:
+        raise InvalidInput(f"unknown field{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(repr(k) for k in unknown)}; a {what} has "
+                           f"{', '.join(required + optional)}")
+    missing = [k for k in required if k not in data]
+    if missing and not partial:
+        raise InvalidInput(
+            f"missing field{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(k) for k in missing)}: PUT replaces the whole {what}, so it "
+            f"carries every field ({', '.join(required)}); PATCH changes only the fields it "
+            f"names")
+    if partial and not data:
+        raise InvalidInput(f"nothing to change: name at least one of "
+                           f"{', '.join(required + optional)}")
 
 
-def upsert_member(session: Session, venue: Venue, member_ref: str, data: dict[str, Any]
-                  ) -> tuple[Member, bool]:
-    """Create or update a member; asks for a re-check of the venue's open mismatches."""
+def venue_values(data: Any, *, partial: bool = False) -> dict[str, Any]:
+    """The venue fields `data` sets, checked and normalized."""
+    _fields(data, VENUE_FIELDS, VENUE_OPTIONAL, partial=partial, what="venue")
+    values: dict[str, Any] = {}
+    if "name" in data:
+        values["name"] = _text(data, "name", required=True, limit=200)
+    if "admin_emails" in data:
+        emails = data["admin_emails"]
+        if isinstance(emails, str):
+            emails = [e for e in re.split(r"[;,]", emails) if e.strip()]
+        if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
+            raise InvalidInput("'admin_emails' must be a list of email addresses")
+        values["admin_emails"] = [check_email(e.strip(), "admin_emails")
+                                  for e in emails if e.strip()]
+    for key in ("livemode", "digest"):
+        if key in data:
+            values[key] = parse_bool(data[key], key)
+    return values
+
+
+def member_values(data: Any, *, partial: bool = False) -> dict[str, Any]:
+    """The member fields `data` sets, checked and normalized (`null` name or customer id:
+    none; a `null` customer id unlinks)."""
+    _fields(data, MEMBER_FIELDS, (), partial=partial, what="member")
+    values: dict[str, Any] = {}
+    if "email" in data:
+        values["email"] = check_email(_text(data, "email", required=True, limit=320) or "")
+    if "name" in data:
+        values["name"] = _text(data, "name", required=False, limit=200)
+    if "stripe_customer_id" in data:
+        customer = _text(data, "stripe_customer_id", required=False, limit=64)
+        if customer is not None and not re.fullmatch(r"cus_[A-Za-z0-9]{1,60}", customer):
+            raise InvalidInput(f"'stripe_customer_id' must look like cus_…, got {customer!r}")
+        values["stripe_customer_id"] = customer
+    return values
+
+
+def check_member_ref(member_ref: str) -> str:
     if not member_ref or len(member_ref) > 128:
         raise InvalidInput("member_ref must be 1 to 128 characters")
     if unstorable(member_ref) or any(c in "\t\n\r" for c in member_ref):
         raise InvalidInput("member_ref holds a control character, a NUL or a lone surrogate")
-    if not isinstance(data, dict):
-        raise InvalidInput("body must be a JSON object")
-    email = check_email(_text(data, "email", required=True, limit=320) or "")
-    name = _text(data, "name", required=False, limit=200)
-    customer = _text(data, "stripe_customer_id", required=False, limit=64)
-    if customer is not None and not re.fullmatch(r"cus_[A-Za-z0-9]+", customer):
-        raise InvalidInput(f"'stripe_customer_id' must look like cus_…, got {customer!r}")
+    return member_ref
+
+
+def _assign(record: Any, values: dict[str, Any]) -> list[str]:
+    """Set `values` on `record`; the names of the fields whose value changed."""
+    changed = [key for key, value in values.items() if getattr(record, key) != value]
+    for key in changed:
+        setattr(record, key, values[key])
+    return changed
+
+
+def upsert_venue(session: Session, account_id: str, data: Any, *, partial: bool = False
+                 ) -> tuple[Venue | None, bool, list[str]]:
+    """Create or replace a venue (PUT), or change some of its fields (`partial`: PATCH, which
+    never creates one: None when there is none). Returns (venue, created, changed fields)."""
+    check_account_id(account_id)
+    values = venue_values(data, partial=partial)
+    venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
+    created = venue is None
+    if venue is None:
+        if partial:
+            return None, False, []
+        venue = Venue(account_id=account_id, digest=False)
+        session.add(venue)
+    changed = _assign(venue, values)
+    session.flush()
+    return venue, created, changed
+
+
+def upsert_member(session: Session, venue: Venue, member_ref: str, data: Any, *,
+                  partial: bool = False) -> tuple[Member | None, bool, list[str]]:
+    """Create or replace a member (PUT), or change some of its fields (`partial`: PATCH, None
+    when there is no such member); asks for a re-check of the venue's open mismatches when
+    anything changed. Returns (member, created, changed fields)."""
+    check_member_ref(member_ref)
+    values = member_values(data, partial=partial)
+    customer = values.get("stripe_customer_id")
     if customer is not None:
         holder = session.scalar(select(Member).where(
             Member.venue_id == venue.id, Member.stripe_customer_id == customer,
@@ -121,16 +188,18 @@ def upsert_member(session: Session, venue: Venue, member_ref: str, data: dict[st
         Member.venue_id == venue.id, Member.member_ref == member_ref))
     created = member is None
     if member is None:
+        if partial:
+            return None, False, []
         member = Member(venue_id=venue.id, member_ref=member_ref)
         session.add(member)
-    member.email = email
-    member.email_normalized = normalize_email(email) or ""
-    member.name = name
-    member.stripe_customer_id = customer
-    note_email_drift(member, _mirrored_email(session, venue, customer))
-    venue.recheck_requested_at = utcnow()
+    changed = _assign(member, values)
+    if "email" in values:
+        member.email_normalized = normalize_email(member.email) or ""
+    if created or changed:
+        note_email_drift(member, _mirrored_email(session, venue, member.stripe_customer_id))
+        venue.recheck_requested_at = utcnow()
     session.flush()
-    return member, created
+    return member, created, changed
 
 
 def _mirrored_email(session: Session, venue: Venue, customer_id: str | None) -> str | None:
@@ -147,12 +216,19 @@ def note_email_drift(member: Member, customer_email: str | None) -> None:
     """Email drift: the member's linked customer has another email in Stripe (changed in
     the customer portal or a checkout). Kept on the member when the member or the customer
     changes, so the console reads an index, not a join of every linked member."""
+    member.email_drift_since = drift_since(member.email_drift_since, member.email_normalized,
+                                           customer_email)
+
+
+def drift_since(since: datetime | None, email_normalized: str, customer_email: str | None
+                ) -> datetime | None:
+    """A member's email drift after a change: None when the linked customer's email agrees
+    (or is unknown), else since when it has differed (kept if it already did)."""
     drifted = customer_email is not None and normalize_email(customer_email) not in (
-        member.email_normalized, None)
+        email_normalized, None)
     if not drifted:
-        member.email_drift_since = None
-    elif member.email_drift_since is None:
-        member.email_drift_since = utcnow()
+        return None
+    return since or utcnow()
 
 
 def note_customer_email(session: Session, venue: Venue, customer_id: str) -> None:
@@ -183,79 +259,3 @@ def venue_json(venue: Venue) -> dict[str, Any]:
 def member_json(member: Member) -> dict[str, Any]:
     return {"member_ref": member.member_ref, "email": member.email, "name": member.name,
             "stripe_customer_id": member.stripe_customer_id}
-
-
-# --- CSV imports ------------------------------------------------------------------------------
-
-VENUE_HEADER = ["account_id", "name", "admin_emails", "livemode"]
-MEMBER_HEADER = ["account_id", "member_ref", "email", "name", "stripe_customer_id"]
-
-
-def _csv_rows(path: str, header: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) from a CSV whose header must be exactly `header`."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        try:
-            first = next(reader)
-        except StopIteration:
-            raise InvalidInput("line 1: the file is empty") from None
-        if [h.strip() for h in first] != header:
-            raise InvalidInput(f"line 1: header must be {','.join(header)} "
-                               f"(got {','.join(first)})")
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise InvalidInput(f"line {reader.line_num}: expected {len(header)} fields, "
-                                   f"got {len(row)}")
-            yield reader.line_num, dict(zip(header, (c.strip() for c in row), strict=True))
-
-
-def _import(db: Database, path: str, header: list[str],
-            apply: Callable[[Session, dict[str, str]], int]) -> tuple[int, set[int]]:
-    """Every row in one transaction: a bad row fails the file and nothing is written. Errors
-    read `FILE: line N: why`. Returns (rows, ids of the venues touched)."""
-    count, venues = 0, set()
-    try:
-        with db.session() as session:
-            for number, row in _csv_rows(path, header):
-                try:
-                    venues.add(apply(session, row))
-                except InvalidInput as exc:
-                    raise InvalidInput(f"line {number}: {exc}") from None
-                count += 1
-    except InvalidInput as exc:
-        raise InvalidInput(f"{path}: {exc}") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: the file is not UTF-8 text") from None
-    except OSError as exc:
-        raise InvalidInput(f"{path}: {exc.strerror}") from None
-    return count, venues
-
-
-def import_venues(db: Database, path: str) -> int:
-    """`account_id,name,admin_emails,livemode` (admin emails `;`-separated)."""
-
-    def apply(session: Session, row: dict[str, str]) -> int:
-        venue, _ = upsert_venue(session, row["account_id"], {
-            "name": row["name"], "admin_emails": row["admin_emails"].split(";"),
-            "livemode": row["livemode"]})
-        return venue.id
-
-    return _import(db, path, VENUE_HEADER, apply)[0]
-
-
-def import_members(db: Database, path: str) -> tuple[int, set[int]]:
-    """`account_id,member_ref,email,name,stripe_customer_id`; returns (rows, venue ids whose
-    open mismatches need a re-check)."""
-
-    def apply(session: Session, row: dict[str, str]) -> int:
-        venue = session.scalar(select(Venue).where(Venue.account_id == row["account_id"]))
-        if venue is None:
-            raise InvalidInput(f"no venue {row['account_id']!r}; import venues first")
-        upsert_member(session, venue, row["member_ref"], {
-            "email": row["email"], "name": row["name"] or None,
-            "stripe_customer_id": row["stripe_customer_id"] or None})
-        return venue.id
-
-    return _import(db, path, MEMBER_HEADER, apply)

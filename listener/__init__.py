@@ -6,12 +6,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, jsonify
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
 from config import Config, load_config
 from db import ROW_ID_MAX, Database
 from db.errors import scrub_logs
+from listener.edge import refuse_control_characters
 
 if TYPE_CHECKING:
     from listener.throttle import Throttle
@@ -28,6 +30,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     scrub_logs()  # no bound values or recipients in a logged traceback
 
     app.url_map.converters["int"] = RowId  # before any blueprint adds its routes
+    app.before_request(refuse_control_characters)  # before every blueprint's own checks
     if config.proxy_hops:  # the client's address, as the load balancer saw it
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops,  # type: ignore[method-assign]
                                 x_proto=config.proxy_hops)
@@ -49,6 +52,10 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(outbox_page.bp)
     console.init_app(app)
+
+    @app.errorhandler(400)
+    def bad_request(e: HTTPException):  # type: ignore[no-untyped-def]
+        return jsonify(error=e.description or "bad request"), 400
 
     @app.errorhandler(404)
     def not_found(_e: Exception):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ import hmac
 import logging
 from typing import Any
 
-from flask import Blueprint, abort, jsonify, make_response, request
+from flask import Blueprint, Response, abort, jsonify, make_response, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -25,6 +25,7 @@ from db.records import (
     venue_json,
 )
 from listener import current_config, current_db
+from listener.edge import CONTROL, bad_json_string
 from notifications.view import charges_of
 from workers import (
     CANCEL,
@@ -69,9 +70,13 @@ def invalid(exc: InvalidInput):  # type: ignore[no-untyped-def]
 def _json() -> Any:
     """The request's JSON, or None; a body nested too deep to parse is bad input too."""
     try:
-        return request.get_json(silent=True)
+        data = request.get_json(silent=True)
     except RecursionError:
         raise InvalidInput("body is JSON nested too deeply") from None
+    where = bad_json_string(data)
+    if where is not None:
+        raise InvalidInput(f"{where} holds a control character, a NUL or a lone surrogate")
+    return data
 
 
 def _body() -> dict[str, Any]:
@@ -90,32 +95,66 @@ def _venue(session, account_id: str) -> Venue:  # type: ignore[no-untyped-def]
     check_account_id(account_id)
     venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
     if venue is None:
-        abort(make_response(jsonify(
-            error=f"no venue {account_id}: create it first (PUT /api/venues/{account_id}, "
-                  f"or mismatch venues import)"), 404))
+        abort(_no_venue(account_id))
     return venue
+
+
+def _no_venue(account_id: str) -> Response:
+    return make_response(jsonify(
+        error=f"no venue {account_id}: create it first (PUT /api/venues/{account_id}, "
+              f"or mismatch venues import)"), 404)
 
 
 @bp.put("/venues/<account_id>")
 def put_venue(account_id: str):  # type: ignore[no-untyped-def]
+    """Create or replace a venue: every field (a left-out one is a 400, never a wipe)."""
+    return _write_venue(account_id, partial=False)
+
+
+@bp.patch("/venues/<account_id>")
+def patch_venue(account_id: str):  # type: ignore[no-untyped-def]
+    """Change only the fields named; the venue must exist."""
+    return _write_venue(account_id, partial=True)
+
+
+def _write_venue(account_id: str, *, partial: bool):  # type: ignore[no-untyped-def]
+    data = _body()
     with current_db().session() as s:
-        venue, created = upsert_venue(s, account_id, _body())
+        venue, created, _changed = upsert_venue(s, account_id, data, partial=partial)
+        if venue is None:
+            return _no_venue(account_id)
         body = venue_json(venue)
     return jsonify(body), 201 if created else 200
 
 
 @bp.put("/venues/<account_id>/members/<member_ref>")
 def put_member(account_id: str, member_ref: str):  # type: ignore[no-untyped-def]
+    """Create or replace a member: email, name and stripe_customer_id (null unlinks)."""
+    return _write_member(account_id, member_ref, partial=False)
+
+
+@bp.patch("/venues/<account_id>/members/<member_ref>")
+def patch_member(account_id: str, member_ref: str):  # type: ignore[no-untyped-def]
+    """Change only the fields named; the member must exist."""
+    return _write_member(account_id, member_ref, partial=True)
+
+
+def _write_member(account_id: str, member_ref: str, *, partial: bool):  # type: ignore[no-untyped-def]
     data = _body()
     try:
         with current_db().session() as s:
             venue = _venue(s, account_id)
-            member, created = upsert_member(s, venue, member_ref, data)
+            member, created, changed = upsert_member(s, venue, member_ref, data,
+                                                     partial=partial)
+            if member is None:
+                return jsonify(error=f"no member {member_ref!r} in {account_id}: create it "
+                                     f"with PUT"), 404
             body, venue_id = member_json(member), venue.id
     except IntegrityError:
         return jsonify(error="that stripe_customer_id or member_ref is already taken in this "
                              "venue"), 409
-    _recheck(venue_id)
+    if created or changed:
+        _recheck(venue_id)
     return jsonify(body), 201 if created else 200
 
 
@@ -219,8 +258,9 @@ def _act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
     if not isinstance(data, dict):
         raise InvalidInput("body must be a JSON object")
     actor = data.get("actor") or "api"
-    if not isinstance(actor, str) or len(actor) > 100 or unstorable(actor):
-        raise InvalidInput("'actor' must be a short string")
+    if not isinstance(actor, str) or len(actor) > 100 or CONTROL.search(actor):
+        raise InvalidInput("'actor' must be a short string on one line, without control "
+                           "characters")
     with current_db().session() as s:
         m = s.get(Mismatch, mismatch_id, with_for_update=True)
         if m is None:

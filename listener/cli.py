@@ -22,13 +22,17 @@ from flask.cli import FlaskGroup
 
 from config import Config, ConfigError, load_config
 from listener.demo import demo, dev_session_path
+from listener.edge import CONTROL
 
 
 def _create_app() -> Flask:
     from listener import create_app
 
-    try:  # writes nothing: a command run from another folder leaves no instance there
-        return create_app(load_config(create_instance=False))
+    # Writes nothing: a command run from another folder leaves no instance there. This app
+    # only holds the commands; each loads the configuration it runs with (strictly, but for
+    # `stripe check`, which reports production's problems instead of stopping on them).
+    try:
+        return create_app(load_config(create_instance=False, allow_production_problems=True))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -40,6 +44,14 @@ class MismatchGroup(FlaskGroup):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.params = [p for p in self.params if p.name not in ("app", "debug", "env_file")]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """No argument may hold a control character (a NUL cannot reach the database, a
+        newline would forge a line of the output): one line naming which argument."""
+        for n, arg in enumerate(args, start=1):
+            if CONTROL.search(arg):
+                raise click.ClickException(f"argument {n} holds a control character")
+        return super().parse_args(ctx, args)
 
 
 @click.group(cls=MismatchGroup, create_app=_create_app, add_default_commands=False,

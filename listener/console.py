@@ -62,6 +62,8 @@ from listener.console_auth import (
     staff_user,
     viewer_for,
 )
+from listener.edge import ControlCharacter
+from listener.hashing import Busy
 from notifications.links import LinkExpired, LinkInvalid, describe_age, read_link
 from notifications.view import (
     CASE_SHORT,
@@ -175,6 +177,12 @@ def not_found(_exc: Exception):  # type: ignore[no-untyped-def]
     return _message(404, "Not found", "There is nothing at this address.")
 
 
+@bp.errorhandler(ControlCharacter)
+def control_character(exc: ControlCharacter):  # type: ignore[no-untyped-def]
+    return _message(400, "This can't be read", f"The request was refused: {exc.description}. "
+                    "Go back and enter it again without it.")
+
+
 def _message(status: int, title: str, text: str, *, sign_in_link: bool = False
              ) -> tuple[str, int]:
     """A plain page that explains what went wrong and what to do instead."""
@@ -251,19 +259,27 @@ def login():  # type: ignore[no-untyped-def]
         password = request.form.get("password", "")
         client = request.remote_addr or "-"
         throttle = current_throttle()
-        over = throttle.sign_in_refused(client, name)
+        over = throttle.sign_in_attempt(client, name)  # counted before the hash
         if over is not None:  # refused before the password is hashed
-            log.warning("console: sign-in refused, too many failures")
+            log.warning("console: sign-in refused, too many attempts")
             error, status = over.message, 429
             headers["Retry-After"] = str(over.retry_after)
-        elif check_staff_password(config, name, password):
-            sign_in(config, name)
-            log.info("console: support sign-in")
-            return redirect(target, 303)
         else:
-            throttle.sign_in_failed(client, name)
-            log.warning("console: failed support sign-in")
-            error, status = "Wrong user name or password.", 401
+            try:
+                ok = check_staff_password(config, name, password)
+            except Busy:
+                log.warning("console: sign-in refused, password checks busy")
+                ok, error, status = False, "Too many sign-ins at once. Try again in a few " \
+                                           "seconds.", 503
+                headers["Retry-After"] = "5"
+            if ok:
+                throttle.sign_in_succeeded(name)
+                sign_in(config, name)
+                log.info("console: support sign-in")
+                return redirect(target, 303)
+            if status != 503:
+                log.warning("console: failed support sign-in")
+                error, status = "Wrong user name or password.", 401
     return render_template("pages/login.html", error=error, next=target,
                            configured=bool(config.support_users)), status, headers
 
@@ -718,8 +734,9 @@ def diagnose_fix():  # type: ignore[no-untyped-def]
     customer_id = request.form.get("customer", "")
     account_id = request.form.get("account", "")
     # Back to the same diagnosis, with what was pasted (the note quotes its error and URL).
-    back = url_for("console.diagnose_page", account=account_id,
-                   customer=request.form.get("pasted", "")[:4000] or customer_id)
+    # (On one line: an address holds no newlines, and what is pasted reads the same without.)
+    pasted = " ".join(request.form.get("pasted", "")[:4000].split())
+    back = url_for("console.diagnose_page", account=account_id, customer=pasted or customer_id)
     if request.form.get("confirm") != customer_id or not customer_id.startswith("cus_"):
         flash("Type the old customer ID to confirm; nothing was done.", "warn")
         return redirect(back, 303)

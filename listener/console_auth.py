@@ -28,6 +28,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from config import Config
 from db import Database, EndedSession, Mismatch, utcnow
+from listener.hashing import hash_pool
 
 
 class PageSessions(SecureCookieSessionInterface):
@@ -89,9 +90,12 @@ def _dummy_hash() -> str:
 
 
 def check_staff_password(config: Config, name: str, password: str) -> bool:
-    """True when `name` is in SUPPORT_USERS and `password` matches its hash."""
+    """True when `name` is in SUPPORT_USERS and `password` matches its hash. The hash runs on
+    listener.hashing's threads, never on the loop that answers Stripe; raises hashing.Busy
+    when too many sign-ins are already waiting for one."""
     hashed = config.support_users.get(name)
-    ok = check_password_hash(hashed or _dummy_hash(), password)
+    pool = hash_pool()
+    ok = pool.run(check_password_hash, hashed or pool.run(_dummy_hash), password)
     return ok and hashed is not None
 
 

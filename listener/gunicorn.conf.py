@@ -7,13 +7,33 @@ its request a byte at a time, holds only its own greenlet, never one of a few th
 deliveries need (with gthread, 4 such connections stopped intake). Their timeouts:
 - `keepalive`: the whole request line and headers must arrive within it, on a new connection
   as between requests on a kept-alive one; then the connection is closed;
-- a body must arrive within WEBHOOK_BODY_SECONDS (listener/webhooks.py), then 408;
+- a body must arrive within BODY_SECONDS (listener/webhooks.py), then 408;
 - `worker_connections` bounds what one worker holds open at once.
 psycopg (3.1+) and redis-py cooperate with gevent's patched sockets; nothing in a request
 computes for long, except a sign-in's password hash, which is rate-limited."""
 
 import os
+import sys
 
+from gunicorn.glogging import Logger
+
+
+class EscapedLogger(Logger):
+    """gunicorn's logger, with every value of an access-log line escaped: the path arrives
+    %-decoded, and `%0a` in it would otherwise start a forged line of the log."""
+
+    def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
+        return {key: _escaped(value) for key, value in
+                super().atoms(resp, req, environ, request_time).items()}
+
+
+def _escaped(value):  # type: ignore[no-untyped-def]
+    if isinstance(value, str) and not value.isprintable():
+        return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
+    return value
+
+
+logger_class = EscapedLogger
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_connections = 1000
@@ -21,3 +41,16 @@ keepalive = 5
 timeout = 30
 graceful_timeout = 10
 backlog = 2048
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """A bad configuration stops the web tier in one line naming the setting, before any
+    worker boots (each would print a traceback and be started again, forever). config.py
+    reads only the environment: nothing here is patched by gevent later."""
+    from config import ConfigError, load_config
+
+    try:
+        load_config(create_instance=False)
+    except ConfigError as exc:
+        print(f"mismatch: {exc}", file=sys.stderr)
+        sys.exit(1)

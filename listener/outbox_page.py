@@ -1,9 +1,11 @@
 """GET /outbox: the local outbox (mail written under instance/outbox/ while SMTP_URL is
 unset), so a developer can read what the service would have sent.
 
-Exists only while SMTP_URL is unset (404 otherwise: real mail is in real mailboxes).
-The messages hold member emails, so when API_TOKEN is set the page asks for it — as a
-Bearer header, or as the password of the browser's Basic-auth prompt (any user name).
+Exists only while SMTP_URL is unset (404 otherwise: real mail is in real mailboxes; and
+production refuses to start without SMTP_URL). The messages hold member emails and the
+notices' signed links, which open the venues' mismatch pages, so it is for support staff
+only: signed in to the console, or (scripts) with the API token as a Bearer header or as the
+password of a Basic-auth prompt. Anyone else is sent to the sign-in page.
 """
 
 from __future__ import annotations
@@ -18,9 +20,19 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, render_template, request, send_file
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 
-from listener import current_config
+from listener import current_config, current_db
+from listener.console_auth import staff_user
 from notifications.send import outbox_dir
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
@@ -51,10 +63,14 @@ def guard():  # type: ignore[no-untyped-def]
     config = current_config()
     if config.smtp is not None:
         abort(404)
-    if config.api_token and not _authorized(config.api_token):
-        return Response("The outbox needs the API token (as the password).", 401,
-                        {"WWW-Authenticate": 'Basic realm="mismatch outbox"'})
-    return None
+    if staff_user(config, current_db()):
+        return None
+    if "Authorization" in request.headers:
+        if config.api_token and _authorized(config.api_token):
+            return None
+        return Response("Wrong credentials: sign in to the console, or give the API token "
+                        "as the password.", 401)
+    return redirect(url_for("console.login", next=request.path))
 
 
 @dataclass

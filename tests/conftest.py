@@ -150,6 +150,9 @@ def api(client):  # type: ignore[no-untyped-def]
         def post(self, url: str, json=None, **kw):  # type: ignore[no-untyped-def]
             return client.post(url, json=json, headers=self.headers, **kw)
 
+        def patch(self, url: str, json=None, **kw):  # type: ignore[no-untyped-def]
+            return client.patch(url, json=json, headers=self.headers, **kw)
+
         def delete(self, url: str, **kw):  # type: ignore[no-untyped-def]
             return client.delete(url, headers=self.headers, **kw)
 

@@ -176,7 +176,8 @@ def test_a_refund_event_and_a_linked_subscription(venues, client, api, work, db)
 
     # A member's own (linked) subscription: its payments are none of ours.
     assert api.put(f"/api/venues/{GYM}/members/m-1", json={
-        "email": "member@example.com", "stripe_customer_id": "cus_1Member"}).status_code == 201
+        "email": "member@example.com", "name": None,
+        "stripe_customer_id": "cus_1Member"}).status_code == 201
     for payload in (
         event("customer.subscription.created", subscription("sub_1Member", "cus_1Member"),
               account=GYM),
@@ -446,7 +447,7 @@ def test_refused_on_a_linked_subscription(stripe_stand_in, venues, api, client, 
     work()
     # The venue links the customer to a member: the mismatch resolves as linked.
     assert api.put(f"/api/venues/{GYM}/members/m-1", json={
-        "email": "walkin@example.com", "stripe_customer_id": CUS}).status_code == 201
+        "email": "walkin@example.com", "name": None, "stripe_customer_id": CUS}).status_code == 201
     work()
     with db.session() as s:
         m = s.scalar(select(Mismatch))

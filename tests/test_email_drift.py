@@ -61,5 +61,6 @@ def test_a_linked_customer_changing_its_email_is_a_console_finding_only(
     assert "1 linked member whose" in drift and "robert@example.com" in drift
     assert "Bob@Example.com" in drift  # what Stripe has
     # Unlinking ends it: no customer, nothing to differ from.
-    api.put(f"/api/venues/{GYM}/members/m-bob", json={"email": "robert@example.com"})
+    api.put(f"/api/venues/{GYM}/members/m-bob", json={
+        "email": "robert@example.com", "name": "m-bob", "stripe_customer_id": None})
     assert "Every linked member's" in console.get("/support").get_data(as_text=True)

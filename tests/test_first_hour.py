@@ -71,7 +71,8 @@ def test_a_deleted_customer_is_purged_from_the_mirror(venues, client, api, work,
 
 def test_a_member_of_an_unknown_venue_says_which_venue_and_how(api):
     response = api.put("/api/venues/acct_1Nowhere00000/members/m-1",
-                       json={"email": "carl@example.com"})
+                       json={"email": "carl@example.com", "name": None,
+                             "stripe_customer_id": None})
     assert response.status_code == 404
     assert "no venue acct_1Nowhere00000: create it first" in response.json["error"]
 

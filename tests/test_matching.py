@@ -407,7 +407,8 @@ def test_livemode_differs_from_venue_is_recorded_not_matched(venues, client, wor
 def test_platform_events_belong_to_the_platform_account(api, client, work):
     api.put(f"/api/venues/{PLATFORM_ACCOUNT}", json={"name": "Platform Studio",
                                                      "admin_emails": [], "livemode": False})
-    api.put(f"/api/venues/{PLATFORM_ACCOUNT}/members/p1", json={"email": "p@example.com"})
+    api.put(f"/api/venues/{PLATFORM_ACCOUNT}/members/p1", json={
+        "email": "p@example.com", "name": None, "stripe_customer_id": None})
     deliver(client, event("customer.created", customer("cus_P", "p@example.com")),
             event("customer.subscription.created", subscription("sub_P", "cus_P")))
     work()

@@ -540,7 +540,9 @@ def test_without_smtp_mail_lands_in_the_local_outbox_and_page(api, client, work,
     assert Counter(m["X-Mismatch-Case"] for m in parsed) == {"1": 2, "2": 2, "3": 2}
 
     basic = base64.b64encode(f"anyone:{API_TOKEN}".encode()).decode()
-    assert client.get("/outbox").status_code == 401
+    response = client.get("/outbox")  # for staff only: to the sign-in page
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/support/login?next=/outbox"
     assert client.get("/outbox", headers={"Authorization": "Basic eDp3cm9uZw=="}
                       ).status_code == 401
     page = client.get("/outbox", headers={"Authorization": f"Basic {basic}"})

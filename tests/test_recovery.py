@@ -54,7 +54,7 @@ def venue(api, account, livemode=False, members=()):
                                             "livemode": livemode})
     for ref, email, cus in members:
         api.put(f"/api/venues/{account}/members/{ref}",
-                json={"email": email, "stripe_customer_id": cus})
+                json={"email": email, "name": None, "stripe_customer_id": cus})
 
 
 def plan(client):

@@ -4,57 +4,23 @@ handful of such connections held all four gthread threads)."""
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from listener.stand_ins import free_port
-from tests.support import CONNECT_SECRET, GYM, customer, event, sign
+from tests.web_server import deliver, procfile_web
 
-ROOT = Path(__file__).resolve().parent.parent
 ATTACK_SECONDS = 30
 IDLE, TRICKLING = 200, 20
-
-
-def web_command() -> str:
-    """The Procfile's web line, as Heroku-style runners read it."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith("web:"):
-            return line.removeprefix("web:").strip()
-    raise AssertionError("Procfile has no web line")
 
 
 @pytest.fixture
 def served(env, db, redis):  # type: ignore[no-untyped-def]
     """The service started by the Procfile's web line on a free port."""
-    port = free_port()
-    child_env = {**os.environ, **env, "PORT": str(port),
-                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(["bash", "-c", f"exec {web_command()}"], cwd=ROOT, env=child_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(12).startswith(b"HTTP/1.1 200"):
-                    break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise AssertionError("web did not start: " + proc.stderr.read().decode()[-2000:])
-    yield port
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=20)
+    with procfile_web(env) as port:
+        yield port
 
 
 def _idle(port: int, stop: threading.Event) -> None:
@@ -94,23 +60,6 @@ def _trickle(port: int, stop: threading.Event, *, in_headers: bool) -> None:
             time.sleep(0.1)
 
 
-def _deliver(port: int, n: int) -> tuple[int, float]:
-    body = json.dumps(event("customer.created", customer(f"cus_slow{n:06d}", None),
-                            account=GYM))
-    request = (f"POST /webhooks/stripe/connect HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-               f"Content-Type: application/json\r\nStripe-Signature: "
-               f"{sign(body, CONNECT_SECRET)}\r\nContent-Length: {len(body)}\r\n\r\n{body}")
-    started = time.monotonic()
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.settimeout(10)
-            s.sendall(request.encode())
-            status = int(s.recv(64).split(b" ")[1])
-    except (OSError, IndexError, ValueError):
-        status = 0
-    return status, time.monotonic() - started
-
-
 def test_idle_and_trickling_connections_do_not_stop_deliveries(served):  # type: ignore[no-untyped-def]
     stop = threading.Event()
     attackers = [threading.Thread(target=_idle, args=(served, stop)) for _ in range(IDLE)]
@@ -124,7 +73,7 @@ def test_idle_and_trickling_connections_do_not_stop_deliveries(served):  # type:
         started = time.monotonic()
         n = 0
         while time.monotonic() - started < ATTACK_SECONDS:
-            results.append(_deliver(served, n))
+            results.append(deliver(served, n))
             n += 1
             time.sleep(0.2)
     finally:

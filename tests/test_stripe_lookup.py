@@ -29,7 +29,7 @@ def _venue(api, account, members=()):
                                             "livemode": False})
     for ref, email, cus in members:
         api.put(f"/api/venues/{account}/members/{ref}",
-                json={"email": email, "stripe_customer_id": cus})
+                json={"email": email, "name": None, "stripe_customer_id": cus})
 
 
 def _only(api):

@@ -32,9 +32,12 @@ def stand_in(env, monkeypatch):
 
 
 def cli(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
-    from listener import create_app
+    """The `mismatch` command itself, in this process, on the test's environment."""
+    from click.testing import CliRunner
 
-    return create_app().test_cli_runner().invoke(args=list(args), input=input)
+    from listener.cli import main
+
+    return CliRunner().invoke(main, list(args), input=input)
 
 
 def writes(server: ConnectStripe) -> list[tuple[str, str]]:
@@ -151,6 +154,7 @@ def test_each_wrong_setup_is_a_finding_with_its_fix(stand_in, app, api, client, 
     result = cli("stripe", "check")
     assert result.exit_code == 1
     assert codes(result.output) == {
+        "production_smtp_url", "production_secret_key",  # and the laptop defaults
         "public_url_http", "connect_secret_missing", "key_mode", "platform_account_wrong",
         "venues_unreachable", "connect_endpoint_scope", "platform_endpoint_events",
         "platform_endpoint_api_version", "rejected_wrong_endpoint_secret"}

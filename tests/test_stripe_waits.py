@@ -94,7 +94,8 @@ def test_deliveries_are_stored_at_once_while_a_worker_waits_on_stripe(
     write lock); on PostgreSQL it holds no lock on any row while it waits."""
     stripe = slow_customer_lookups(monkeypatch, SLOW_LOOKUP, "slow@example.com")
     assert venues.put(f"/api/venues/{GYM}/members/m1",
-                      json={"email": "slow@example.com"}).status_code == 201
+                      json={"email": "slow@example.com", "name": None,
+                            "stripe_customer_id": None}).status_code == 201
     waiting = event("customer.subscription.created", subscription("sub_Slow", "cus_Slow"),
                     account=GYM)
     assert post_event(client, waiting).status_code == 200
@@ -149,7 +150,8 @@ def test_a_customer_stripe_does_not_know_waits_and_alerts_support_not_the_venue(
     monkeypatch.setenv("SUPPORT_USERS", SUPPORT_USERS)
     api.put(f"/api/venues/{GYM}", json={"name": "Harbour Gym", "admin_emails": ADMINS,
                                         "livemode": False})
-    api.put(f"/api/venues/{GYM}/members/m1", json={"email": "new.member@example.com"})
+    api.put(f"/api/venues/{GYM}/members/m1", json={"email": "new.member@example.com", "name": None,
+                                                     "stripe_customer_id": None})
     ghosts = [event("customer.subscription.created", subscription(f"sub_Ghost{n}",
                                                                   f"cus_Ghost{n}"),
                     account=GYM) for n in (1, 2)]

@@ -4,6 +4,7 @@ Redis outage leaves it to the sweeper instead of aborting halfway."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,9 +15,10 @@ import stripe
 from flask import Flask
 from sqlalchemy import select
 
-from config import Config, load_config
+from config import Config, ConfigError, load_config, production_problems
 from db import Database, Venue
-from db.records import InvalidInput, import_members, import_venues
+from db.imports import import_members, import_venues
+from db.records import InvalidInput
 from workers.queue import (
     enqueue_event,
     enqueue_notification,
@@ -38,10 +40,19 @@ def init_app(app: Flask) -> None:
 
 
 def _state() -> tuple[Config, Database]:
-    """The process's configuration and database, as the jobs see them; a database without
-    the schema stops the command with one line naming it and the fix (before anything is
-    created on its behalf)."""
-    probe = Database(load_config(create_instance=False).database_url)
+    """The process's configuration and database, as the jobs see them; a configuration
+    error, or a database without the schema, stops the command with one line naming it and
+    the fix (before anything is created on its behalf)."""
+    try:
+        config = load_config(create_instance=False)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _require_schema(config)
+    return runtime()
+
+
+def _require_schema(config: Config) -> None:
+    probe = Database(config.database_url)
     try:
         problem = probe.schema_problem()
     finally:
@@ -50,7 +61,6 @@ def _state() -> tuple[Config, Database]:
         raise click.ClickException(
             f"{problem}: run `mismatch db upgrade` first, or run this where the service runs "
             f"(its folder, or the same DATABASE_URL)")
-    return runtime()
 
 
 def _stripe(config: Config) -> StripeApi:
@@ -109,13 +119,16 @@ def venues_group() -> None:
 
 @venues_group.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
-def venues_import(path: str) -> None:
-    """Upsert venues from CSV: account_id,name,admin_emails,livemode (emails ';'-separated)."""
+@click.option("--dry-run", is_flag=True, help="Say what the file would change; write nothing.")
+def venues_import(path: str, dry_run: bool) -> None:
+    """Upsert venues from CSV: account_id,name,admin_emails,livemode (emails ';'-separated).
+    Prints every existing venue the file changes, and how."""
     try:
-        count = import_venues(_state()[1], path)
+        report = import_venues(_state()[1], path, dry_run=dry_run)
     except InvalidInput as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"imported {count} venues")
+    for line in report.lines():
+        click.echo(line)
 
 
 @click.group("members")
@@ -125,15 +138,19 @@ def members_group() -> None:
 
 @members_group.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
-def members_import(path: str) -> None:
-    """Upsert members from CSV: account_id,member_ref,email,name,stripe_customer_id."""
+@click.option("--dry-run", is_flag=True, help="Say what the file would change; write nothing.")
+def members_import(path: str, dry_run: bool) -> None:
+    """Upsert members from CSV: account_id,member_ref,email,name,stripe_customer_id (an
+    empty customer id unlinks). Prints every existing member the file changes, and how."""
     config, db = _state()
     try:
-        count, venues = import_members(db, path)
+        report = import_members(db, path, dry_run=dry_run)
     except InvalidInput as exc:
         raise click.ClickException(str(exc)) from None
-    _queue_all(enqueue_recheck, config, sorted(venues), "venue re-checks")
-    click.echo(f"imported {count} members")
+    if not dry_run:
+        _queue_all(enqueue_recheck, config, sorted(report.venue_ids), "venue re-checks")
+    for line in report.lines():
+        click.echo(line)
 
 
 # --- catching up with Stripe ----------------------------------------------------------------
@@ -335,18 +352,35 @@ def stripe_setup_cmd(base_url: str | None, yes: bool) -> None:
 @stripe_group.command("check")
 def stripe_check_cmd() -> None:
     """The configuration doctor: every problem found with its fix; exits 1 on any."""
-    from workers.doctor import check
+    from workers.doctor import check, production_findings
 
-    config, db = _state()
-    findings = check(config, db, StripeApi(config))
-    if not findings:
+    # Production's laptop defaults stop every other command; here they are findings, and
+    # the rest of the check runs on the configuration as it stands.
+    findings = production_findings(production_problems(os.environ))
+    _say(findings)
+    try:
+        config = load_config(create_instance=False, allow_production_problems=True)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _require_schema(config)
+    db = Database(config.database_url)
+    try:
+        found = check(config, db, StripeApi(config))
+    finally:
+        db.dispose()
+    _say(found)
+    total = len(findings) + len(found)
+    if not total:
         click.echo("Stripe set-up OK: key, platform account, both endpoints, secrets, "
                    "venues reachable, no refused deliveries in the last 24 h.")
         return
+    click.echo(f"{total} problem{'s' if total != 1 else ''} found.")
+    sys.exit(1)
+
+
+def _say(findings: Iterable) -> None:  # type: ignore[type-arg]
     for finding in findings:
         click.echo(f"PROBLEM [{finding.code}] {finding.problem}\n  fix: {finding.fix}")
-    click.echo(f"{len(findings)} problem{'s' if len(findings) != 1 else ''} found.")
-    sys.exit(1)
 
 
 @click.command("prune")

@@ -110,6 +110,20 @@ def gather(config: Config, db: Database, api: StripeApi) -> Facts:
     return facts
 
 
+def production_findings(problems: list[tuple[str, str]]) -> list[SetupFinding]:
+    """config.production_problems as findings: each laptop default production still has."""
+    fixes = {
+        "DATABASE_URL": "Set DATABASE_URL to the PostgreSQL database (postgresql://…).",
+        "REDIS_URL": "Set REDIS_URL to the Redis every web and worker process shares.",
+        "SMTP_URL": "Set SMTP_URL (smtp://user:pass@host:587?starttls=1) so notices reach "
+                    "the venues' admins.",
+        "SECRET_KEY": "Set SECRET_KEY to a random value of 32 characters or more, the same "
+                      "in every process (changing it ends every sign-in and notice link).",
+    }
+    return [SetupFinding(f"production_{name.lower()}", f"{name} is {why}.",
+                         fixes.get(name, f"Set {name}.")) for name, why in problems]
+
+
 def diagnose(facts: Facts) -> list[SetupFinding]:
     findings: list[SetupFinding] = []
     add = findings.append
