@@ -14,6 +14,7 @@ from config import Config, load_config
 from db import ROW_ID_MAX, Database
 from db.errors import scrub_logs
 from listener.edge import refuse_control_characters
+from listener.sign_in_pool import SignInGate
 
 if TYPE_CHECKING:
     from listener.throttle import Throttle
@@ -31,6 +32,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     app.url_map.converters["int"] = RowId  # before any blueprint adds its routes
     app.before_request(refuse_control_characters)  # before every blueprint's own checks
+    app.wsgi_app = SignInGate(app.wsgi_app)  # type: ignore[method-assign]
     if config.proxy_hops:  # the client's address, as the load balancer saw it
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops,  # type: ignore[method-assign]
                                 x_proto=config.proxy_hops)

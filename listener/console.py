@@ -63,7 +63,6 @@ from listener.console_auth import (
     viewer_for,
 )
 from listener.edge import ControlCharacter
-from listener.hashing import Busy
 from notifications.links import LinkExpired, LinkInvalid, describe_age, read_link
 from notifications.view import (
     CASE_SHORT,
@@ -264,22 +263,14 @@ def login():  # type: ignore[no-untyped-def]
             log.warning("console: sign-in refused, too many attempts")
             error, status = over.message, 429
             headers["Retry-After"] = str(over.retry_after)
+        elif check_staff_password(config, name, password):
+            throttle.sign_in_succeeded(name)
+            sign_in(config, name)
+            log.info("console: support sign-in")
+            return redirect(target, 303)
         else:
-            try:
-                ok = check_staff_password(config, name, password)
-            except Busy:
-                log.warning("console: sign-in refused, password checks busy")
-                ok, error, status = False, "Too many sign-ins at once. Try again in a few " \
-                                           "seconds.", 503
-                headers["Retry-After"] = "5"
-            if ok:
-                throttle.sign_in_succeeded(name)
-                sign_in(config, name)
-                log.info("console: support sign-in")
-                return redirect(target, 303)
-            if status != 503:
-                log.warning("console: failed support sign-in")
-                error, status = "Wrong user name or password.", 401
+            log.warning("console: failed support sign-in")
+            error, status = "Wrong user name or password.", 401
     return render_template("pages/login.html", error=error, next=target,
                            configured=bool(config.support_users)), status, headers
 

@@ -28,7 +28,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from config import Config
 from db import Database, EndedSession, Mismatch, utcnow
-from listener.hashing import hash_pool
+from listener.sign_in_pool import hash_pool
 
 
 class PageSessions(SecureCookieSessionInterface):
@@ -91,8 +91,7 @@ def _dummy_hash() -> str:
 
 def check_staff_password(config: Config, name: str, password: str) -> bool:
     """True when `name` is in SUPPORT_USERS and `password` matches its hash. The hash runs on
-    listener.hashing's threads, never on the loop that answers Stripe; raises hashing.Busy
-    when too many sign-ins are already waiting for one."""
+    listener.sign_in_pool's threads, never on the loop that answers Stripe."""
     hashed = config.support_users.get(name)
     pool = hash_pool()
     ok = pool.run(check_password_hash, hashed or pool.run(_dummy_hash), password)

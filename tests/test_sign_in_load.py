@@ -95,3 +95,43 @@ def test_a_delivery_is_answered_while_a_password_hash_is_computed(env, db, redis
         f"the delivery waited for the hash: answered {delivered - started:.2f}s after the "
         f"sign-in began, the sign-in at {done['sign_in'] - started:.2f}s")
     assert seconds < done["sign_in"] - started - 0.3
+
+
+def test_the_gate_handles_a_few_sign_ins_at_once_and_turns_away_a_flood():
+    """SignInGate: `running` at once, `waiting` parked behind them, the rest a 503 without
+    reaching the app; anything but a sign-in passes straight through."""
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Response
+
+    from listener.sign_in_pool import SignInGate
+
+    release, inside = threading.Event(), threading.Semaphore(0)
+    seen: list[str] = []
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        seen.append(environ["PATH_INFO"])
+        if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"] == "/support/login":
+            inside.release()
+            release.wait(10)
+        return Response("ok")(environ, start_response)
+
+    gate = SignInGate(app, running=1, waiting=1)
+    statuses: list[int] = []
+
+    def post() -> None:
+        statuses.append(Client(gate).post("/support/login").status_code)
+
+    first, second = threading.Thread(target=post), threading.Thread(target=post)
+    first.start()
+    assert inside.acquire(timeout=5)  # the first is being handled
+    second.start()
+    time.sleep(0.2)  # the second waits behind it
+    third = Client(gate).post("/support/login")
+    assert third.status_code == 503 and third.headers["Retry-After"] == "5"
+    assert Client(gate).get("/support/login").status_code == 200  # GETs are not gated
+    assert Client(gate).post("/webhooks/stripe").status_code == 200
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert sorted(statuses) == [200, 200]
+    assert seen.count("/support/login") == 3  # two POSTs and the GET; never the 503'd one
