@@ -1,4 +1,4 @@
-"""Run the intake and matching benchmarks in one go and print their targets as one table.
+"""Run the intake, matching and sign-in flood benchmarks; print their targets as one table.
 
     .venv/bin/python benchmarks/all.py [--quick]
 
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = {
     "intake": ["benchmarks/intake.py"],
     "matching": ["benchmarks/matching.py"],
+    "flood": ["benchmarks/flood.py"],
 }
 VERDICT = re.compile(r"\b(PASS|MISS)\b")
 
