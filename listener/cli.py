@@ -23,6 +23,7 @@ from flask.cli import FlaskGroup
 from config import Config, ConfigError, load_config
 from listener.demo import demo, dev_session_path
 from listener.edge import CONTROL
+from workers.embedded_redis import embedded_redis_running, stop_embedded_redis
 
 
 def _create_app() -> Flask:
@@ -45,6 +46,19 @@ class MismatchGroup(FlaskGroup):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.params = [p for p in self.params if p.name not in ("app", "debug", "env_file")]
 
+    def invoke(self, ctx: click.Context) -> object:
+        """A command that starts the embedded Redis (a re-check queued, a rate limit kept)
+        stops it again when it ends: one-off commands leave nothing running. `serve` owns the
+        one it starts (and stops it on Ctrl-C); one that was running before is left alone."""
+        instance = _embedded_redis_instance()
+        before = instance is not None and embedded_redis_running(instance)
+        try:
+            return super().invoke(ctx)
+        finally:
+            if (instance is not None and not before and ctx.invoked_subcommand != "serve"
+                    and embedded_redis_running(instance)):
+                stop_embedded_redis(instance)
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """No argument may hold a control character (a NUL cannot reach the database, a
         newline would forge a line of the output): one line naming which argument."""
@@ -52,6 +66,15 @@ class MismatchGroup(FlaskGroup):
             if CONTROL.search(arg):
                 raise click.ClickException(f"argument {n} holds a control character")
         return super().parse_args(ctx, args)
+
+
+def _embedded_redis_instance() -> Path | None:
+    """The instance folder whose embedded Redis commands here would use (REDIS_URL unset)."""
+    try:
+        config = load_config(create_instance=False, allow_production_problems=True)
+    except ConfigError:
+        return None
+    return None if config.redis_url else config.instance_path
 
 
 @click.group(cls=MismatchGroup, create_app=_create_app, add_default_commands=False,

@@ -60,7 +60,13 @@ def ensure_embedded_redis(instance_path: Path) -> str:
     return url
 
 
-def stop_embedded_redis(instance_path: Path) -> None:
+def embedded_redis_running(instance_path: Path) -> bool:
+    return _alive(instance_path / "redis.sock")
+
+
+def stop_embedded_redis(instance_path: Path, wait: float = 10.0) -> None:
+    """SIGTERM (Redis saves its data and exits), then wait up to `wait` seconds for it to
+    be gone, so whoever stops it leaves nothing running behind."""
     pidfile = instance_path / "redis.pid"
     try:
         pid = int(pidfile.read_text().strip())
@@ -69,4 +75,11 @@ def stop_embedded_redis(instance_path: Path) -> None:
     try:
         os.kill(pid, 15)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)

@@ -10,10 +10,12 @@ the job, and RQ re-queues the abandoned job once the worker is restarted (mainte
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 
 from redis.exceptions import RedisError
@@ -119,7 +121,35 @@ def _pause(seconds: float) -> bool:
     return not stop
 
 
+# prctl(2): the signal a child is sent when the thread that forked it dies (Linux only).
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In each child the worker forks — RQ's scheduler, our sweeper — ask Linux for a SIGTERM
+    when the worker dies, however it dies: a `kill -9`ed worker once left its scheduler
+    running for a minute or more with parent 1, holding the scheduler lock. Elsewhere (macOS)
+    the sweeper still notices by itself; RQ's scheduler stops when its lock expires."""
+    forked_by: list[int] = []  # the process forking right now (children fork too)
+
+    def before_fork() -> None:
+        forked_by[:] = [os.getpid()]
+
+    def in_child() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if forked_by and os.getppid() != forked_by[0]:  # parent died before it took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    if sys.platform.startswith("linux"):
+        os.register_at_fork(before=before_fork, after_in_child=in_child)
+
+
 def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0) -> None:
+    die_with_parent()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
