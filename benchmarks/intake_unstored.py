@@ -20,14 +20,14 @@ def _not_stored(self: Database, row: dict[str, Any]) -> int:
     return 1  # "a new row": what the real insert returns for a first delivery
 
 
-def _not_queued(config: Any, event_id: str) -> None:
-    return None
+def _not_queued(config: Any, kind: Any, key: Any) -> bool:
+    return True  # "queued"
 
 
-# The webhook calls the enqueue_event it imported (`from workers import enqueue_event`), so
-# that name is the one to switch off; patching workers.queue.enqueue_event would leave the
-# webhook enqueueing for real (and intake.py's verification counting these jobs).
-if not callable(getattr(listener.webhooks, "enqueue_event", None)):
-    raise RuntimeError("listener.webhooks no longer calls enqueue_event: update this switch")
+# The webhook calls the try_enqueue it imported (`from workers import try_enqueue`), so that
+# name is the one to switch off; patching workers.queue.try_enqueue would leave the webhook
+# enqueueing for real (and intake.py's verification counting these jobs).
+if not callable(getattr(listener.webhooks, "try_enqueue", None)):
+    raise RuntimeError("listener.webhooks no longer calls try_enqueue: update this switch")
 Database.store_event = _not_stored  # type: ignore[method-assign]
-listener.webhooks.enqueue_event = _not_queued  # type: ignore[assignment]
+listener.webhooks.try_enqueue = _not_queued  # type: ignore[assignment]

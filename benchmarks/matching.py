@@ -24,21 +24,21 @@ host's load hits every size alike). Before a chunk its events are inserted into 
 the inbox holds that chunk's fresh events, the ones already handled and a few warm-up events
 marked as waiting (which the workers' query for fresh events skips), nothing else.
 
-- worker: the chunk's events are enqueued with workers.queue.enqueue_event and ONE worker
+- worker: the chunk's events are enqueued with workers.queue.enqueue (the EVENT kind) and ONE worker
   process of the class `mismatch worker` runs (workers.service.MismatchWorker, an
   rq.SimpleWorker, in burst mode without scheduler, logging set up as
   workers.service.run_worker does: a line per job and per event) drains the queue, with
   EVENTS_PER_BATCH as the service has it (default 100): each job
   (workers.jobs.process_event -> workers.inbox.run) locks its own event and up to
   EVENTS_PER_BATCH - 1 other fresh inbox rows, handles them in one transaction and takes
-  their jobs off the queue (workers.queue.discard_event_jobs). A fresh worker process first
+  their jobs off the queue (workers.queue.discard_jobs). A fresh worker process first
   handles 4 warm-up events of its own with the job function (untimed, then undone), as a
   worker that has been running has compiled its statements; the chunk's events are held
   (marked as waiting) until it is warm. Events/s is the events of the chunk the worker
   handled (inbox rows processed or ignored, counted by the worker process; not jobs) over
   the wall time from the start of its first job to the end of its last (Python's and RQ's
   start-up and teardown are left out). With it: the jobs it ran; its time inside
-  workers.inbox.run and inside discard_event_jobs (the rest is RQ's); the statements and
+  workers.inbox.run and inside discard_jobs (the rest is RQ's); the statements and
   round trips it sent to the database; its CPU and its PostgreSQL backend's CPU.
 - baseline: the same worker with EVENTS_PER_BATCH=1: one event per job and per transaction,
   what the service did before batching.
@@ -47,7 +47,7 @@ marked as waiting (which the workers' query for fresh events skips), nothing els
   the same database work can cost on this machine. Its docstring says what it does and
   does not do.
 - RQ alone: the same worker class draining --noop-jobs jobs that do nothing, enqueued with
-  the options of enqueue_event: RQ's own cost per job, the RQ-side floor.
+  the options of an EVENT's enqueue: RQ's own cost per job, the RQ-side floor.
 
 After every pass, every event's outcome, subscription and mismatch is checked against what
 the generated data implies (verify) and RQ's failed registry must be empty; the floor's
@@ -100,6 +100,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -892,8 +893,8 @@ def drain_child() -> None:
         return call
 
     workers.inbox.run = timed("handle_s", workers.inbox.run)  # type: ignore[assignment]
-    workers.jobs.discard_event_jobs = timed(  # type: ignore[assignment]
-        "discard_s", workers.jobs.discard_event_jobs)
+    workers.jobs.discard_jobs = timed(  # type: ignore[assignment]
+        "discard_s", workers.jobs.discard_jobs)
     database.ping()
     warm_up = [e for e in os.environ.get("BENCH_WARMUP", "").split(",") if e]
     for event_id in warm_up:
@@ -998,10 +999,11 @@ def drain(env: dict[str, str], log_path: Path, event_ids: list[str] | None = Non
 
 
 def enqueue_all(config, event_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
-    from workers.queue import enqueue_event
+    from workers.jobs import EVENT
+    from workers.queue import enqueue
 
     for event_id in event_ids:
-        enqueue_event(config, event_id)
+        enqueue(config, EVENT, event_id)
 
 
 def rq_noop_rate(env: dict[str, str], config, jobs: int, log_path: Path) -> float:  # type: ignore[no-untyped-def]
@@ -1013,7 +1015,7 @@ def rq_noop_rate(env: dict[str, str], config, jobs: int, log_path: Path) -> floa
     clear_queue(config)
     queue = get_queue(config)
     intervals = list(config.job_retry_intervals)
-    for _ in range(jobs):  # the options workers.queue.enqueue_event uses
+    for _ in range(jobs):  # the options workers.queue.enqueue gives an EVENT
         queue.enqueue_call("builtins.len", args=("",), retry=Retry(max=len(intervals),
                            interval=intervals), result_ttl=0, failure_ttl=7 * 24 * 3600)
     [drained] = drain(env, log_path)
@@ -1076,7 +1078,7 @@ class Pass:
     round_trips: int = 0  # cursor calls, BEGIN and COMMIT, the pool's pre-ping
     commits: int = 0
     handle_s: float = 0.0  # in workers.inbox.run (the worker) or floor_batch (the floor)
-    discard_s: float = 0.0  # in workers.queue.discard_event_jobs
+    discard_s: float = 0.0  # in workers.queue.discard_jobs
     api_calls: int = 0
     failed_jobs: int = 0
     first_jobs: float = 0.0  # the first timed job of every worker process, seconds
@@ -1145,6 +1147,7 @@ def run_in_process(config, database, event_ids: list[str], samples: set[str], ba
     from sqlalchemy import event
 
     from workers.inbox import handle_events
+    from workers.jobs import queue_after_commit
     from workers.stripe_api import StripeApi
 
     api = StripeApi(config)
@@ -1163,7 +1166,8 @@ def run_in_process(config, database, event_ids: list[str], samples: set[str], ba
         if samples.intersection(ids):
             stmts.capture = []
             captured.append((len(ids), stmts.capture))
-        handle_events(config, database, api, ids)
+        handle_events(config, database, api, ids,
+                      after_commit=partial(queue_after_commit, config))
         stmts.capture = None
     tally.seconds += time.perf_counter() - started
     tally.cpu += time.process_time() - cpu_started
@@ -1249,6 +1253,7 @@ def run_unmirrored(bench: BenchDb, stripe: LocalStripe) -> dict[str, Any]:
 
     from db import Database, Member, Venue, normalize_email
     from workers.inbox import handle_events
+    from workers.jobs import queue_after_commit
     from workers.runtime import reset_runtime, runtime
     from workers.stripe_api import StripeApi
 
@@ -1279,7 +1284,8 @@ def run_unmirrored(bench: BenchDb, stripe: LocalStripe) -> dict[str, Any]:
     wrong_calls = []
     for row in batch.events:
         before = StripeApi.calls
-        handle_events(config, db, api, [row["event_id"]])
+        handle_events(config, db, api, [row["event_id"]],
+                      after_commit=partial(queue_after_commit, config))
         spent = StripeApi.calls - before
         per_round[0 if "plat0x" in row["event_id"] else 1].append(spent)
         if spent != batch.expected[row["event_id"]].api_calls:
@@ -1479,6 +1485,7 @@ def measure_in_process(args, runs: list[SizeRun], per_txn: int) -> None:
     from config import load_config
     from db import Database
     from workers.inbox import handle_events
+    from workers.jobs import queue_after_commit
     from workers.stripe_api import StripeApi
 
     handles = {}
@@ -1493,7 +1500,8 @@ def measure_in_process(args, runs: list[SizeRun], per_txn: int) -> None:
                 [warm_up] = run.warm_ups(1)
                 for start in range(0, len(warm_up), batch):
                     handle_events(config, database, StripeApi(config),
-                                  warm_up[start:start + batch])
+                                  warm_up[start:start + batch],
+                                  after_commit=partial(queue_after_commit, config))
                 forget_warm_up(database, warm_up)
             for start in range(0, args.events, args.chunk):
                 for run in runs:
@@ -1559,7 +1567,7 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
 
     print("\nWhere the time goes, per event, all rounds. Wall time, split into handling the "
           "events (workers.inbox.run: the transaction and the ORM; the floor: floor_batch), "
-          "taking the handled events' jobs off the queue (workers.queue.discard_event_jobs) "
+          "taking the handled events' jobs off the queue (workers.queue.discard_jobs) "
           "and the rest (RQ's own work per job, logging); CPU of the Python process (the "
           "worker, or this one for the floor) and of its PostgreSQL backend")
     header = (f"{'members':>10} {'method':>9} {'wall ms':>8} {'handling':>9} {'off queue':>10} "

@@ -28,13 +28,13 @@ from listener import current_config, current_db
 from listener.edge import CONTROL, bad_json_string
 from notifications.view import charges_of
 from workers import (
+    ACTION,
     CANCEL,
     REFUND,
+    VENUE_RECHECK,
     ActionRefused,
     ActionStatus,
     actions_of,
-    enqueue_action,
-    enqueue_recheck,
     request_action,
     try_enqueue,
 )
@@ -88,7 +88,7 @@ def _body() -> dict[str, Any]:
 
 def _recheck(venue_id: int) -> None:
     # The venue's recheck_requested_at is committed: if Redis is down the sweeper queues it.
-    try_enqueue(enqueue_recheck, current_config(), venue_id)
+    try_enqueue(current_config(), VENUE_RECHECK, venue_id)
 
 
 def _venue(session, account_id: str) -> Venue:  # type: ignore[no-untyped-def]
@@ -275,7 +275,7 @@ def _act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
         body = [action_json(a) for a in actions]
         ids = [a.id for a in actions if a.status == ActionStatus.QUEUED]
     for action_id in ids:
-        try_enqueue(enqueue_action, current_config(), action_id)
+        try_enqueue(current_config(), ACTION, action_id)
     return jsonify(actions=body), 202
 
 

@@ -74,9 +74,12 @@ from notifications.view import (
     money,
 )
 from workers import (
+    ACTION,
     CANCEL,
     CUSTOMER_ACCOUNT,
     CUSTOMER_UNKNOWN,
+    EVENT,
+    MISMATCH_RECHECK,
     REFUND,
     ActionRefused,
     ActionStatus,
@@ -85,15 +88,12 @@ from workers import (
     StripeUnavailable,
     actions_of,
     diagnose,
-    enqueue_action,
-    enqueue_recheck_mismatch,
     last_setup_check,
     queue_depth,
     read_pasted,
     refusal,
     request_action,
     request_customer_fix,
-    requeue_event,
     same_email_customers,
     try_enqueue,
 )
@@ -438,7 +438,7 @@ def replay(event_id: str):  # type: ignore[no-untyped-def]
     if not reset:
         flash(f"{event_id} is not a failed event (already replayed?): nothing queued.", "warn")
         return redirect(url_for("console.dashboard") + "#failed", 303)
-    if try_enqueue(requeue_event, current_config(), event_id):
+    if try_enqueue(current_config(), EVENT, event_id):
         flash(f"{event_id} queued for replay.", "ok")
     else:  # the row is `received`: the sweeper queues it
         flash(f"{event_id} is marked for replay but the queue is unreachable; the sweeper will "
@@ -605,7 +605,7 @@ def act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
             return redirect(url_for("console.mismatch", mismatch_id=mismatch_id), 303)
         queued = [a.id for a in actions if a.status == ActionStatus.QUEUED]
     for action_id in queued:
-        try_enqueue(enqueue_action, current_config(), action_id)
+        try_enqueue(current_config(), ACTION, action_id)
     log.info("console: %s requested on mismatch %s (%d queued)", kind, mismatch_id,
              len(queued))
     flash(f"{ACTION_TITLES[kind]}: {'queued' if queued else 'already asked for'}. The "
@@ -642,7 +642,7 @@ def recheck(mismatch_id: int):  # type: ignore[no-untyped-def]
         is_open = m.status == MismatchStatus.OPEN
     if not is_open:
         flash("This mismatch is resolved; there is nothing to re-check.", "warn")
-    elif try_enqueue(enqueue_recheck_mismatch, current_config(), mismatch_id):
+    elif try_enqueue(current_config(), MISMATCH_RECHECK, mismatch_id):
         flash("Re-check queued. Reload this page in a few seconds to see the result.", "ok")
     else:
         flash("The re-check could not be queued right now; try again in a minute.", "warn")
@@ -741,7 +741,7 @@ def diagnose_fix():  # type: ignore[no-untyped-def]
         action = request_customer_fix(s, account_id, customer_id, f"{who} (support)")
         action_id, queued = action.id, action.status == ActionStatus.QUEUED
     if queued:
-        try_enqueue(enqueue_action, current_config(), action_id)
+        try_enqueue(current_config(), ACTION, action_id)
     log.info("console: customer fix requested for %s in %s", customer_id, account_id)
     flash("Queued: a worker creates the customer and relinks the member; the result shows "
           "below." if queued else "Already asked for; the result shows below.", "ok")

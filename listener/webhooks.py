@@ -21,7 +21,7 @@ from config import CONNECT, PLATFORM, SECRET_VARS, THIN, WEBHOOK_PATHS
 from db import EventStatus, RejectedDelivery, StoreFailed, ids_named, utcnow
 from listener import current_config, current_db, current_throttle
 from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
-from workers import THIN_TYPES, enqueue_event, enqueue_thin_event, try_enqueue
+from workers import EVENT, THIN_EVENT, THIN_TYPES, try_enqueue
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -265,7 +265,7 @@ def receive(endpoint: str) -> tuple[Response, int]:
         return jsonify(error="could not store the event; Stripe will retry"), 503
 
     duplicate = row_id is None
-    if not duplicate and not try_enqueue(enqueue_event, config, event_id):
+    if not duplicate and not try_enqueue(config, EVENT, event_id):
         ENQUEUE_FAILURES.labels(endpoint).inc()
     DELIVERIES.labels(endpoint, "duplicate" if duplicate else "accepted").inc()
     log.info("webhook %s %s type=%s account=%s", "duplicate" if duplicate else "stored",
@@ -358,7 +358,7 @@ def thin():  # type: ignore[no-untyped-def]
         log.error("could not store thin event %s: %s", event_id, exc)
         REQUEST_SECONDS.labels(THIN).observe(time.perf_counter() - started)
         return jsonify(error="could not store the event; Stripe will retry"), 503
-    if new and not try_enqueue(enqueue_thin_event, config, event_id):
+    if new and not try_enqueue(config, THIN_EVENT, event_id):
         ENQUEUE_FAILURES.labels(THIN).inc()
     DELIVERIES.labels(THIN, "accepted" if new else "duplicate").inc()
     log.info("thin webhook %s %s type=%s context=%s", "stored" if new else "duplicate",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 
 import pytest
 from rq.registry import FailedJobRegistry, StartedJobRegistry
@@ -14,6 +15,7 @@ from sqlalchemy import delete, select, update
 from db import Member, Mismatch, Notification, StripeCustomer, StripeEvent, Subscription
 from tests.support import CLUB, GYM, checkout_session, customer, event, post_event, subscription
 from workers.inbox import handle_events
+from workers.jobs import queue_after_commit
 from workers.queue import get_queue
 from workers.stripe_api import StripeApi
 
@@ -126,13 +128,15 @@ def test_a_batch_leaves_the_state_one_event_at_a_time_leaves(members, client, db
 
         reset(db)
         for event_id in order:
-            handle_events(config, db, StripeApi(config), [event_id])
+            handle_events(config, db, StripeApi(config), [event_id],
+                          after_commit=partial(queue_after_commit, config))
         one_by_one = state(db)
 
         reset(db)
         size = (len(order), 5, 2, 3)[seed]
         for start in range(0, len(order), size):
-            handle_events(config, db, StripeApi(config), order[start:start + size])
+            handle_events(config, db, StripeApi(config), order[start:start + size],
+                          after_commit=partial(queue_after_commit, config))
         assert state(db) == one_by_one, f"seed {seed}, batches of {size}"
 
     mismatches = {m[1]: m for m in one_by_one["mismatches"]}

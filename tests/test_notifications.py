@@ -23,7 +23,8 @@ from notifications.outbox import build_digests
 from notifications.send import deliver, outbox_dir
 from tests.smtp_server import SmtpServer
 from tests.support import API_TOKEN, PLATFORM_ACCOUNT, customer, event, post_event, subscription
-from workers.queue import enqueue_notification
+from workers.jobs import NOTICE
+from workers.queue import enqueue
 
 GYM = "acct_1MailGym000000000"
 LIVE = "acct_1MailLive00000000"
@@ -373,7 +374,7 @@ def test_duplicate_and_later_events_send_nothing_new(smtp, api, client, work, db
     work()
     # The sweeper re-queueing everything pending must not send anything either.
     for n in rows(db):
-        enqueue_notification(load_config(), n.id)
+        enqueue(load_config(), NOTICE, n.id)
     work()
     assert len(smtp.messages) == 2
     assert len(rows(db)) == 2
@@ -452,7 +453,7 @@ def test_server_down_for_good_leaves_the_row_failed_with_the_reason(smtp_down, a
     smtp_down.start()
     result = app.test_cli_runner().invoke(args=["retry-notices"])
     assert result.exit_code == 0 and "queued 1 failed notices again" in result.output
-    enqueue_notification(config, row.id)  # and a stray duplicate job changes nothing
+    enqueue(config, NOTICE, row.id)  # and a stray duplicate job changes nothing
     work()
     [msg] = smtp_down.messages
     assert msg["X-Mismatch-Case"] == "3"
@@ -522,7 +523,7 @@ def test_digest_venues_get_one_summary_per_admin(smtp, api, client, work, db, ap
     outside_subscription(client, "cus_DigC0001", "c@example.com", "sub_DigC0001")
     work()
     for notification_id in build_digests(db):
-        enqueue_notification(load_config(), notification_id)
+        enqueue(load_config(), NOTICE, notification_id)
     work()
     later = smtp.messages[2:]
     assert len(later) == 2 and all("sub_DigC0001" in text_part(m) for m in later)
@@ -587,7 +588,7 @@ def test_screenshots_of_the_emails(smtp, api, client, work, db, config):
                              account=LIVE, livemode=True, status=status)
     work()
     for notification_id in build_digests(db):
-        enqueue_notification(config, notification_id)
+        enqueue(config, NOTICE, notification_id)
     work()
 
     wanted: dict[str, EmailMessage] = {}

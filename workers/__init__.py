@@ -17,18 +17,11 @@ from workers.actions import (  # noqa: E402 - after the queue, which it uses
     request_customer_fix,
 )
 from workers.queue import (
-    enqueue_action,
-    enqueue_event,
-    enqueue_notification,
-    enqueue_recheck,
-    enqueue_recheck_mismatch,
-    enqueue_thin_event,
     get_redis,
     last_reconcile,
     limits_storage,
     queue_depth,
     redis_url,
-    requeue_event,
     try_enqueue,
 )
 
@@ -57,12 +50,12 @@ __all__ = [
     "StripeUnavailable",
     "CUSTOMER_ACCOUNT",
     "CUSTOMER_UNKNOWN",
-    "enqueue_action",
-    "enqueue_event",
-    "enqueue_notification",
-    "enqueue_recheck",
-    "enqueue_recheck_mismatch",
-    "enqueue_thin_event",
+    "ACTION",
+    "EVENT",
+    "MISMATCH_RECHECK",
+    "NOTICE",
+    "THIN_EVENT",
+    "VENUE_RECHECK",
     "last_setup_check",
     "SetupFinding",
     "THIN_TYPES",
@@ -72,7 +65,6 @@ __all__ = [
     "limits_storage",
     "queue_depth",
     "redis_url",
-    "requeue_event",
     "try_enqueue",
 ]
 
@@ -86,6 +78,14 @@ def init_app(app: Flask) -> None:
 
 # Last: the "No such customer" engine imports the handlers, which import the constants above.
 from workers.doctor import SetupFinding, last_setup_check  # noqa: E402
+from workers.jobs import (  # noqa: E402
+    ACTION,
+    EVENT,
+    MISMATCH_RECHECK,
+    NOTICE,
+    THIN_EVENT,
+    VENUE_RECHECK,
+)
 from workers.recovery import diagnose, read_pasted, same_email_customers  # noqa: E402
 from workers.stripe_api import StripeApi, StripeUnavailable  # noqa: E402
 from workers.thin import THIN_TYPES  # noqa: E402

@@ -9,7 +9,7 @@ database.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +34,6 @@ from workers.subjects import CustomerKey, Subject, SubscriptionSeen
 # What Stripe answered for a customer before the transaction: the record (found or not), or
 # why it could not answer.
 Answer = CustomerRecord | StripeUnavailable
-# Work to queue after commit: an enqueue function of workers.queue and its key.
-Work = tuple[Callable[[Config, Any], None], Any]
 
 
 def new_subscription(account_id: str, livemode: bool, subscription_id: str, customer_id: str,
@@ -51,7 +49,9 @@ class Batch:
     session: Session
     config: Config
     answers: dict[CustomerKey, Answer] = field(default_factory=dict)
-    after_commit: list[Work] = field(default_factory=list)
+    # Work to queue once this unit of work is committed (workers.jobs.queue_after_commit).
+    notices: list[int] = field(default_factory=list)  # outbox rows to send
+    events_again: list[str] = field(default_factory=list)  # events their customer released
     notices_due: int = 0  # mismatches opened (or changed case) in this unit of work
 
     # Loaded rows, keyed as each lookup is asked; a key present with None means "no such row".
@@ -63,9 +63,6 @@ class Batch:
     # create its mismatch, so "no mismatch" stays true until we create it.
     subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
     mismatches: dict[tuple[str, str], Mismatch | None] = field(default_factory=dict)
-
-    def queue(self, enqueue: Callable[[Config, Any], None], keys: Iterable[Any]) -> None:
-        self.after_commit.extend((enqueue, key) for key in keys)
 
     # --- loading ---------------------------------------------------------------------------
 

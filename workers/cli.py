@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 import click
@@ -19,13 +20,8 @@ from config import Config, ConfigError, load_config, production_problems
 from db import Database, Venue
 from db.imports import import_members, import_venues
 from db.records import InvalidInput
-from workers.queue import (
-    enqueue_event,
-    enqueue_notification,
-    enqueue_recheck,
-    record_reconcile,
-    try_enqueue,
-)
+from workers.jobs import EVENT, NOTICE, VENUE_RECHECK, queue_after_commit
+from workers.queue import Kind, record_reconcile, try_enqueue
 from workers.runtime import runtime
 from workers.stripe_api import StripeApi, StripeUnavailable
 
@@ -75,8 +71,8 @@ def _track(items: Iterable[T], label: str) -> Iterator[T]:
         yield from bar
 
 
-def _queue_all(enqueue, config: Config, keys: Iterable, what: str) -> None:  # type: ignore[no-untyped-def]
-    left = [key for key in keys if not try_enqueue(enqueue, config, key)]
+def _queue_all(kind: Kind, config: Config, keys: Iterable[object], what: str) -> None:
+    left = [key for key in keys if not try_enqueue(config, kind, key)]
     if left:
         click.echo(f"note: {len(left)} {what} not queued (Redis unreachable); the sweeper "
                    f"queues them within a minute", err=True)
@@ -148,7 +144,7 @@ def members_import(path: str, dry_run: bool) -> None:
     except InvalidInput as exc:
         raise click.ClickException(str(exc)) from None
     if not dry_run:
-        _queue_all(enqueue_recheck, config, sorted(report.venue_ids), "venue re-checks")
+        _queue_all(VENUE_RECHECK, config, sorted(report.venue_ids), "venue re-checks")
     for line in report.lines():
         click.echo(line)
 
@@ -171,12 +167,13 @@ def replay_cmd(since: datetime, account: str | None, inline: bool, undelivered: 
     summary = replay(config, db, _stripe(config), since.replace(tzinfo=UTC), account,
                      echo=click.echo, track=_track, undelivered=undelivered)
     if inline:
-        outcomes = handle_events(config, db, StripeApi(config), summary.new_event_ids)
+        outcomes = handle_events(config, db, StripeApi(config), summary.new_event_ids,
+                                 after_commit=partial(queue_after_commit, config))
         for event_id, outcome in outcomes.items():
             if not outcome.done:
                 click.echo(f"{event_id}: {outcome.reason}", err=True)
     else:
-        _queue_all(enqueue_event, config, summary.new_event_ids, "events")
+        _queue_all(EVENT, config, summary.new_event_ids, "events")
     which = "undelivered events" if undelivered else "events"
     click.echo(f"listed {summary.listed} {which} in {summary.list_calls} list calls: "
                f"{summary.new} new, {summary.known} already in the inbox, "
@@ -194,7 +191,7 @@ def reconcile_cmd(account: str | None, no_member_check: bool) -> None:
     config, db = _state()
     summary = reconcile(config, db, _stripe(config), account, echo=click.echo, track=_track,
                         check_members=not no_member_check)
-    _queue_all(enqueue_notification, config, summary.notices, "notices")
+    _queue_all(NOTICE, config, summary.notices, "notices")
     click.echo(f"\n{'venue':<28} {'linked':>7} {'case 1':>7} {'case 2':>7} {'case 3':>7} "
                f"{'canceled':>9} {'other mode':>10}")
     for acct, counts in summary.by_venue.items():
@@ -230,7 +227,7 @@ def _missed_webhooks_alarm(config: Config, db: Database, missed: dict[str, list[
             alerts += queue_missed_webhooks_alert(session, config, account_id,
                                                   bool(venue and venue.livemode),
                                                   subscription_ids)
-    _queue_all(enqueue_notification, config, alerts, "alerts to SUPPORT_EMAIL")
+    _queue_all(NOTICE, config, alerts, "alerts to SUPPORT_EMAIL")
 
 
 @click.command("diagnose")
@@ -268,7 +265,7 @@ def diagnose_cmd(customer_id: str, account: str | None, fix: bool, yes: bool) ->
     fixed = fix_member_link(config, db, api, customer_id, target)
     for member_ref, old, new in fixed.changes:
         click.echo(f"member {member_ref}: {old} -> {new}")
-    _queue_all(enqueue_recheck, config, [fixed.venue_id], "venue re-checks")
+    _queue_all(VENUE_RECHECK, config, [fixed.venue_id], "venue re-checks")
 
 
 # --- notices ---------------------------------------------------------------------------------
@@ -281,7 +278,7 @@ def digest_cmd(account: str | None) -> None:
 
     config, db = _state()
     ids = build_digests(db, account)
-    _queue_all(enqueue_notification, config, ids, "digest emails")
+    _queue_all(NOTICE, config, ids, "digest emails")
     click.echo(f"queued {len(ids)} digest emails")
 
 
@@ -292,7 +289,7 @@ def retry_notices_cmd() -> None:
 
     config, db = _state()
     ids = retry_failed(db)
-    _queue_all(enqueue_notification, config, ids, "notices")
+    _queue_all(NOTICE, config, ids, "notices")
     click.echo(f"queued {len(ids)} failed notices again")
 
 

@@ -25,7 +25,6 @@ from workers.matching import (
     release_waiting_events,
 )
 from workers.payments import record_payment
-from workers.queue import enqueue_notification
 from workers.subjects import (
     CustomerSeen,
     PaymentSeen,
@@ -143,7 +142,7 @@ def subscription_changed(batch: Batch, event: Event, seen: SubscriptionSeen) -> 
             from notifications.outbox import queue_unrouted_alert
 
             record_unrouted(batch, seen)
-            batch.queue(enqueue_notification, queue_unrouted_alert(
+            batch.notices.extend(queue_unrouted_alert(
                 batch.session, batch.config, seen.account_id, event.row))
         return "unrouted"
     if venue.livemode != seen.livemode:

@@ -34,7 +34,6 @@ from workers import CUSTOMER_UNKNOWN
 from workers.batch import Answer, Batch
 from workers.handlers import HANDLERS, Event, Handler, Ignored
 from workers.matching import EmailNotYetKnown, unknown_customer_reason
-from workers.queue import enqueue_notification, try_enqueue
 from workers.stripe_api import CustomerRecord, StripeApi, StripeUnavailable
 from workers.subjects import CustomerKey, Subject, SubscriptionSeen
 
@@ -88,39 +87,44 @@ def describe(exc: Exception) -> str:
 # --- runs ------------------------------------------------------------------------------------
 
 def run(config: Config, db: Database, api: StripeApi, own: str, *,
-        final_attempt: bool = True) -> dict[str, Outcome]:
+        after_commit: Callable[[Batch], None], final_attempt: bool = True
+        ) -> dict[str, Outcome]:
     """One event's job: its event and up to EVENTS_PER_BATCH - 1 fresh ones; returns every
-    event's outcome.
+    event's outcome. `after_commit` queues what each committed batch left to do.
 
     The own event is taken without waiting; if another run holds it, it is taken again once
     that run's transaction is over (waiting only for the database), so an event the other
     run left (it needed Stripe) is still handled here."""
     more = config.events_per_batch - 1
-    outcomes = _pass(config, db, _taker([own], more, wait=False), {}, {own}, final_attempt)
+    outcomes = _pass(config, db, _taker([own], more, wait=False), {}, {own}, final_attempt,
+                     after_commit)
     if outcomes.get(own) == Outcome(ELSEWHERE):
         outcomes.update(_pass(config, db, _taker([own], 0, wait=True), {}, {own},
-                              final_attempt))
-    return _with_stripe(config, db, api, outcomes, [own], final_attempt)
+                              final_attempt, after_commit))
+    return _with_stripe(config, db, api, outcomes, [own], final_attempt, after_commit)
 
 
 def handle_events(config: Config, db: Database, api: StripeApi, event_ids: Sequence[str],
-                  *, final_attempt: bool = True) -> dict[str, Outcome]:
+                  *, after_commit: Callable[[Batch], None], final_attempt: bool = True
+                  ) -> dict[str, Outcome]:
     """Exactly these events (no others), in one transaction plus the Stripe step for those
     that need it (replay --now, tests, benchmarks)."""
     ids = list(dict.fromkeys(event_ids))
-    outcomes = _pass(config, db, _taker(ids, 0, wait=True), {}, set(ids), final_attempt)
-    return _with_stripe(config, db, api, outcomes, ids, final_attempt)
+    outcomes = _pass(config, db, _taker(ids, 0, wait=True), {}, set(ids), final_attempt,
+                     after_commit)
+    return _with_stripe(config, db, api, outcomes, ids, final_attempt, after_commit)
 
 
 def _with_stripe(config: Config, db: Database, api: StripeApi, outcomes: dict[str, Outcome],
-                 own: list[str], final_attempt: bool) -> dict[str, Outcome]:
+                 own: list[str], final_attempt: bool, after_commit: Callable[[Batch], None]
+                 ) -> dict[str, Outcome]:
     """Ask Stripe (no transaction open) for the customers the set-aside events need, then
     handle those events with the answers. Only the run's own events are ever set aside."""
     deferred = {event_id: o.key for event_id, o in outcomes.items() if isinstance(o, _Deferred)}
     if deferred:
         answers = ask_stripe(api, set(deferred.values()))
         outcomes.update(_pass(config, db, _taker(list(deferred), 0, wait=True), answers,
-                              set(own), final_attempt))
+                              set(own), final_attempt, after_commit))
     for event_id, o in list(outcomes.items()):
         if isinstance(o, _Deferred):  # it needed another customer by the time we had the answer
             outcomes[event_id] = record_failure(db, event_id, EmailNotYetKnown(
@@ -208,7 +212,8 @@ def _item(config: Config, row: StripeEvent) -> Item:
 # --- one transaction -------------------------------------------------------------------------
 
 def _pass(config: Config, db: Database, take: Taker, answers: dict[CustomerKey, Answer],
-          own: set[str], final_attempt: bool) -> dict[str, Outcome]:
+          own: set[str], final_attempt: bool, after_commit: Callable[[Batch], None]
+          ) -> dict[str, Outcome]:
     """Take events and handle them in one transaction. An event whose handler raises is left
     out (its failure written down) and the rest handled again without it. `own` are the
     run's own events: the ones set aside for Stripe, and failed for good on `final_attempt`."""
@@ -227,8 +232,7 @@ def _pass(config: Config, db: Database, take: Taker, answers: dict[CustomerKey, 
             if len(excluded) >= MAX_EXCLUDED:
                 raise failed.error from None
             continue
-        for work, key in batch.after_commit:
-            try_enqueue(work, config, key)
+        after_commit(batch)
         for event_id, outcome in handled.items():
             if outcome.done and outcome.outcome:
                 log.info("event %s -> %s", event_id, outcome.outcome)
@@ -301,7 +305,7 @@ def _not_yet(batch: Batch, item: Item, key: CustomerKey, answer: Answer, final: 
         row.outcome = CUSTOMER_UNKNOWN
         from notifications.outbox import queue_customer_unknown_alert
 
-        batch.queue(enqueue_notification, queue_customer_unknown_alert(
+        batch.notices.extend(queue_customer_unknown_alert(
             batch.session, batch.config, key[0], key[1], key[2], row.event_id, reason))
     else:
         reason = f"email of {key[2]} unknown: {answer}"

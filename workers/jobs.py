@@ -1,23 +1,39 @@
-"""RQ job functions: thin entry points that load their rows by ID, so a job can run twice,
-late or after a crash and still leave the same state."""
+"""The durable work: RQ job functions, thin entry points that load their rows by ID (so a job
+can run twice, late or after a crash and still leave the same state), and at the bottom the
+table of every kind of work, `WORK`: its job, how the sweeper finds its stale rows, its retry
+and failure policy. A new kind is one function and one row."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from rq import get_current_job
+from sqlalchemy import Select, select
 
 from config import Config
-from db import Mismatch, MismatchStatus, Venue
+from db import (
+    EventStatus,
+    Mismatch,
+    MismatchStatus,
+    Notification,
+    NotificationStatus,
+    StripeAction,
+    StripeEvent,
+    ThinEvent,
+    Venue,
+)
 from db.errors import scrubbed
-from workers import inbox
+from notifications.send import deliver
+from workers import inbox, thin
+from workers.actions import carry_out
 from workers.batch import Batch
 from workers.matching import recheck_open_mismatches
-from workers.queue import discard_event_jobs, get_redis, try_enqueue
+from workers.queue import Kind, discard_jobs, get_redis, try_enqueue
 from workers.runtime import runtime
 from workers.stripe_api import StripeApi
 
@@ -62,14 +78,15 @@ def process_event(event_id: str) -> str:
     config, db = runtime()
     final = _last_attempt()
     try:
-        outcomes = inbox.run(config, db, StripeApi(config), event_id, final_attempt=final)
+        outcomes = inbox.run(config, db, StripeApi(config), event_id, final_attempt=final,
+                             after_commit=functools.partial(queue_after_commit, config))
     except Exception as exc:
         inbox.record_failure(db, event_id, exc, final=final)
         raise
     others = [other for other, o in outcomes.items() if other != event_id and o.done]
     if others:
         try:  # their jobs would only find their events done
-            discard_event_jobs(config, others)
+            discard_jobs(config, EVENT, others)
         except RedisError as exc:
             log.warning("could not take %d handled events' jobs off the queue (%s)",
                         len(others), type(exc).__name__)
@@ -82,15 +99,18 @@ def process_event(event_id: str) -> str:
 @told_safely
 def fetch_thin_event(event_id: str) -> str:
     """Fetch the snapshot event a thin event stands for and store it in the inbox."""
-    from workers.thin import fetch
-
     config, db = runtime()
-    return fetch(config, db, StripeApi(config), event_id)
+    return thin.fetch(config, db, StripeApi(config), event_id,
+                      queue_event=functools.partial(try_enqueue, config, EVENT))
 
 
-def _queue_after_commit(config: Config, batch: Batch) -> None:
-    for work, key in batch.after_commit:
-        try_enqueue(work, config, key)
+def queue_after_commit(config: Config, batch: Batch) -> None:
+    """The work a committed unit of matching left to do: its notices, and the events it
+    released (their customer became known)."""
+    for notification_id in batch.notices:
+        try_enqueue(config, NOTICE, notification_id)
+    for event_id in batch.events_again:
+        try_enqueue(config, EVENT, event_id)
 
 
 @told_safely
@@ -106,7 +126,7 @@ def recheck_venue(venue_id: int) -> dict[str, int]:
         counts = recheck_open_mismatches(batch, venue)
         if venue.recheck_requested_at == requested:
             venue.recheck_requested_at = None
-    _queue_after_commit(config, batch)
+    queue_after_commit(config, batch)
     log.info("venue %s re-checked: %s", venue_id, counts)
     return counts
 
@@ -129,15 +149,13 @@ def recheck_mismatch(mismatch_id: int) -> dict[str, int]:
             return {}
         batch = Batch(session, config)
         counts = recheck_open_mismatches(batch, venue, customer_id=mismatch.customer_id)
-    _queue_after_commit(config, batch)
+    queue_after_commit(config, batch)
     log.info("mismatch %s re-checked: %s", mismatch_id, counts)
     return counts
 
 
 @told_safely
 def send_notification(notification_id: int) -> str:
-    from notifications.send import deliver
-
     config, db = runtime()
     return deliver(config, db, get_redis(config), notification_id,
                    final_attempt=_last_attempt())
@@ -146,7 +164,50 @@ def send_notification(notification_id: int) -> str:
 @told_safely
 def act_on_stripe(action_id: int) -> str:
     """Carry out one confirmed action on Stripe (workers/actions.py)."""
-    from workers.actions import carry_out
-
     config, db = runtime()
     return carry_out(config, db, action_id)
+
+
+# --- the table of durable work ----------------------------------------------------------------
+# Each stale query: the keys of rows stored before the cutoff whose work is not done. Sweeping
+# is always safe: a second run of a job finds its row done.
+
+
+def _stale_events(cutoff: datetime) -> Select[Any]:
+    return (select(StripeEvent.event_id)
+            .where(StripeEvent.status == EventStatus.RECEIVED, StripeEvent.received_at <= cutoff)
+            .order_by(StripeEvent.created))
+
+
+def _stale_thin_events(cutoff: datetime) -> Select[Any]:
+    return select(ThinEvent.event_id).where(ThinEvent.status == "received",
+                                            ThinEvent.received_at <= cutoff)
+
+
+def _stale_rechecks(cutoff: datetime) -> Select[Any]:
+    return select(Venue.id).where(Venue.recheck_requested_at.is_not(None),
+                                  Venue.recheck_requested_at <= cutoff)
+
+
+def _stale_notices(cutoff: datetime) -> Select[Any]:
+    return select(Notification.id).where(Notification.status == NotificationStatus.PENDING,
+                                         Notification.created_at <= cutoff)
+
+
+def _stale_actions(cutoff: datetime) -> Select[Any]:
+    """Asked for but not carried out (a worker killed mid-call): their idempotency keys make
+    the second call Stripe's first answer. Endpoint set-up is the CLI's own (stripe_setup)."""
+    return select(StripeAction.id).where(StripeAction.status == "queued",
+                                         StripeAction.kind.not_like("%_webhook_endpoint"),
+                                         StripeAction.requested_at <= cutoff)
+
+
+WEEK = 7 * 24 * 3600
+EVENT = Kind("event", process_event, "events", _stale_events, failure_ttl=WEEK)
+THIN_EVENT = Kind("thin", fetch_thin_event, "thin_events", _stale_thin_events,
+                  failure_ttl=WEEK)
+VENUE_RECHECK = Kind("recheck", recheck_venue, "rechecks", _stale_rechecks, unique=False)
+MISMATCH_RECHECK = Kind("recheck-mismatch", recheck_mismatch, unique=False)  # on request only
+NOTICE = Kind("notice", send_notification, "notifications", _stale_notices)
+ACTION = Kind("action", act_on_stripe, "actions", _stale_actions)
+WORK = (EVENT, THIN_EVENT, VENUE_RECHECK, MISMATCH_RECHECK, NOTICE, ACTION)

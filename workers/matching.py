@@ -33,7 +33,6 @@ from db import (
     utcnow,
 )
 from workers.batch import Batch
-from workers.queue import enqueue_notification, requeue_event
 from workers.stripe_api import CustomerRecord, StripeUnavailable, is_live_key
 from workers.subjects import CustomerKey, CustomerSeen, SubscriptionSeen
 
@@ -134,7 +133,7 @@ def release_waiting_events(batch: Batch, event_account: str | None, livemode: bo
     if released:
         log.info("customer %s is known: %d waiting events go again", customer_id,
                  len(released))
-    batch.queue(requeue_event, released)
+    batch.events_again.extend(released)
 
 
 # --- rules 3 and 4 ---------------------------------------------------------------------------
@@ -289,7 +288,7 @@ def apply_result(batch: Batch, venue: Venue, sub: Subscription,
     if mismatch.status == MismatchStatus.OPEN and mismatch.notified_case != mismatch.case:
         from notifications.outbox import queue_mismatch_notices
 
-        batch.queue(enqueue_notification, queue_mismatch_notices(batch.session, mismatch, venue))
+        batch.notices.extend(queue_mismatch_notices(batch.session, mismatch, venue))
         mismatch.notified_case = mismatch.case
         batch.notices_due += 1
     return f"case_{mismatch.case}"

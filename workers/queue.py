@@ -1,5 +1,5 @@
-"""Redis and the RQ queue: the one way work reaches the workers (the web, the CLI and the
-workers themselves all enqueue through here; `workers/__init__.py` is its public face)."""
+"""Redis and the RQ queue: the one way work reaches the workers. The web, the CLI and the
+workers themselves all `enqueue` a row of the table of durable work (`workers.jobs.WORK`)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import redis
 from limits.storage import RedisStorage
 from rq import Queue, Retry
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+from sqlalchemy import Select
 
 from config import Config
 
@@ -67,19 +70,70 @@ def _retry_for(intervals: tuple[int, ...]) -> Retry:
     return Retry(max=len(intervals), interval=list(intervals))
 
 
+@dataclass(frozen=True)
+class Kind:
+    """One kind of durable work: a row (event, notice, action, …) whose job RQ runs. The
+    table of kinds is `workers.jobs.WORK`; everything here works for any row of it."""
+
+    name: str  # job ids' prefix ("event-evt_…"), and what the sweep's counts call it
+    job: Callable[[Any], Any]  # the RQ job (a callable, not a dotted path), given the key
+    swept_as: str | None = None  # the sweep's count; None: the sweeper leaves it alone
+    # The sweeper's query: the keys of rows stored before the cutoff whose work is unfinished.
+    stale: Callable[[datetime], Select[Any]] | None = None
+    unique: bool = True  # one job id per key: RQ can say whether it still waits
+    failure_ttl: int | None = None  # seconds RQ keeps a failed job (None: RQ's default)
+
+
 _JOB_ID_SAFE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
-def job_id(kind: str, key: object) -> str:
-    """The one RQ job id for a piece of work ("event", "notice"), so the sweeper
-    can ask Redis whether that work is still queued. RQ allows [A-Za-z0-9_-] only."""
+def job_id(kind: Kind, key: object) -> str:
+    """The one RQ job id for a piece of work, so the sweeper can ask Redis whether that
+    work is still queued. RQ allows [A-Za-z0-9_-] only."""
     text = str(key)
     if not _JOB_ID_SAFE.fullmatch(text):
         text = "h" + hashlib.sha256(text.encode()).hexdigest()[:32]
-    return f"{kind}-{text}"
+    return f"{kind.name}-{text}"
 
 
-def waiting(config: Config, kind: str, keys: Iterable[object]) -> set[Any]:
+def enqueue(config: Config, kind: Kind, key: Any) -> None:
+    """Queue `kind.job(key)` in ONE round trip: on its own, RQ sends two MULTI/EXEC
+    transactions (register the queue, then save and push the job); on a pipeline it queues
+    both and we send them at once (benchmarks/intake.py). A unique job queued again (a
+    replay, an event released by its customer) leaves RQ's failed registry first, so it
+    starts afresh with all its retries."""
+    queue = get_queue(config)
+    options: dict[str, Any] = {"failure_ttl": kind.failure_ttl} if kind.failure_ttl else {}
+    if kind.unique:
+        options["job_id"] = job_id(kind, key)
+    with queue.connection.pipeline() as pipe:
+        queue.enqueue_call(kind.job, args=(key,), retry=_retry(config), result_ttl=0,
+                           description=f"{kind.name} {key}", pipeline=pipe, **options)
+        if kind.unique:  # after: RQ starts the pipeline's MULTI itself
+            FailedJobRegistry(queue=queue).remove(options["job_id"], pipeline=pipe)
+        pipe.execute()
+
+
+def try_enqueue(config: Config, kind: Kind, key: Any) -> bool:
+    """Queue one piece of work, or say it could not be queued (False, logged with the error's
+    type only). Callers use it after their row is committed: the row is the record of the
+    work, and the sweeper queues what was stored but never queued."""
+    try:
+        enqueue(config, kind, key)
+        return True
+    except Exception as exc:  # noqa: BLE001 - Redis down or refusing; the row is durable
+        log.warning("%s %s not queued (%s); left for the sweeper", kind.name, key,
+                    type(exc).__name__)
+        return False
+
+
+# --- RQ's storage, read directly -------------------------------------------------------------
+# The two functions below read RQ's storage layout (a job's hash `status` field, the queue's
+# list, the scheduled registry's sorted set), which RQ does not offer as one cheap call for
+# many jobs. They hold for RQ 2.x and 3.x (pyproject pins rq>=3.0,<4); check them on an upgrade.
+
+
+def waiting(config: Config, kind: Kind, keys: Iterable[Any]) -> set[Any]:
     """The keys whose job is still waiting in RQ: in the queue, or scheduled for a retry
     that is not overdue by more than SWEEP_AFTER_SECONDS.
 
@@ -88,7 +142,7 @@ def waiting(config: Config, kind: str, keys: Iterable[object]) -> set[Any]:
     or `started` in its hash, in no list); a retry overdue because no scheduler runs (RQ's
     scheduler died with Redis or with its worker, and its lock outlives it by a minute)."""
     keys = list(keys)
-    if not keys:
+    if not keys or not kind.unique:
         return set()
     queue = get_queue(config)
     scheduled = ScheduledJobRegistry(queue=queue).key
@@ -104,81 +158,27 @@ def waiting(config: Config, kind: str, keys: Iterable[object]) -> set[Any]:
             or (status == b"scheduled" and due is not None and due > overdue)}
 
 
-def _enqueue(config: Config, func: str, **options: Any) -> None:
-    """Enqueue in ONE round trip: on its own, RQ sends two MULTI/EXEC transactions (register the
-    queue, then save and push the job); on a pipeline it queues both and we send them at once.
-    Same commands, same job; all-or-nothing instead of two steps. Halves Redis round trips on
-    the webhook path (benchmarks/intake.py)."""
+def discard_jobs(config: Config, kind: Kind, keys: Iterable[Any]) -> int:
+    """Take the queued jobs of work already done off the queue (RQ's Queue.remove and
+    Job.delete), so a worker does not spend a job's bookkeeping (about 3.5 ms) on each only
+    to find its row done. A job a worker already took is left alone: it runs and finds its
+    row done. Returns how many were taken off."""
     queue = get_queue(config)
+    ids = [job_id(kind, key) for key in keys]
+    with queue.connection.pipeline(transaction=False) as pipe:
+        for one in ids:
+            queue.remove(one, pipeline=pipe)
+        removed = pipe.execute()
+    taken = [one for one, count in zip(ids, removed, strict=True) if count]
+    if not taken:
+        return 0
+    jobs = Job.fetch_many(taken, connection=queue.connection, serializer=queue.serializer)
     with queue.connection.pipeline() as pipe:
-        queue.enqueue_call(func, retry=_retry(config), result_ttl=0, pipeline=pipe, **options)
+        for job in jobs:
+            if job is not None:
+                job.delete(pipeline=pipe, remove_from_queue=False)
         pipe.execute()
-
-
-def enqueue_event(config: Config, event_id: str) -> None:
-    """Queue processing of one stored inbox event (by Stripe event id)."""
-    _enqueue(
-        config,
-        "workers.jobs.process_event",
-        args=(event_id,),
-        job_id=job_id("event", event_id),
-        failure_ttl=7 * 24 * 3600,
-        description=f"process {event_id}",
-    )
-
-
-def enqueue_thin_event(config: Config, event_id: str) -> None:
-    """Queue fetching the snapshot event a stored thin event stands for (workers/thin.py)."""
-    _enqueue(
-        config,
-        "workers.jobs.fetch_thin_event",
-        args=(event_id,),
-        job_id=job_id("thin", event_id),
-        failure_ttl=7 * 24 * 3600,
-        description=f"fetch thin {event_id}",
-    )
-
-
-def enqueue_recheck(config: Config, venue_id: int) -> None:
-    """Queue a re-check of a venue's open mismatches after its members changed."""
-    _enqueue(
-        config,
-        "workers.jobs.recheck_venue",
-        args=(venue_id,),
-        description=f"recheck venue {venue_id}",
-    )
-
-
-def enqueue_recheck_mismatch(config: Config, mismatch_id: int) -> None:
-    """Queue a re-check of one mismatch (the support page's "Re-check now")."""
-    _enqueue(
-        config,
-        "workers.jobs.recheck_mismatch",
-        args=(mismatch_id,),
-        description=f"recheck mismatch {mismatch_id}",
-    )
-
-
-def enqueue_notification(config: Config, notification_id: int) -> None:
-    """Queue sending of one outbox row."""
-    _enqueue(
-        config,
-        "workers.jobs.send_notification",
-        args=(notification_id,),
-        job_id=job_id("notice", notification_id),
-        description=f"send notification {notification_id}",
-    )
-
-
-def enqueue_action(config: Config, action_id: int) -> None:
-    """Queue one confirmed action on Stripe (workers/actions.py)."""
-    _enqueue(
-        config,
-        "workers.jobs.act_on_stripe",
-        args=(action_id,),
-        job_id=job_id("action", action_id),
-        description=f"act on stripe {action_id}",
-    )
+    return len(taken)
 
 
 RECONCILE_KEY = "mismatch:reconcile:last"
@@ -201,49 +201,3 @@ def last_reconcile(config: Config) -> tuple[int, int] | None:
 def queue_depth(config: Config) -> int:
     """Jobs waiting in the queue (dashboard, metrics)."""
     return len(get_queue(config))
-
-
-def requeue_event(config: Config, event_id: str) -> None:
-    """Queue an event again that may have failed for good: its job leaves RQ's failed registry
-    and is enqueued afresh, with all its retries."""
-    FailedJobRegistry(queue=get_queue(config)).remove(job_id("event", event_id))
-    enqueue_event(config, event_id)
-
-
-Key = TypeVar("Key")
-
-
-def try_enqueue(enqueue: Callable[[Config, Key], None], config: Config, key: Key) -> bool:
-    """Queue one piece of work, or say it could not be queued (False, logged with the error's
-    type only). Callers use it after their row is committed: an event, a re-check request, a
-    notice is already stored, and the sweeper queues what was stored but never queued."""
-    try:
-        enqueue(config, key)
-        return True
-    except Exception as exc:  # noqa: BLE001 - Redis down or refusing; the row is durable
-        log.warning("%s %s not queued (%s); left for the sweeper", enqueue.__name__, key,
-                    type(exc).__name__)
-        return False
-
-
-def discard_event_jobs(config: Config, event_ids: Iterable[str]) -> int:
-    """Take the queued jobs of events a run already handled off the queue (RQ's Queue.remove
-    and Job.delete), so the worker does not spend a job's bookkeeping (about 3.5 ms) on each
-    only to find its event done. A job a worker already took is left alone: it runs and
-    finds its event done. Returns how many were taken off."""
-    queue = get_queue(config)
-    ids = [job_id("event", event_id) for event_id in event_ids]
-    with queue.connection.pipeline(transaction=False) as pipe:
-        for one in ids:
-            queue.remove(one, pipeline=pipe)
-        removed = pipe.execute()
-    taken = [one for one, count in zip(ids, removed, strict=True) if count]
-    if not taken:
-        return 0
-    jobs = Job.fetch_many(taken, connection=queue.connection, serializer=queue.serializer)
-    with queue.connection.pipeline() as pipe:
-        for job in jobs:
-            if job is not None:
-                job.delete(pipeline=pipe, remove_from_queue=False)
-        pipe.execute()
-    return len(taken)

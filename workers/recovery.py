@@ -179,7 +179,7 @@ def reconcile(config: Config, db: Database, api: StripeApi, account: str | None 
                     if outcome not in ("canceled", "other_mode"):
                         summary.subscriptions += 1
             summary.new_mismatches += batch.notices_due
-            summary.notices += [key for _work, key in batch.after_commit]
+            summary.notices += batch.notices
         summary.by_venue[venue.account_id] = counts
         if check_members:
             summary.findings += _check_member_links(config, db, api, venue)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import stripe
@@ -18,7 +19,6 @@ from sqlalchemy import select
 from config import CONNECT, PLATFORM, Config
 from db import Database, EventStatus, ThinEvent, utcnow
 from workers.handlers import HANDLERS
-from workers.queue import enqueue_event, try_enqueue
 from workers.stripe_api import StripeApi
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def snapshot_type(thin_type: str) -> str:
     return thin_type[len(THIN_PREFIX):]
 
 
-def fetch(config: Config, db: Database, api: StripeApi, event_id: str) -> str:
+def fetch(config: Config, db: Database, api: StripeApi, event_id: str,
+          queue_event: Callable[[str], object]) -> str:
     """Fetch and store the snapshot event a thin event stands for; its outcome (stored,
     duplicate, or why not). StripeUnavailable propagates: the job is retried."""
     with db.session() as s:
@@ -70,7 +71,7 @@ def fetch(config: Config, db: Database, api: StripeApi, event_id: str) -> str:
         created=full["created"], payload=json.dumps(full), status=EventStatus.RECEIVED.value,
         attempts=0, received_at=utcnow()))
     if stored is not None:
-        try_enqueue(enqueue_event, config, snapshot_id)
+        queue_event(snapshot_id)
     outcome = "stored" if stored is not None else "duplicate"
     log.info("thin event %s -> %s %s", event_id, snapshot_id, outcome)
     return _finish(db, event_id, "fetched", snapshot_id, outcome, None)
