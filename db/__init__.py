@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.history import ids_named
 from db.models import (
+    CUSTOMER_ACCOUNT,
+    CUSTOMER_UNKNOWN,
     ROW_ID_MAX,
     Base,
     EndedSession,
@@ -39,10 +41,13 @@ from db.models import (
     Venue,
     isoformat,
     normalize_email,
+    object_id,
     utcnow,
 )
 
 __all__ = [
+    "CUSTOMER_ACCOUNT",
+    "CUSTOMER_UNKNOWN",
     "ROW_ID_MAX",
     "Base",
     "Database",
@@ -66,6 +71,7 @@ __all__ = [
     "SubscriptionState",
     "Venue",
     "normalize_email",
+    "object_id",
     "utcnow",
     "insert_ignoring_duplicates",
     "ids_named",

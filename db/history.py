@@ -9,7 +9,6 @@ tally only grows, in the same transaction that finishes it.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
@@ -18,18 +17,10 @@ from typing import Any
 from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.orm import Session
 
-from db.models import EventStatus, EventTally, StripeEvent, utcnow
+from db.models import EventStatus, EventTally, StripeEvent, object_id, utcnow
 
 FINISHED = (EventStatus.PROCESSED.value, EventStatus.IGNORED.value)
-# What an id an event names can be stored as: a Stripe token within the column.
-_ID = re.compile(r"[!-~]{1,64}")
 PRUNED = ""  # a pruned event's payload
-
-
-def _ref(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, str) and _ID.fullmatch(value) else None
 
 
 def ids_named(event: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -42,16 +33,16 @@ def ids_named(event: dict[str, Any]) -> tuple[str | None, str | None]:
         return None, None
     kind = obj.get("object")
     if kind == "subscription":
-        return _ref(obj.get("id")), _ref(obj.get("customer"))
+        return object_id(obj.get("id")), object_id(obj.get("customer"))
     if kind == "customer":
-        return None, _ref(obj.get("id"))
-    subscription = _ref(obj.get("subscription"))
+        return None, object_id(obj.get("id"))
+    subscription = object_id(obj.get("subscription"))
     parent = obj.get("parent")
     if subscription is None and isinstance(parent, dict):
         details = parent.get("subscription_details")
         if isinstance(details, dict):
-            subscription = _ref(details.get("subscription"))
-    return subscription, _ref(obj.get("customer"))
+            subscription = object_id(details.get("subscription"))
+    return subscription, object_id(obj.get("customer"))
 
 
 # --- tallies ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ behind it, so idempotency never rests on "check, then insert".
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -57,6 +58,11 @@ class EventStatus(StrEnum):
     FAILED = "failed"
 
 
+# Outcomes of an event that is set aside, read back by the console and /metrics:
+CUSTOMER_UNKNOWN = "customer_unknown"  # waits: Stripe says it has no such customer (rule 3)
+CUSTOMER_ACCOUNT = "customer_account"  # billed to an Account (Accounts v2), not a Customer
+
+
 class SubscriptionState(StrEnum):
     PENDING = "pending"  # recorded, not classified yet
     LINKED = "linked"
@@ -81,6 +87,18 @@ class NotificationStatus(StrEnum):
     FAILED = "failed"
     AWAITING_DIGEST = "awaiting_digest"  # a digest venue's item, not sent alone
     BATCHED = "batched"  # the item is in a digest row that is not sent yet
+
+
+# Every Stripe ID is printable ASCII without spaces, and the columns that hold one take 64.
+_STRIPE_ID = re.compile(r"[!-~]{1,64}")
+
+
+def object_id(value: Any) -> str | None:
+    """Stripe fields hold an ID or, when expanded, the object with its ID; anything that is
+    not a Stripe ID (CR/LF, spaces, too long) is no ID at all."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and _STRIPE_ID.fullmatch(value) else None
 
 
 def normalize_email(email: str | None) -> str | None:

@@ -34,6 +34,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import (
+    CUSTOMER_ACCOUNT,
+    CUSTOMER_UNKNOWN,
     EventStatus,
     EventTally,
     Member,
@@ -76,8 +78,6 @@ from notifications.view import (
 from workers import (
     ACTION,
     CANCEL,
-    CUSTOMER_ACCOUNT,
-    CUSTOMER_UNKNOWN,
     EVENT,
     MISMATCH_RECHECK,
     REFUND,

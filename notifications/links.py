@@ -95,13 +95,6 @@ def read_link(config: Config, token: str, max_age: int | None = None) -> LinkGra
                      issued_at=int(issued.timestamp()))
 
 
-def read_link_token(config: Config, token: str, max_age: int | None = None
-                    ) -> tuple[int, str]:
-    """(mismatch_id, account_id) from a link token; raises LinkExpired or LinkInvalid."""
-    grant = read_link(config, token, max_age)
-    return grant.mismatch_id, grant.account_id
-
-
 def describe_age(seconds: int) -> str:
     """`14 days`, `1 hour`: how long a link lives, in the words shown to its reader."""
     if seconds % 86400 == 0:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from config import Config
 from db import (
+    CUSTOMER_UNKNOWN,
     Database,
     Mismatch,
     Notification,
@@ -30,7 +31,6 @@ from db import (
 
 DIGEST_ITEM = "digest_item"
 DIGEST = "digest"
-CUSTOMER_UNKNOWN = "customer_unknown"
 AWAITING_DIGEST = NotificationStatus.AWAITING_DIGEST
 BATCHED = NotificationStatus.BATCHED
 
@@ -119,16 +119,6 @@ def queue_missed_webhooks_alert(session: Session, config: Config, account_id: st
                            "missed": len(subscription_ids),
                            "subscription_ids": subscription_ids[:20]})
     return [new_id] if new_id is not None else []
-
-
-def pending_digest_items(session: Session, venue_id: int) -> list[Notification]:
-    """A venue's digest items not yet put into a digest."""
-    return list(session.scalars(
-        select(Notification).join(Mismatch, Notification.mismatch_id == Mismatch.id)
-        .where(Notification.kind == DIGEST_ITEM, Notification.status == AWAITING_DIGEST,
-               Mismatch.venue_id == venue_id)
-        .order_by(Notification.id)
-    ))
 
 
 def build_digests(db: Database, account_id: str | None = None) -> list[int]:

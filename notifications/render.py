@@ -19,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config import Config
-from db import Mismatch, Notification, Venue
+from db import CUSTOMER_UNKNOWN, Mismatch, Notification, Venue
 from notifications.links import describe_age, mismatch_link
-from notifications.outbox import CUSTOMER_UNKNOWN, MISSED_WEBHOOKS
+from notifications.outbox import MISSED_WEBHOOKS
 from notifications.view import MismatchView, dashboard_url, mismatch_view
 
 

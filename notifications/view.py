@@ -99,10 +99,6 @@ class MismatchView:
         return CASE_TITLES[self.case]
 
     @property
-    def short_title(self) -> str:
-        return CASE_SHORT[self.case]
-
-    @property
     def short_fix(self) -> str:
         return CASE_SHORT_FIX[self.case]
 

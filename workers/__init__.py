@@ -28,11 +28,6 @@ from workers.queue import (
 if TYPE_CHECKING:
     from flask import Flask
 
-# The outcome of an event that waits because Stripe says it has no such customer (rule 3).
-CUSTOMER_UNKNOWN = "customer_unknown"
-# The outcome of a subscription billed to an Account (Accounts v2 `customer_account`), not a
-# Customer: not matched (workers/handlers.py).
-CUSTOMER_ACCOUNT = "customer_account"
 
 __all__ = [
     "CANCEL",
@@ -48,8 +43,6 @@ __all__ = [
     "same_email_customers",
     "StripeApi",
     "StripeUnavailable",
-    "CUSTOMER_ACCOUNT",
-    "CUSTOMER_UNKNOWN",
     "ACTION",
     "EVENT",
     "MISMATCH_RECHECK",

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from db import StripeEvent
+from db import CUSTOMER_ACCOUNT, StripeEvent
 from db.records import note_customer_email
-from workers import CUSTOMER_ACCOUNT
 from workers.batch import Batch
 from workers.matching import (
     mirror_customer,

@@ -27,10 +27,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from config import Config
-from db import Database, EventStatus, StripeEvent, utcnow
+from db import CUSTOMER_UNKNOWN, Database, EventStatus, StripeEvent, utcnow
 from db.errors import describe_error
 from db.history import record_finished
-from workers import CUSTOMER_UNKNOWN
 from workers.batch import Answer, Batch
 from workers.handlers import HANDLERS, Event, Handler, Ignored
 from workers.matching import EmailNotYetKnown, unknown_customer_reason
@@ -76,12 +75,6 @@ class _Failed(Exception):
     def __init__(self, event_id: str, error: Exception) -> None:
         super().__init__(event_id)
         self.event_id, self.error = event_id, error
-
-
-def describe(exc: Exception) -> str:
-    """An error as stored on a row and logged: our own errors name IDs only; a database
-    error's text can carry bound values (emails, names), so only its types are kept."""
-    return describe_error(exc)
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -322,7 +315,7 @@ def _not_yet(batch: Batch, item: Item, key: CustomerKey, answer: Answer, final: 
 def record_failure(db: Database, event_id: str, exc: Exception, *, final: bool) -> Outcome:
     """Write a failed attempt on the event's row (in a transaction of its own: the one that
     failed was rolled back)."""
-    message = describe(exc)[:2000]
+    message = describe_error(exc)[:2000]
     status = EventStatus.FAILED if final else EventStatus.RECEIVED
     log.warning("event %s failed (%s)%s", event_id, type(exc).__name__,
                 "; no retries left" if final else "")

@@ -4,24 +4,13 @@ so what is loaded and what is read cannot drift apart."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from db import object_id
+
 # (account, livemode, customer id): how the mirror and Stripe's answers are keyed.
 CustomerKey = tuple[str, bool, str]
-
-
-# Every Stripe ID is printable ASCII without spaces, and the mirror's columns hold 64.
-_STRIPE_ID = re.compile(r"[!-~]{1,64}")
-
-
-def object_id(value: Any) -> str | None:
-    """Stripe fields hold an ID or, when expanded, the object with its ID; anything that is
-    not a Stripe ID (CR/LF, spaces, too long) is no ID at all."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, str) and _STRIPE_ID.fullmatch(value) else None
 
 
 def text(value: Any, limit: int) -> str | None:
