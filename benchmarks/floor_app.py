@@ -69,6 +69,6 @@ def receive():  # type: ignore[no-untyped-def]
             _queue.enqueue_call(
                 "workers.jobs.process_event", args=(event["id"],), job_id=f"event-{event['id']}",
                 retry=_retry, result_ttl=0, failure_ttl=7 * 24 * 3600,
-                description=f"process {event['id']}", pipeline=pipe)
+                description=f"event {event['id']}", pipeline=pipe)
             pipe.execute()
     return jsonify(received=True, duplicate=row is None), 200

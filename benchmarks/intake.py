@@ -535,7 +535,7 @@ def verify_intake(sa_url: str, redis_url: str, prefix: str, stats: list[Stats]) 
     queued: Counter = Counter()
     for desc in pipe.execute():
         text = (desc or b"").decode()
-        queued[text.removeprefix("process ")] += 1
+        queued[text.removeprefix("event ")] += 1
     r.close()
     jobs_per_event_ok = set(queued) == stored and all(n == 1 for n in queued.values())
 

@@ -438,7 +438,7 @@ def replay(event_id: str):  # type: ignore[no-untyped-def]
     if not reset:
         flash(f"{event_id} is not a failed event (already replayed?): nothing queued.", "warn")
         return redirect(url_for("console.dashboard") + "#failed", 303)
-    if try_enqueue(current_config(), EVENT, event_id):
+    if try_enqueue(current_config(), EVENT, event_id, again=True):
         flash(f"{event_id} queued for replay.", "ok")
     else:  # the row is `received`: the sweeper queues it
         flash(f"{event_id} is marked for replay but the queue is unreachable; the sweeper will "

@@ -38,7 +38,9 @@ def test_work_queued_again_leaves_the_failed_registry_and_starts_afresh(config):
     failed = FailedJobRegistry(queue=queue)
     failed.add(Job.fetch(job_id(EVENT, "evt_1Again"), connection=queue.connection), ttl=600)
     assert job_id(EVENT, "evt_1Again") in failed.get_job_ids()
-    enqueue(config, EVENT, "evt_1Again")
+    enqueue(config, EVENT, "evt_1Again")  # a duplicate's enqueue leaves the failure alone
+    assert job_id(EVENT, "evt_1Again") in failed.get_job_ids()
+    enqueue(config, EVENT, "evt_1Again", again=True)
     assert job_id(EVENT, "evt_1Again") not in failed.get_job_ids()
     assert Job.fetch(job_id(EVENT, "evt_1Again"), connection=queue.connection).retries_left \
         == len(config.job_retry_intervals)

@@ -110,7 +110,7 @@ def queue_after_commit(config: Config, batch: Batch) -> None:
     for notification_id in batch.notices:
         try_enqueue(config, NOTICE, notification_id)
     for event_id in batch.events_again:
-        try_enqueue(config, EVENT, event_id)
+        try_enqueue(config, EVENT, event_id, again=True)
 
 
 @told_safely

@@ -96,12 +96,13 @@ def job_id(kind: Kind, key: object) -> str:
     return f"{kind.name}-{text}"
 
 
-def enqueue(config: Config, kind: Kind, key: Any) -> None:
+def enqueue(config: Config, kind: Kind, key: Any, *, again: bool = False) -> None:
     """Queue `kind.job(key)` in ONE round trip: on its own, RQ sends two MULTI/EXEC
     transactions (register the queue, then save and push the job); on a pipeline it queues
-    both and we send them at once (benchmarks/intake.py). A unique job queued again (a
-    replay, an event released by its customer) leaves RQ's failed registry first, so it
-    starts afresh with all its retries."""
+    both and we send them at once (benchmarks/intake.py). `again` (a replay, an event its
+    customer released): the job may have failed for good, so it also leaves RQ's failed
+    registry and starts afresh with all its retries — not on intake's path, where it would
+    be one more command per delivery for nothing."""
     queue = get_queue(config)
     options: dict[str, Any] = {"failure_ttl": kind.failure_ttl} if kind.failure_ttl else {}
     if kind.unique:
@@ -109,17 +110,17 @@ def enqueue(config: Config, kind: Kind, key: Any) -> None:
     with queue.connection.pipeline() as pipe:
         queue.enqueue_call(kind.job, args=(key,), retry=_retry(config), result_ttl=0,
                            description=f"{kind.name} {key}", pipeline=pipe, **options)
-        if kind.unique:  # after: RQ starts the pipeline's MULTI itself
+        if again and kind.unique:  # after: RQ starts the pipeline's MULTI itself
             FailedJobRegistry(queue=queue).remove(options["job_id"], pipeline=pipe)
         pipe.execute()
 
 
-def try_enqueue(config: Config, kind: Kind, key: Any) -> bool:
+def try_enqueue(config: Config, kind: Kind, key: Any, *, again: bool = False) -> bool:
     """Queue one piece of work, or say it could not be queued (False, logged with the error's
     type only). Callers use it after their row is committed: the row is the record of the
     work, and the sweeper queues what was stored but never queued."""
     try:
-        enqueue(config, kind, key)
+        enqueue(config, kind, key, again=again)
         return True
     except Exception as exc:  # noqa: BLE001 - Redis down or refusing; the row is durable
         log.warning("%s %s not queued (%s); left for the sweeper", kind.name, key,

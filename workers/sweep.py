@@ -40,9 +40,9 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
         # could drop them.
         held = queue.waiting(config, kind, keys)
         keys = [key for key in keys if key not in held]
-        if kind is EVENT:  # failed events go again whatever their age, afresh
-            keys += sorted(set(failed) - set(keys))
+        again = set(failed) if kind is EVENT else set()  # whatever their age, afresh
+        keys += sorted(again - set(keys))
         for key in keys:
-            queue.enqueue(config, kind, key)
+            queue.enqueue(config, kind, key, again=key in again)
         counts[str(kind.swept_as)] = len(keys)
     return counts
