@@ -9,8 +9,10 @@ Referer, so a Stripe Dashboard click does not carry our URLs elsewhere.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,6 +236,20 @@ def _require_staff() -> str | Response | tuple[str, int]:
     return name
 
 
+def staff_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A page for signed-in support staff only (anyone else is sent to sign in); the view
+    gets the staff member's name as `who`."""
+
+    @functools.wraps(view)
+    def for_staff(**kwargs: Any) -> Any:
+        who = _require_staff()
+        if not isinstance(who, str):
+            return who
+        return view(who=who, **kwargs)
+
+    return for_staff
+
+
 # --- sign-in ---------------------------------------------------------------------------------
 
 @bp.get("/")
@@ -363,10 +379,8 @@ def _setup_check() -> tuple[int, list[SetupFinding]] | None:
 
 
 @bp.get("/support")
-def dashboard():  # type: ignore[no-untyped-def]
-    who = _require_staff()
-    if not isinstance(who, str):
-        return who
+@staff_required
+def dashboard(who: str):  # type: ignore[no-untyped-def]
     with current_db().session() as s:
         venues: dict[int | None, VenueRow] = {}
         for venue_id, name, account_id, livemode, case, n in s.execute(
@@ -426,11 +440,9 @@ def dashboard():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/support/events/<event_id>/replay")
-def replay(event_id: str):  # type: ignore[no-untyped-def]
+@staff_required
+def replay(event_id: str, who: str):  # type: ignore[no-untyped-def]
     """Give a failed event another go: back to `received`, then queue it."""
-    who = _require_staff()
-    if not isinstance(who, str):
-        return who
     with current_db().session() as s:
         reset = s.execute(update(StripeEvent).where(StripeEvent.event_id == event_id,
                                                     StripeEvent.status == EventStatus.FAILED)
@@ -450,10 +462,8 @@ def replay(event_id: str):  # type: ignore[no-untyped-def]
 # --- mismatch list (staff) -------------------------------------------------------------------
 
 @bp.get("/mismatches")
-def mismatches():  # type: ignore[no-untyped-def]
-    who = _require_staff()
-    if not isinstance(who, str):
-        return who
+@staff_required
+def mismatches(who: str):  # type: ignore[no-untyped-def]
     status = request.args.get("status", "open")
     case = request.args.get("case", "")
     account = request.args.get("account", "").strip()
@@ -666,13 +676,11 @@ def guide(case: int):  # type: ignore[no-untyped-def]
 # --- "No such customer" (the SOP as a page) --------------------------------------------------
 
 @bp.route("/support/diagnose", methods=["GET", "POST"])
-def diagnose_page():  # type: ignore[no-untyped-def]
+@staff_required
+def diagnose_page(who: str):  # type: ignore[no-untyped-def]
     """Paste a cus_…, Stripe's error or its request_log_url: where that customer lives, who
     links it, and the SOP's fix as a confirmed action. Stripe is read here with no database
     transaction open; the fix itself runs in a worker."""
-    who = _require_staff()
-    if not isinstance(who, str):
-        return who
     config = current_config()
     text = request.form.get("pasted", "") if request.method == "POST" else (
         request.args.get("customer", ""))
@@ -718,10 +726,8 @@ def _member_email(customer_id: str, account_id: str | None) -> str | None:
 
 
 @bp.post("/support/diagnose/fix")
-def diagnose_fix():  # type: ignore[no-untyped-def]
-    who = _require_staff()
-    if not isinstance(who, str):
-        return who
+@staff_required
+def diagnose_fix(who: str):  # type: ignore[no-untyped-def]
     customer_id = request.form.get("customer", "")
     account_id = request.form.get("account", "")
     # Back to the same diagnosis, with what was pasted (the note quotes its error and URL).
