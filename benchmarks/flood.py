@@ -18,7 +18,7 @@ What it does, for each run and each configuration, on fresh servers started as t
 web line starts them (`gunicorn --config listener/gunicorn.conf.py --bind 127.0.0.1:PORT
 APP`, cwd the repository, WEB_CONCURRENCY=2, gevent workers), all on one PostgreSQL database
 (bench_flood: created when missing, migrated with `mismatch db upgrade`, its inbox tables
-emptied before each configuration) and one Redis database (db 13, FLUSHED before each flood):
+emptied before each configuration) and one Redis database (db 11, FLUSHED before each flood):
 
 - floor:   no flood, deliveries only: the least the same delivery work costs on this machine;
 - pool:    the shipped code (listener.wsgi:app): the flood and the deliveries on one gunicorn;
@@ -75,14 +75,24 @@ from urllib.parse import urlencode, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/flood.py
 
-from benchmarks.harness import ROOT, Spread, machine_cpu, processes, ratio
+from benchmarks.harness import (
+    ROOT,
+    Spread,
+    die_with_parent,
+    machine_cpu,
+    prepare_database,
+    processes,
+    ratio,
+    tail,
+    verdict,
+)
 from listener.stand_ins import free_port
 from tests.support import customer, event, sign
 
 BIN = Path(sys.executable).parent
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/bench_flood"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
 CONNECT_SECRET = "whsec_bench_connect"
 PLATFORM_SECRET = "whsec_bench_platform"
 ACCOUNT = "acct_1BenchGym0000000"
@@ -232,15 +242,6 @@ class CpuMeter:
 # --------------------------------------------------------------------------- servers
 
 
-def _die_with_parent() -> None:  # in the child, before exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 @dataclass
 class Server:
     role: str
@@ -263,7 +264,7 @@ def start_server(role: str, app: str, env: dict[str, str], logdir: Path) -> Serv
              "--bind", f"127.0.0.1:{port}", app],
             cwd=ROOT, env={**env, "WEB_CONCURRENCY": "2"}, stdin=subprocess.DEVNULL,
             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            preexec_fn=die_with_parent)
     server = Server(role, app, port, proc, log)
     _running.append(server)
     return server
@@ -275,7 +276,7 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise SystemExit(f"{server.role}: gunicorn exited ({server.proc.returncode}):\n"
-                             + _tail(server.log))
+                             + tail(server.log))
         try:
             with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -286,7 +287,7 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"{server.role}: not ready on port {server.port} after {timeout:g}s:\n"
-                     + _tail(server.log))
+                     + tail(server.log))
 
 
 def stop_servers() -> None:
@@ -310,13 +311,6 @@ def stop_servers() -> None:
     _running.clear()
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def log_problems(server: Server) -> list[str]:
     """Error lines, tracebacks and worker timeouts in a server's log (the sign-ins' own
     WARNING lines are expected)."""
@@ -331,23 +325,14 @@ def log_problems(server: Server) -> list[str]:
 # --------------------------------------------------------------------------- database, Redis
 
 
-def prepare_database(url: str, env: dict[str, str]) -> None:
-    """Create the database when missing and migrate it (`mismatch db upgrade`)."""
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
+def prepare(url: str) -> None:
+    """Create the database when missing and migrate it (the harness's); only a bench_…
+    database, since its inbox tables are emptied before each configuration."""
+    name = urlsplit(url).path.lstrip("/")
     if not name.startswith("bench"):
         raise SystemExit(f"refusing database {name!r}: its inbox tables are emptied, so its "
                          "name must start with 'bench'")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    done = subprocess.run([str(BIN / "mismatch"), "db", "upgrade"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"mismatch db upgrade failed:\n{done.stdout}{done.stderr}")
+    prepare_database(url, fresh=False)
 
 
 def empty_inbox(url: str) -> None:
@@ -709,8 +694,8 @@ def summary(results: list[Result], names: list[str], runs: int) -> bool:
         worst_max = max(r.deliveries.worst() for r in rs)
         all_ok = all(r.deliveries.all_ok for r in rs)
         if name == SHIPPED:
-            p99_verdict = "PASS" if worst_p99 < P99_TARGET_MS and all_ok else "MISS"
-            max_verdict = "PASS" if worst_max < MAX_TARGET_MS and all_ok else "MISS"
+            p99_verdict = verdict(worst_p99 < P99_TARGET_MS and all_ok)
+            max_verdict = verdict(worst_max < MAX_TARGET_MS and all_ok)
         else:  # the floor and the baselines are there to compare with, not judged
             p99_verdict = max_verdict = "  -"
         print(f"{name:<14}{p99_ratio:>28}{max_ratio:>28}"
@@ -755,7 +740,7 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-flood-"))
     env = server_env(args, tmp)
     print(f"database {args.database_url}; redis {args.redis_url} (flushed before each flood)")
-    prepare_database(args.database_url, env)
+    prepare(args.database_url)
     flush_redis(args.redis_url)
     print(f"servers: the Procfile's web line (gunicorn --config listener/gunicorn.conf.py, "
           f"gevent), WEB_CONCURRENCY=2 each, bind 127.0.0.1; {os.cpu_count()} CPUs shared "

@@ -61,6 +61,28 @@ def prepare_database(url: str, *, fresh: bool, guard: str = "bench") -> str:
     return sa_url
 
 
+# --- servers the benchmarks start ---------------------------------------------------------------
+
+def die_with_parent() -> None:
+    """Popen's preexec_fn: the server gets SIGTERM if the benchmark dies (Linux), so a killed
+    run leaves no gunicorn behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The end of a server's log, for the message when it would not start."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 # --- processes and CPU, from /proc ---------------------------------------------------------------
 
 @dataclass(frozen=True)

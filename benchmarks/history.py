@@ -79,6 +79,7 @@ from benchmarks.harness import (
     ROOT,
     Spread,
     descendants,
+    die_with_parent,
     machine_cpu,
     prepare_database,
     processes,
@@ -959,15 +960,6 @@ def survey(pg_url: str) -> World:
 # --------------------------------------------------------------------------- the service
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class Service:
     """The web tier as the Procfile starts it, on a loopback port, in its own process group."""
 
@@ -981,7 +973,7 @@ class Service:
                  f"127.0.0.1:{self.port}", "listener.wsgi:app"],
                 cwd=ROOT, env={**env, "PUBLIC_BASE_URL": self.base}, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         import requests

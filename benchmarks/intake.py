@@ -73,11 +73,13 @@ from benchmarks.harness import (
     ROOT,
     Conn,
     Spread,
+    die_with_parent,
     machine_cpu,
     prepare_database,
     processes,
     ratio,
     signed_request,
+    tail,
     verdict,
 )
 from listener.stand_ins import free_port
@@ -396,15 +398,6 @@ class CpuMeter:
 _children: list[subprocess.Popen] = []
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def stop_children() -> None:
     """Stop every gunicorn this script started (each is its own process group)."""
     for proc in _children:
@@ -455,7 +448,7 @@ def start_server(name: str, app: str, args: argparse.Namespace, env: dict[str, s
         proc = subprocess.Popen(
             [*gunicorn_args(args, port), app], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     _children.append(proc)
     return Server(name, port, proc, log)
@@ -467,7 +460,7 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise SystemExit(f"{server.name}: gunicorn exited ({server.proc.returncode}):\n"
-                             + _tail(server.log))
+                             + tail(server.log))
         try:
             with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
                 s.sendall(f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -478,14 +471,7 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"{server.name}: not answering on port {server.port} after {timeout}s:\n"
-                     + _tail(server.log))
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+                     + tail(server.log))
 
 
 # --------------------------------------------------------------------------- PostgreSQL, Redis
@@ -834,7 +820,7 @@ def in_process(names: dict[str, str], env: dict[str, str], logdir: Path) -> dict
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise SystemExit(f"{name} in-process: failed to start:\n"
-                                 + _tail(logdir / f"{name}-in-process.log"))
+                                 + tail(logdir / f"{name}-in-process.log"))
         for _rep in range(3):
             for name, child in children.items():
                 assert child.stdin is not None and child.stdout is not None
@@ -843,7 +829,7 @@ def in_process(names: dict[str, str], env: dict[str, str], logdir: Path) -> dict
                 line = child.stdout.readline()
                 if not line:
                     raise SystemExit(f"{name} in-process: exited:\n"
-                                     + _tail(logdir / f"{name}-in-process.log"))
+                                     + tail(logdir / f"{name}-in-process.log"))
                 figures[name].append(float(line))
     finally:
         for child in children.values():
