@@ -29,7 +29,7 @@ marked as waiting (which the workers' query for fresh events skips), nothing els
   rq.SimpleWorker, in burst mode without scheduler, logging set up as
   workers.service.run_worker does: a line per job and per event) drains the queue, with
   EVENTS_PER_BATCH as the service has it (default 100): each job
-  (workers.jobs.process_event -> workers.inbox.run) locks its own event and up to
+  (workers.jobs.process_event -> workers.matching.inbox.run) locks its own event and up to
   EVENTS_PER_BATCH - 1 other fresh inbox rows, handles them in one transaction and takes
   their jobs off the queue (workers.queue.discard_jobs). A fresh worker process first
   handles 4 warm-up events of its own with the job function (untimed, then undone), as a
@@ -38,7 +38,7 @@ marked as waiting (which the workers' query for fresh events skips), nothing els
   handled (inbox rows processed or ignored, counted by the worker process; not jobs) over
   the wall time from the start of its first job to the end of its last (Python's and RQ's
   start-up and teardown are left out). With it: the jobs it ran; its time inside
-  workers.inbox.run and inside discard_jobs (the rest is RQ's); the statements and
+  workers.matching.inbox.run and inside discard_jobs (the rest is RQ's); the statements and
   round trips it sent to the database; its CPU and its PostgreSQL backend's CPU.
 - baseline: the same worker with EVENTS_PER_BATCH=1: one event per job and per transaction,
   what the service did before batching.
@@ -57,12 +57,12 @@ After the rounds, once per size: TWO worker processes drain the same queue at on
 chunk (the same chunks; both warm and ready before either takes a job); the end state must
 equal the expected one (verify), RQ's failed registry must be empty, both must have run jobs
 and no worker log line may mention a deadlock, an error or a failure. Then, in this process
-(no RQ; one engine per size, warmed up), workers.inbox.handle_events is called on one event
+(no RQ; one engine per size, warmed up), workers.matching.inbox.handle_events is called on one event
 at a time and on --batch events at a time, counting SQL statements and EXPLAINing the
 statements of one event of each kind and of one batch to show whether the member and
 mirror lookups use their indexes (the plans of the floor's first batch are shown too).
 
-Stripe API calls are counted with workers.stripe_api.StripeApi.calls against a local fake
+Stripe API calls are counted with workers.stripe_side.api.StripeApi.calls against a local fake
 Stripe (localstripe, started by listener.stand_ins.LocalStripe, state in the work dir), so an
 API read would be made and counted if matching wanted one: the target is 0 per event with
 the customer mirrored. A last set of platform events (localstripe has no Connect) whose
@@ -123,7 +123,7 @@ TARGET_MAX_SLOWDOWN = 0.20
 DEFAULT_BATCH = 100  # config's EVENTS_PER_BATCH default (not imported: no app code at load)
 KINDS = ("linked", "case_1", "case_2", "case_3")
 CUSTOMER_UNKNOWN = "customer_unknown"  # db.CUSTOMER_UNKNOWN
-NO_EMAIL_NOTE = "customer has no email"  # workers.matching.NO_EMAIL_NOTE
+NO_EMAIL_NOTE = "customer has no email"  # workers.matching.classify.NO_EMAIL_NOTE
 TS = "2024-01-01 00:00:00+00"
 TS_SQLITE = "2024-01-01 00:00:00.000000"
 EMAIL_DOMAIN = "bench.example"
@@ -131,7 +131,7 @@ EMAIL_DOMAIN = "bench.example"
 SCALING_TABLES = ("members", "stripe_customers")
 METHODS = ("worker", "baseline", "floor")
 # waiting_for of inbox rows the workers must not take as fresh events yet: a chunk's events
-# until every worker is warm, and the warm-up events (workers.inbox's fresh-event query skips
+# until every worker is warm, and the warm-up events (inbox's fresh-event query skips
 # rows that wait for something).
 HELD = "bench:held"
 WARM_UP = "bench:warm-up"
@@ -600,7 +600,7 @@ def floor_batch(conn, event_ids: list[str],  # type: ignore[no-untyped-def]
     (INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING) and lock them all in key order;
     lock their mismatches; read members linked by (venue, customer); read the mirrored
     customers of the others; read members by (venue, normalized email). Then it classifies in
-    Python (linked, case 1, case 2, case 3, with candidates, as workers.matching does for a
+    Python (linked, case 1, case 2, case 3, with candidates, as workers.matching.classify does for a
     first sighting) and writes: every subscription's state, member, status,
     last_event_created, venue and updated_at (one UPDATE … FROM unnest); every new mismatch
     (one INSERT, notified_case set as after a notice); every inbox row's status, outcome,
@@ -865,7 +865,7 @@ def drain_child() -> None:
     from workers.queue import get_queue, get_redis
     from workers.runtime import runtime
     from workers.service import MAINTENANCE_SECONDS, MismatchWorker
-    from workers.stripe_api import StripeApi
+    from workers.stripe_side.api import StripeApi
 
     config, database = runtime()
     backends: set[int] = set()
@@ -878,10 +878,10 @@ def drain_child() -> None:
                      statements=statements_sent(params, many, ctx), calls=1))
     event.listen(database.engine, "commit", lambda *_args: counts.update(["commits"]))
     event.listen(database.engine.pool, "checkout", lambda *_args: counts.update(["checkouts"]))
-    # Where a job's time goes: handling its events (workers.inbox.run: the transaction and
+    # Where a job's time goes: handling its events (workers.matching.inbox.run: the transaction and
     # the ORM) and taking the handled events' jobs off the queue; the rest is RQ's.
-    import workers.inbox
     import workers.jobs
+    import workers.matching.inbox
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -892,7 +892,7 @@ def drain_child() -> None:
                 counts[name] += time.perf_counter() - started  # type: ignore[assignment]
         return call
 
-    workers.inbox.run = timed("handle_s", workers.inbox.run)  # type: ignore[assignment]
+    workers.matching.inbox.run = timed("handle_s", workers.matching.inbox.run)  # type: ignore[assignment]
     workers.jobs.discard_jobs = timed(  # type: ignore[assignment]
         "discard_s", workers.jobs.discard_jobs)
     database.ping()
@@ -1077,7 +1077,7 @@ class Pass:
     statements: int = 0
     round_trips: int = 0  # cursor calls, BEGIN and COMMIT, the pool's pre-ping
     commits: int = 0
-    handle_s: float = 0.0  # in workers.inbox.run (the worker) or floor_batch (the floor)
+    handle_s: float = 0.0  # in workers.matching.inbox.run (the worker) or floor_batch (the floor)
     discard_s: float = 0.0  # in workers.queue.discard_jobs
     api_calls: int = 0
     failed_jobs: int = 0
@@ -1141,14 +1141,14 @@ class Tally:
 
 def run_in_process(config, database, event_ids: list[str], samples: set[str], batch: int,  # type: ignore[no-untyped-def]
                    tally: Tally) -> None:
-    """workers.inbox.handle_events in a loop in this process, into `tally`: `batch` events
+    """workers.matching.inbox.handle_events in a loop in this process, into `tally`: `batch` events
     per call (1: one event per transaction). Statements counted; the calls holding a sample
     EXPLAINed."""
     from sqlalchemy import event
 
-    from workers.inbox import handle_events
     from workers.jobs import queue_after_commit
-    from workers.stripe_api import StripeApi
+    from workers.matching.inbox import handle_events
+    from workers.stripe_side.api import StripeApi
 
     api = StripeApi(config)
     stmts = StatementLog(database.engine)
@@ -1252,10 +1252,10 @@ def run_unmirrored(bench: BenchDb, stripe: LocalStripe) -> dict[str, Any]:
     from sqlalchemy import insert, select
 
     from db import Database, Member, Venue, normalize_email
-    from workers.inbox import handle_events
     from workers.jobs import queue_after_commit
+    from workers.matching.inbox import handle_events
     from workers.runtime import reset_runtime, runtime
-    from workers.stripe_api import StripeApi
+    from workers.stripe_side.api import StripeApi
 
     batch, member_rows = unmirrored_batch(stripe)
     database = Database(bench.url)
@@ -1484,9 +1484,9 @@ def measure_in_process(args, runs: list[SizeRun], per_txn: int) -> None:
     engine per size for the whole pass, warmed up on the warm-up events first (untimed)."""
     from config import load_config
     from db import Database
-    from workers.inbox import handle_events
     from workers.jobs import queue_after_commit
-    from workers.stripe_api import StripeApi
+    from workers.matching.inbox import handle_events
+    from workers.stripe_side.api import StripeApi
 
     handles = {}
     for run in runs:
@@ -1566,7 +1566,7 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
               f"{ratio(w, f).show('.2f') if f else 'n/a':>18}")
 
     print("\nWhere the time goes, per event, all rounds. Wall time, split into handling the "
-          "events (workers.inbox.run: the transaction and the ORM; the floor: floor_batch), "
+          "events (inbox.run: the transaction and the ORM; the floor: floor_batch), "
           "taking the handled events' jobs off the queue (workers.queue.discard_jobs) "
           "and the rest (RQ's own work per job, logging); CPU of the Python process (the "
           "worker, or this one for the floor) and of its PostgreSQL backend")
@@ -1614,7 +1614,7 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
               f"worker's median), jobs {' + '.join(str(j) for j in r.two_jobs)}; "
               f"{'; '.join(r.two_problems) or 'end state as expected, no failed job, clean logs'}")
 
-    print("\nIn this process, no RQ (workers.inbox.handle_events), once after the rounds")
+    print("\nIn this process, no RQ (workers.matching.inbox.handle_events), once after the rounds")
     for r in runs:
         one, many = r.inproc, r.batched
         pages = f"{_mean(one.pages):.1f} | {_mean(many.pages):.2f}" if one.pages else "-"

@@ -356,7 +356,7 @@ def test_a_worker_killed_mid_call_cancels_once(outside, stripe_stand_in, config,
 
     from workers.queue import get_queue
     from workers.runtime import runtime
-    from workers.sweep import sweep
+    from workers.upkeep.sweep import sweep
 
     m, client = outside
     stripe_stand_in.answer_after = 30.0

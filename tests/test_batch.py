@@ -1,4 +1,4 @@
-"""Batches: many events in one transaction (workers.inbox) must leave exactly the state that
+"""Batches: many events in one transaction (matching.inbox) must leave exactly the state that
 the same events leave one at a time, an event that fails must not hold back the rest, and
 the worker must leave RQ clean (no job left behind, none failed)."""
 
@@ -14,10 +14,10 @@ from sqlalchemy import delete, select, update
 
 from db import Member, Mismatch, Notification, StripeCustomer, StripeEvent, Subscription
 from tests.support import CLUB, GYM, checkout_session, customer, event, post_event, subscription
-from workers.inbox import handle_events
 from workers.jobs import queue_after_commit
+from workers.matching.inbox import handle_events
 from workers.queue import get_queue
-from workers.stripe_api import StripeApi
+from workers.stripe_side.api import StripeApi
 
 UNKNOWN = "acct_1Nobody000000000"
 
@@ -210,7 +210,7 @@ def test_an_event_that_fails_does_not_hold_back_its_batch(members, client, work,
         pytest.skip("SQLite answers 1/0 with NULL: nothing fails")
     from sqlalchemy import text
 
-    import workers.handlers as handlers
+    import workers.matching.handlers as handlers
 
     real = handlers.HANDLERS["customer.created"]
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from db import EventStatus, StripeEvent
 from tests.support import CONNECT_SECRET, GYM, event, sign
-from workers.handlers import HANDLERS
+from workers.matching.handlers import HANDLERS
 
 # Any code point, NUL, CR/LF and lone surrogates included (JSON escapes them all).
 any_text = st.text(st.characters(exclude_categories=()), max_size=12)

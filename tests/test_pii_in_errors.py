@@ -83,7 +83,7 @@ def test_a_failed_job_raises_to_rq_without_the_values(integrity_error, config, r
 
 
 def test_our_own_errors_keep_their_messages():
-    from workers.handlers import Ignored
+    from workers.matching.handlers import Ignored
 
     exc = Ignored("no subscription or customer id in the event")
     assert scrubbed(exc) is exc
@@ -101,7 +101,7 @@ def test_a_worker_failure_stores_and_queues_no_values(client, api, db, config, r
                                                      caplog, monkeypatch):
     """End to end: the worker's database write fails with the customer's email in the
     error; the event's last_error, the log, RQ's failed-job record and the API hold none."""
-    import workers.handlers as handlers
+    import workers.matching.handlers as handlers
     from tests.support import GYM, customer, event, post_event
 
     assert api.put(f"/api/venues/{GYM}", json={"name": "Gym", "admin_emails": [],

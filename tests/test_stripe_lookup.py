@@ -6,7 +6,7 @@ import pytest
 
 from tests.stripe_servers import LocalStripe, RecordingStripe
 from tests.support import PLATFORM_ACCOUNT, event, post_event, subscription
-from workers.stripe_api import StripeApi
+from workers.stripe_side.api import StripeApi
 
 GYM = "acct_1Gym000000000000"
 

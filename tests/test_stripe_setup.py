@@ -12,8 +12,8 @@ from sqlalchemy import select
 from db import StripeAction
 from tests.stripe_servers import ConnectStripe
 from tests.support import CONNECT_SECRET, PLATFORM_ACCOUNT, sign
-from workers.handlers import HANDLERS
-from workers.stripe_setup import API_VERSION
+from workers.matching.handlers import HANDLERS
+from workers.stripe_side.setup import API_VERSION
 
 BASE = "https://mismatch.example"
 GYM = "acct_1Gym000000000000"

@@ -260,7 +260,7 @@ def test_a_batch_slower_than_rqs_cleanup_window_leaves_rq_clean(venues, client, 
 LOOKUPS = """
 import sys, time
 from workers.runtime import runtime
-from workers.stripe_api import StripeApi
+from workers.stripe_side.api import StripeApi
 
 api = StripeApi(runtime()[0])
 api.retrieve_customer("acct_1Gym000000000000", "cus_Warm")  # connection, imports: warm

@@ -12,7 +12,7 @@ from rq.job import Job, JobStatus
 from tests.support import customer, event, post_event
 from workers.jobs import EVENT
 from workers.queue import get_queue, job_id
-from workers.sweep import sweep
+from workers.upkeep.sweep import sweep
 
 ACCOUNT = "acct_1SweepVenue00000"
 

@@ -174,7 +174,7 @@ def test_a_thin_event_whose_job_was_lost_is_swept_and_fetched(stand_in, thin_app
     sweeper queues it again and it ends as the mismatch."""
     from datetime import timedelta
 
-    from workers.sweep import sweep
+    from workers.upkeep.sweep import sweep
 
     created, subscribed = scene(api, stand_in)
     work()

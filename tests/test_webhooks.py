@@ -29,7 +29,7 @@ from tests.support import (
     sign,
 )
 from workers.queue import get_queue
-from workers.sweep import sweep
+from workers.upkeep.sweep import sweep
 
 PLATFORM_URL = "/webhooks/stripe"
 CONNECT_URL = "/webhooks/stripe/connect"

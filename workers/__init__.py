@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.actions import (  # noqa: E402 - after the queue, which it uses
+from workers.queue import (
+    get_redis,
+    last_reconcile,
+    limits_storage,
+    queue_depth,
+    redis_url,
+    try_enqueue,
+)
+from workers.stripe_side.actions import (  # noqa: E402 - after the queue, which it uses
     CANCEL,
     REFUND,
     ActionRefused,
@@ -15,14 +23,6 @@ from workers.actions import (  # noqa: E402 - after the queue, which it uses
     refusal,
     request_action,
     request_customer_fix,
-)
-from workers.queue import (
-    get_redis,
-    last_reconcile,
-    limits_storage,
-    queue_depth,
-    redis_url,
-    try_enqueue,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ def init_app(app: Flask) -> None:
 
 
 # Last: the "No such customer" engine imports the handlers, which import the constants above.
-from workers.doctor import SetupFinding, last_setup_check  # noqa: E402
 from workers.jobs import (  # noqa: E402
     ACTION,
     EVENT,
@@ -79,6 +78,7 @@ from workers.jobs import (  # noqa: E402
     THIN_EVENT,
     VENUE_RECHECK,
 )
-from workers.recovery import diagnose, read_pasted, same_email_customers  # noqa: E402
-from workers.stripe_api import StripeApi, StripeUnavailable  # noqa: E402
-from workers.thin import THIN_TYPES  # noqa: E402
+from workers.stripe_side.api import StripeApi, StripeUnavailable  # noqa: E402
+from workers.stripe_side.doctor import SetupFinding, last_setup_check  # noqa: E402
+from workers.stripe_side.thin import THIN_TYPES  # noqa: E402
+from workers.upkeep.recovery import diagnose, read_pasted, same_email_customers  # noqa: E402

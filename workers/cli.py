@@ -23,7 +23,7 @@ from db.records import InvalidInput
 from workers.jobs import EVENT, NOTICE, VENUE_RECHECK, queue_after_commit
 from workers.queue import Kind, record_reconcile, try_enqueue
 from workers.runtime import runtime
-from workers.stripe_api import StripeApi, StripeUnavailable
+from workers.stripe_side.api import StripeApi, StripeUnavailable
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ def worker(burst: bool, sweep_every: float) -> None:
               help="Do not wait for the one-minute grace period.")
 def sweep_cmd(include_failed: bool, everything: bool) -> None:
     """Queue again stored events, re-checks and notices that were never queued."""
-    from workers.sweep import sweep
+    from workers.upkeep.sweep import sweep
 
     config, db = _state()
     counts = sweep(config, db, include_failed=include_failed,
@@ -160,8 +160,8 @@ def members_import(path: str, dry_run: bool) -> None:
               help="Only events Stripe reports as not delivered (delivery_success=false).")
 def replay_cmd(since: datetime, account: str | None, inline: bool, undelivered: bool) -> None:
     """List events through the Events API and feed the missing ones through the inbox."""
-    from workers.inbox import handle_events
-    from workers.recovery import replay
+    from workers.matching.inbox import handle_events
+    from workers.upkeep.recovery import replay
 
     config, db = _state()
     summary = replay(config, db, _stripe(config), since.replace(tzinfo=UTC), account,
@@ -186,7 +186,7 @@ def replay_cmd(since: datetime, account: str | None, inline: bool, undelivered: 
               help="Skip checking members' stored customer IDs (wrong account / mode).")
 def reconcile_cmd(account: str | None, no_member_check: bool) -> None:
     """Classify every non-canceled subscription of each venue ("Sync from Stripe")."""
-    from workers.recovery import reconcile
+    from workers.upkeep.recovery import reconcile
 
     config, db = _state()
     summary = reconcile(config, db, _stripe(config), account, echo=click.echo, track=_track,
@@ -238,7 +238,7 @@ def _missed_webhooks_alarm(config: Config, db: Database, missed: dict[str, list[
 @click.option("--yes", is_flag=True, help="Do not ask before --fix changes anything.")
 def diagnose_cmd(customer_id: str, account: str | None, fix: bool, yes: bool) -> None:
     """Explain a "No such customer" error: which account and mode hold the customer."""
-    from workers.recovery import diagnose, fix_member_link
+    from workers.upkeep.recovery import diagnose, fix_member_link
 
     if not customer_id.startswith("cus_"):
         raise click.ClickException(f"{customer_id!r} is not a customer ID (cus_…)")
@@ -305,7 +305,7 @@ def stripe_group() -> None:
 def stripe_setup_cmd(base_url: str | None, yes: bool) -> None:
     """Create or update the platform and Connect endpoints: our URL, exactly the event types
     handled, the API version pinned. Prints new signing secrets and where each goes."""
-    from workers.stripe_setup import API_VERSION, EVENT_TYPES, apply, plan, secret_lines
+    from workers.stripe_side.setup import API_VERSION, EVENT_TYPES, apply, plan, secret_lines
 
     config, db = _state()
     base = (base_url or config.public_base_url).rstrip("/")
@@ -349,7 +349,7 @@ def stripe_setup_cmd(base_url: str | None, yes: bool) -> None:
 @stripe_group.command("check")
 def stripe_check_cmd() -> None:
     """The configuration doctor: every problem found with its fix; exits 1 on any."""
-    from workers.doctor import check, production_findings
+    from workers.stripe_side.doctor import check, production_findings
 
     # Production's laptop defaults stop every other command; here they are findings, and
     # the rest of the check runs on the configuration as it stands.
@@ -388,7 +388,7 @@ def _say(findings: Iterable) -> None:  # type: ignore[type-arg]
 def prune_cmd(days: int | None, from_start: bool) -> None:
     """Empty the payloads of finished events past the retention age; their rows stay
     (dedup, timelines, tallies). Workers also run this daily."""
-    from workers.retention import prune
+    from workers.upkeep.retention import prune
 
     config, db = _state()
     done = prune(config, db, days=days, from_start=from_start)

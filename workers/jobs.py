@@ -29,13 +29,14 @@ from db import (
 )
 from db.errors import scrubbed
 from notifications.send import deliver
-from workers import inbox, thin
-from workers.actions import carry_out
-from workers.batch import Batch
-from workers.matching import recheck_open_mismatches
+from workers.matching import inbox
+from workers.matching.batch import Batch
+from workers.matching.classify import recheck_open_mismatches
 from workers.queue import Kind, discard_jobs, get_redis, try_enqueue
 from workers.runtime import runtime
-from workers.stripe_api import StripeApi
+from workers.stripe_side import thin
+from workers.stripe_side.actions import carry_out
+from workers.stripe_side.api import StripeApi
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def send_notification(notification_id: int) -> str:
 
 @told_safely
 def act_on_stripe(action_id: int) -> str:
-    """Carry out one confirmed action on Stripe (workers/actions.py)."""
+    """Carry out one confirmed action on Stripe (workers/stripe_side/actions.py)."""
     config, db = runtime()
     return carry_out(config, db, action_id)
 

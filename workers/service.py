@@ -38,7 +38,7 @@ MAINTENANCE_SECONDS = 30
 class MismatchWorker(SimpleWorker):
     """RQ's in-process worker, remembering whether it was asked to stop (SIGTERM/SIGINT): RQ's
     loop also returns when Redis fails under it, and then we start it again. Batching is not
-    the worker's business: each event's job takes a batch of events itself (workers.inbox)."""
+    the worker's business: each event's job takes a batch of events itself (matching.inbox)."""
 
     stop_requested = False
 
@@ -59,7 +59,7 @@ class MismatchWorker(SimpleWorker):
 
 def sweep_once(config: Config) -> None:
     """Sweep unless another worker swept within the interval (a Redis lock)."""
-    from workers.sweep import sweep
+    from workers.upkeep.sweep import sweep
 
     redis = get_redis(config)
     if not redis.set(SWEEP_LOCK, "1", nx=True, ex=max(5, config.sweep_after_seconds // 2)):
@@ -93,8 +93,8 @@ def _sweeper(config: Config, every: float, parent: int) -> None:
 
 
 def _prune(config: Config) -> None:
-    """Retention, daily across all workers (workers/retention.py)."""
-    from workers.retention import prune_if_due
+    """Retention, daily across all workers (workers/upkeep/retention.py)."""
+    from workers.upkeep.retention import prune_if_due
 
     done = prune_if_due(config, runtime()[1])
     if done is not None:
@@ -103,8 +103,8 @@ def _prune(config: Config) -> None:
 
 
 def _check_setup(config: Config) -> None:
-    """The configuration doctor, hourly across all workers (workers/doctor.py)."""
-    from workers.doctor import check_if_due
+    """The configuration doctor, hourly across all workers (workers/stripe_side/doctor.py)."""
+    from workers.stripe_side.doctor import check_if_due
 
     if check_if_due(config, runtime()[1]):
         log.info("stripe check ran")

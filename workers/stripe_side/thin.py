@@ -18,8 +18,8 @@ from sqlalchemy import select
 
 from config import CONNECT, PLATFORM, Config
 from db import Database, EventStatus, ThinEvent, utcnow
-from workers.handlers import HANDLERS
-from workers.stripe_api import StripeApi
+from workers.matching.handlers import HANDLERS
+from workers.stripe_side.api import StripeApi
 
 log = logging.getLogger(__name__)
 

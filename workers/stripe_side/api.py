@@ -198,7 +198,7 @@ class StripeApi:
                              params=params, options=options)
         return customer.id
 
-    # --- the platform's own set-up (workers/stripe_setup.py, workers/doctor.py) ----------
+    # --- the platform's own set-up (workers/stripe_side/setup.py, workers/stripe_side/doctor.py) --
 
     def own_account(self) -> str:
         """The account the key belongs to."""
@@ -230,7 +230,7 @@ class StripeApi:
                   self.client.v1.webhook_endpoints.delete, endpoint_id,
                   options={"idempotency_key": idempotency_key})
 
-    # --- thin events (workers/thin.py) ------------------------------------------------------
+    # --- thin events (workers/stripe_side/thin.py) ------------------------------------------------
 
     def thin_event(self, context: str | None, event_id: str) -> dict[str, Any]:
         """A v2 event as Stripe keeps it (its `snapshot_event` names the v1 event)."""
@@ -243,7 +243,7 @@ class StripeApi:
         return self.call(f"events.retrieve {event_id}", self.client.v1.events.retrieve,
                          event_id, options=self.options(account_id)).to_dict()
 
-    # --- writes (workers/actions.py: confirmed by a person, audited, idempotent) ---------
+    # --- writes (workers/stripe_side/actions.py: confirmed by a person, audited, idempotent) ------
 
     def _write_options(self, account_id: str | None, idempotency_key: str) -> dict[str, Any]:
         return {**self.options(account_id), "idempotency_key": idempotency_key}

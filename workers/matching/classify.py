@@ -32,9 +32,9 @@ from db import (
     normalize_email,
     utcnow,
 )
-from workers.batch import Batch
-from workers.stripe_api import CustomerRecord, StripeUnavailable, is_live_key
-from workers.subjects import CustomerKey, CustomerSeen, SubscriptionSeen
+from workers.matching.batch import Batch
+from workers.matching.subjects import CustomerKey, CustomerSeen, SubscriptionSeen
+from workers.stripe_side.api import CustomerRecord, StripeUnavailable, is_live_key
 
 log = logging.getLogger(__name__)
 

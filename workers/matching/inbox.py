@@ -30,11 +30,11 @@ from config import Config
 from db import CUSTOMER_UNKNOWN, Database, EventStatus, StripeEvent, utcnow
 from db.errors import describe_error
 from db.history import record_finished
-from workers.batch import Answer, Batch
-from workers.handlers import HANDLERS, Event, Handler, Ignored
-from workers.matching import EmailNotYetKnown, unknown_customer_reason
-from workers.stripe_api import CustomerRecord, StripeApi, StripeUnavailable
-from workers.subjects import CustomerKey, Subject, SubscriptionSeen
+from workers.matching.batch import Answer, Batch
+from workers.matching.classify import EmailNotYetKnown, unknown_customer_reason
+from workers.matching.handlers import HANDLERS, Event, Handler, Ignored
+from workers.matching.subjects import CustomerKey, Subject, SubscriptionSeen
+from workers.stripe_side.api import CustomerRecord, StripeApi, StripeUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+import workers.queue as queue
 from config import Config
 from db import Database, EventStatus, StripeEvent, utcnow
-from workers import queue
 from workers.jobs import EVENT, WORK
 
 

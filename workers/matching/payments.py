@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from db import Payment, Subscription, SubscriptionState, insert_ignoring_duplicates, utcnow
-from workers.batch import Batch
-from workers.subjects import PaymentSeen
+from workers.matching.batch import Batch
+from workers.matching.subjects import PaymentSeen
 
 
 def record_payment(batch: Batch, seen: PaymentSeen) -> str:

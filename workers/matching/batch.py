@@ -28,8 +28,8 @@ from db import (
     normalize_email,
     utcnow,
 )
-from workers.stripe_api import CustomerRecord, StripeUnavailable
-from workers.subjects import CustomerKey, Subject, SubscriptionSeen
+from workers.matching.subjects import CustomerKey, Subject, SubscriptionSeen
+from workers.stripe_side.api import CustomerRecord, StripeUnavailable
 
 # What Stripe answered for a customer before the transaction: the record (found or not), or
 # why it could not answer.

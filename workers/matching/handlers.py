@@ -1,7 +1,7 @@
 """One handler per Stripe event type, and the table that maps types to handlers.
 
 To see what happens on an event type, find it in HANDLERS below. Each entry has two parts:
-`reads` takes from the event what it is about (workers.subjects: the customer or the
+`reads` takes from the event what it is about (workers.matching.subjects: the customer or the
 subscription), and `handle` acts on exactly that object, with the rows the batch loaded for
 it. Handlers return the event's outcome (stored on the inbox row); types not in the table are
 marked `ignored`.
@@ -15,16 +15,16 @@ from typing import Any
 
 from db import CUSTOMER_ACCOUNT, StripeEvent
 from db.records import note_customer_email
-from workers.batch import Batch
-from workers.matching import (
+from workers.matching.batch import Batch
+from workers.matching.classify import (
     mirror_customer,
     observe_subscription,
     recheck_open_mismatches,
     record_unrouted,
     release_waiting_events,
 )
-from workers.payments import record_payment
-from workers.subjects import (
+from workers.matching.payments import record_payment
+from workers.matching.subjects import (
     CustomerSeen,
     PaymentSeen,
     Subject,

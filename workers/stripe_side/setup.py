@@ -23,8 +23,8 @@ from sqlalchemy import select
 
 from config import CONNECT, PLATFORM, SECRET_VARS, WEBHOOK_PATHS
 from db import Database, StripeAction, utcnow
-from workers.handlers import HANDLERS
-from workers.stripe_api import StripeApi
+from workers.matching.handlers import HANDLERS
+from workers.stripe_side.api import StripeApi
 
 # The version our client speaks and the event shapes are read in (stripe-python's own pin).
 API_VERSION: str = stripe.api_version

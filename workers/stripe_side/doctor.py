@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from config import CONNECT, PLATFORM, SECRET_VARS, Config
 from db import Database, RejectedDelivery, Venue, utcnow
 from workers.queue import get_redis
-from workers.stripe_api import StripeApi, StripeUnavailable, is_live_key
-from workers.stripe_setup import API_VERSION, is_connect, missing_types, wanted
+from workers.stripe_side.api import StripeApi, StripeUnavailable, is_live_key
+from workers.stripe_side.setup import API_VERSION, is_connect, missing_types, wanted
 
 DOCTOR_KEY = "mismatch:doctor:last"
 DOCTOR_DUE_KEY = "mismatch:doctor:due"

@@ -29,7 +29,7 @@ from db import (
     utcnow,
 )
 from notifications.view import charges_of
-from workers.stripe_api import StripeApi
+from workers.stripe_side.api import StripeApi
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def carry_out(config: Config, db: Database, action_id: int) -> str:
                 intent = api.invoice_payment_intent(account, target)
             request_id = api.refund(account, charge, intent, amount, key)
         else:
-            from workers.recovery import fix_member_link
+            from workers.upkeep.recovery import fix_member_link
 
             fixed = fix_member_link(config, db, api, target, account)
             result = "; ".join(f"member {ref}: {old} -> {new}" for ref, old, new in

@@ -28,11 +28,16 @@ from db import (
     insert_ignoring_duplicates,
     utcnow,
 )
-from workers.batch import Batch
-from workers.handlers import HANDLERS
-from workers.matching import SIMILAR_MODE, EmailNotYetKnown, mirror_customer, observe_subscription
-from workers.stripe_api import StripeApi, StripeUnavailable
-from workers.subjects import CustomerSeen, SubscriptionSeen
+from workers.matching.batch import Batch
+from workers.matching.classify import (
+    SIMILAR_MODE,
+    EmailNotYetKnown,
+    mirror_customer,
+    observe_subscription,
+)
+from workers.matching.handlers import HANDLERS
+from workers.matching.subjects import CustomerSeen, SubscriptionSeen
+from workers.stripe_side.api import StripeApi, StripeUnavailable
 
 EVENT_RETENTION = timedelta(days=30)  # Stripe's Events API returns the last 30 days only
 

@@ -1,0 +1,2 @@
+"""The operator's tools: the sweeper, catching up with Stripe (replay, reconcile,
+diagnose), retention."""
