@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(VENV)/bin/mismatch demo
+	$(VENV)/bin/python -m standins.demo
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/all.py $(BENCH_ARGS)

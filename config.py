@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,8 +216,6 @@ def _dev_secret_key(instance_path: Path, *, create: bool = True) -> str:
 
 def _url_template(env: Mapping[str, str], name: str, fields: set[str]) -> str | None:
     """An http(s) URL template using only `fields` as {placeholders}, or None when unset."""
-    import string
-
     raw = env.get(name, "").strip()
     if not raw:
         return None

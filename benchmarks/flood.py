@@ -86,8 +86,8 @@ from benchmarks.harness import (
     tail,
     verdict,
 )
-from listener.stand_ins import free_port
-from tests.support import customer, event, sign
+from standins.events import customer, event, sign
+from standins.localstripe import free_port
 
 BIN = Path(sys.executable).parent
 

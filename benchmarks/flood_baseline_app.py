@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from flask import Flask
 
 import listener.console_auth
-from listener import create_app
+from listener.app import create_app
 from listener.sign_in_pool import SignInGate
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.support (payload builders) is not an installed package
+    sys.path.insert(0, str(ROOT))  # standins/ (payload builders) is not an installed package
 
 
 # --- databases ----------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ from benchmarks.harness import (
     ratio,
     verdict,
 )
-from listener.stand_ins import free_port
+from standins.localstripe import free_port
 
 BIN = Path(sys.executable).parent
 LOG_DIR = ROOT / "instance" / "bench"
@@ -1121,7 +1121,7 @@ class Deliveries:
 
     def next(self) -> tuple[str, str]:
         """(body, Stripe-Signature header)."""
-        from tests.support import sign
+        from standins.events import sign
 
         self.n += 1
         now = int(time.time())
@@ -1340,7 +1340,7 @@ def page_statements(env: dict[str, str], world: World, reps: int = 5
     from sqlalchemy import event
 
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     app = create_app(load_config({**env, "PUBLIC_BASE_URL": "http://127.0.0.1:5000"}))
     logging.getLogger().setLevel(logging.WARNING)

@@ -82,7 +82,7 @@ from benchmarks.harness import (
     tail,
     verdict,
 )
-from listener.stand_ins import free_port
+from standins.localstripe import free_port
 
 BIN = Path(sys.executable).parent
 

@@ -63,7 +63,7 @@ statements of one event of each kind and of one batch to show whether the member
 mirror lookups use their indexes (the plans of the floor's first batch are shown too).
 
 Stripe API calls are counted with workers.stripe_side.api.StripeApi.calls against a local fake
-Stripe (localstripe, started by listener.stand_ins.LocalStripe, state in the work dir), so an
+Stripe (localstripe, started by standins.localstripe.LocalStripe, state in the work dir), so an
 API read would be made and counted if matching wanted one: the target is 0 per event with
 the customer mirrored. A last set of platform events (localstripe has no Connect) whose
 customers are NOT mirrored, each handled alone with handle_events, must cost at most 1 call
@@ -105,13 +105,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from listener.stand_ins import LocalStripe
+    from standins.localstripe import LocalStripe
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.support (payload builders) is not an installed package
+    sys.path.insert(0, str(ROOT))  # standins/ (payload builders) is not an installed package
 
 from benchmarks.harness import Spread, prepare_database, processes, ratio, verdict  # noqa: E402
+from standins import events as payloads  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/bench_matching"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/10"
@@ -185,11 +186,11 @@ class Batch:
         self.expected[row["event_id"]] = expected
 
 
-def event_row(support: Any, *, event_id: str, type_: str, account: str | None, created: int,
+def event_row(*, event_id: str, type_: str, account: str | None, created: int,
               subscription_id: str, customer_id: str, status: str = "active") -> dict[str, Any]:
     """An inbox row as the intake stores it (listener/webhooks.py)."""
-    payload = support.event(type_, support.subscription(subscription_id, customer_id, status),
-                            account=account, created=created, event_id=event_id)
+    payload = payloads.event(type_, payloads.subscription(subscription_id, customer_id, status),
+                             account=account, created=created, event_id=event_id)
     return dict(event_id=event_id, endpoint="connect" if account else "platform",
                 account_id=account, livemode=False, type=type_, created=created,
                 payload=json.dumps(payload), status="received", attempts=0)
@@ -197,8 +198,6 @@ def event_row(support: Any, *, event_id: str, type_: str, account: str | None, c
 
 def make_batch(size: int, events: int, venues: int, seed: int) -> Batch:
     """K events spread over the kinds; customers of cases 1-3 are new and mirrored here."""
-    from tests import support
-
     rng = random.Random(seed * 1_000_003 + size)
     batch = Batch()
     created0 = 1_700_000_000
@@ -235,13 +234,13 @@ def make_batch(size: int, events: int, venues: int, seed: int) -> Batch:
                 account, email = account_of(i % venues), f"stranger{j}@{EMAIL_DOMAIN}"
             batch.customers.append((account, customer, email))
             exp = Expected(event_id, sub_id, customer, account, "case_3")
-        batch.add(event_row(support, event_id=event_id, type_="customer.subscription.created",
+        batch.add(event_row(event_id=event_id, type_="customer.subscription.created",
                             account=account, created=created0 + j, subscription_id=sub_id,
                             customer_id=customer), exp)
     samples = [next(e for e in batch.expected.values() if e.outcome == kind) for kind in KINDS]
     for k in range(2):
         batch.warm_ups.append([
-            {**event_row(support, event_id=f"evt_warm{k}x{n}", type_="customer.subscription"
+            {**event_row(event_id=f"evt_warm{k}x{n}", type_="customer.subscription"
                          ".created", account=e.account_id, created=created0 - 10 + n,
                          subscription_id=f"sub_warm{k}x{n}", customer_id=e.customer_id),
              "waiting_for": WARM_UP} for n, e in enumerate(samples)])
@@ -1190,9 +1189,9 @@ def run_in_process(config, database, event_ids: list[str], samples: set[str], ba
 # --- the local fake Stripe ---------------------------------------------------------------
 
 def start_stripe(workdir: Path) -> LocalStripe:
-    """localstripe (listener.stand_ins, state under `workdir`); it has no Connect, so
+    """localstripe (standins.localstripe, state under `workdir`); it has no Connect, so
     Stripe-Account is ignored: the unmirrored events are platform events."""
-    from listener.stand_ins import LocalStripe
+    from standins.localstripe import LocalStripe
 
     return LocalStripe(workdir)
 
@@ -1205,8 +1204,6 @@ def customer_reads(stripe: LocalStripe) -> int:
 
 def unmirrored_batch(stripe: LocalStripe, members: int = 40) -> tuple[Batch, list[tuple]]:
     """Platform events whose customers are only in (fake) Stripe: first sighting and repeat."""
-    from tests import support
-
     client = stripe.client()
     batch = Batch()
     member_rows = []  # (member_ref, email, stripe_customer_id) of the platform venue
@@ -1237,7 +1234,7 @@ def unmirrored_batch(stripe: LocalStripe, members: int = 40) -> tuple[Batch, lis
             # the customer Stripe does not know (nothing to mirror): one read again. Handled
             # alone, as its last attempt: that one is left `failed`, waiting for the customer.
             calls = 1 if rnd == 0 or cus == "cus_benchDoesNotExist" else 0
-            batch.add(event_row(support, event_id=event_id, type_=type_, account=None,
+            batch.add(event_row(event_id=event_id, type_=type_, account=None,
                                 created=1_700_100_000 + rnd * 1000 + u, subscription_id=sub_id,
                                 customer_id=cus),
                       Expected(event_id, sub_id, cus, PLATFORM_ACCOUNT, outcome, ref, linked,

@@ -66,7 +66,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/soak.py
 
 from benchmarks.harness import ROOT, Conn, descendants, prepare_database, signed_request
-from listener.stand_ins import free_port
+from standins.localstripe import free_port
 
 BIN = Path(sys.executable).parent
 

@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,7 +21,10 @@ from db.history import ids_named
 from db.models import (
     CUSTOMER_ACCOUNT,
     CUSTOMER_UNKNOWN,
+    LINKED,
     ROW_ID_MAX,
+    UNHANDLED_TYPE,
+    UNROUTED,
     Base,
     EndedSession,
     EventStatus,
@@ -39,6 +44,7 @@ from db.models import (
     SubscriptionState,
     ThinEvent,
     Venue,
+    case_outcome,
     isoformat,
     normalize_email,
     object_id,
@@ -48,6 +54,10 @@ from db.models import (
 __all__ = [
     "CUSTOMER_ACCOUNT",
     "CUSTOMER_UNKNOWN",
+    "LINKED",
+    "UNHANDLED_TYPE",
+    "UNROUTED",
+    "case_outcome",
     "ROW_ID_MAX",
     "Base",
     "Database",
@@ -74,6 +84,7 @@ __all__ = [
     "object_id",
     "utcnow",
     "insert_ignoring_duplicates",
+    "payments_of",
     "ids_named",
     "isoformat",
     "upgrade",
@@ -272,10 +283,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 @functools.cache
 def _insert_ignoring(dialect: str, model: type[Base], returning: str | None):  # type: ignore[no-untyped-def]
     """INSERT ... ON CONFLICT DO NOTHING [RETURNING column] for one table, built once."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     table = model.__table__
     stmt = insert(table).on_conflict_do_nothing()
     return stmt.returning(table.c[returning]) if returning is not None else stmt
@@ -300,3 +308,11 @@ def insert_ignoring_duplicates(session: Session, model: type[Base], values: dict
     if returning is None or not isinstance(values, dict):
         return None
     return result.scalar_one_or_none()
+
+
+def payments_of(session: Session, account_id: str, subscription_id: str) -> list[Payment]:
+    """A subscription's payments, oldest first: what a refund and every view of a mismatch
+    read."""
+    return list(session.scalars(select(Payment).where(
+        Payment.account_id == account_id, Payment.subscription_id == subscription_id)
+        .order_by(Payment.paid_at, Payment.id)))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import click
-from flask import Flask
 
 from config import ConfigError, load_config
+from db import upgrade
 
 
-def init_app(app: Flask) -> None:
-    app.cli.add_command(db_group)
+def init_cli(cli: click.Group) -> None:
+    cli.add_command(db_group)
 
 
 @click.group("db")
@@ -20,8 +20,6 @@ def db_group() -> None:
 @db_group.command("upgrade")
 def db_upgrade() -> None:
     """Apply migrations up to the newest schema."""
-    from db import upgrade
-
     try:
         config = load_config()
     except ConfigError as exc:

@@ -58,9 +58,17 @@ class EventStatus(StrEnum):
     FAILED = "failed"
 
 
-# Outcomes of an event that is set aside, read back by the console and /metrics:
+# An event's outcome (stripe_events.outcome), as the console, /metrics and reconcile read it:
+LINKED = "linked"
+UNROUTED = "unrouted"  # no venue has the account
+UNHANDLED_TYPE = "unhandled_type"  # stored and answered, but no handler for its type
 CUSTOMER_UNKNOWN = "customer_unknown"  # waits: Stripe says it has no such customer (rule 3)
 CUSTOMER_ACCOUNT = "customer_account"  # billed to an Account (Accounts v2), not a Customer
+
+
+def case_outcome(case: int, *, canceled: bool = False) -> str:
+    """"case_2", or "case_2_canceled" for a mismatch whose subscription has ended."""
+    return f"case_{case}_canceled" if canceled else f"case_{case}"
 
 
 class SubscriptionState(StrEnum):

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db import Mismatch, Resolution, StripeAction, StripeEvent, Venue, isoformat
+from db import UNROUTED, Mismatch, Resolution, StripeAction, StripeEvent, Venue, isoformat
 from db.records import (
     MAX_OFFSET,
     NOTE_MAX,
@@ -24,7 +24,7 @@ from db.records import (
     upsert_venue,
     venue_json,
 )
-from listener import current_config, current_db
+from listener.context import current_config, current_db
 from listener.edge import CONTROL, bad_json_string
 from notifications.view import charges_of
 from workers import (
@@ -298,7 +298,7 @@ def get_event(event_id: str):  # type: ignore[no-untyped-def]
         return jsonify({
             "event_id": e.event_id, "type": e.type, "endpoint": e.endpoint,
             "account_id": e.account_id, "livemode": e.livemode, "created": e.created,
-            "status": e.status, "outcome": e.outcome, "unrouted": e.outcome == "unrouted",
+            "status": e.status, "outcome": e.outcome, "unrouted": e.outcome == UNROUTED,
             "attempts": e.attempts, "last_error": e.last_error,
             "received_at": isoformat(e.received_at),
             "processed_at": isoformat(e.processed_at),

@@ -1,6 +1,7 @@
-"""The `mismatch` command. Each package registers its own commands on the app (db: `db
-upgrade`; workers: `worker`, `sweep`, imports, `replay`, `reconcile`, `diagnose`, `digest`,
-…); the web's are here: `serve` runs web and workers together, `demo` plays against it."""
+"""The `mismatch` command. Each package registers its own commands (db: `db upgrade`;
+workers: `worker`, `sweep`, imports, `replay`, `reconcile`, …, each beside the code it drives);
+the web's are here: `serve` runs web and workers together, `hash-password`. No command builds
+the web app: each runs from the configuration alone."""
 
 from __future__ import annotations
 
@@ -17,34 +18,24 @@ import time
 from pathlib import Path
 
 import click
-from flask import Flask
-from flask.cli import FlaskGroup
+from werkzeug.security import generate_password_hash
 
+import db.cli
+import workers
 from config import Config, ConfigError, load_config
-from listener.demo import demo, dev_session_path
+from db import upgrade
 from listener.edge import CONTROL
-from workers.embedded_redis import embedded_redis_running, stop_embedded_redis
+from workers import redis_url
+from workers.embedded_redis import (
+    embedded_redis_running,
+    ensure_embedded_redis,
+    stop_embedded_redis,
+)
 
 
-def _create_app() -> Flask:
-    from listener import create_app
-
-    # Writes nothing: a command run from another folder leaves no instance there. This app
-    # only holds the commands; each loads the configuration it runs with (strictly, but for
-    # `stripe check`, which reports production's problems instead of stopping on them).
-    try:
-        return create_app(load_config(create_instance=False, allow_production_problems=True))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-class MismatchGroup(FlaskGroup):
-    """Flask's command group without Flask's own `--app`, `--debug` and `--env-file`:
-    `mismatch` always runs this service, configured from the environment (README)."""
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.params = [p for p in self.params if p.name not in ("app", "debug", "env_file")]
+class MismatchGroup(click.Group):
+    """The `mismatch` group: one-off commands leave no embedded Redis running, and no
+    argument may carry a control character."""
 
     def invoke(self, ctx: click.Context) -> object:
         """A command that starts the embedded Redis (a re-check queued, a rate limit kept)
@@ -77,16 +68,14 @@ def _embedded_redis_instance() -> Path | None:
     return None if config.redis_url else config.instance_path
 
 
-@click.group(cls=MismatchGroup, create_app=_create_app, add_default_commands=False,
-             add_version_option=False)
+@click.group(cls=MismatchGroup)
 def main() -> None:
     """Stripe webhook listener and mismatch detector."""
 
 
-def init_app(app: Flask) -> None:
-    app.cli.add_command(serve)
-    app.cli.add_command(demo)
-    app.cli.add_command(hash_password)
+def init_cli(cli: click.Group) -> None:
+    cli.add_command(serve)
+    cli.add_command(hash_password)
 
 
 @click.command("hash-password")
@@ -94,10 +83,14 @@ def init_app(app: Flask) -> None:
 @click.option("--user", default=None, help="Print a whole SUPPORT_USERS entry for this name.")
 def hash_password(password: str, user: str | None) -> None:
     """Print a password hash for SUPPORT_USERS (werkzeug's scrypt)."""
-    from werkzeug.security import generate_password_hash
-
     hashed = generate_password_hash(password)
     click.echo(f"{user}:{hashed}" if user else hashed)
+
+
+def dev_session_path(config: Config) -> Path:
+    """What a running `mismatch serve` tells `mismatch demo` in another terminal (its URL, API
+    token and webhook secrets): development only, removed when serve stops."""
+    return config.instance_path / "serve.json"
 
 
 DEV_SUPPORT_USER = "support"
@@ -133,12 +126,6 @@ def _port_free(host: str, port: int) -> bool:
 @click.option("--workers", "rq_workers", default=1, show_default=True, type=int)
 def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
     """Run web + worker(s) together; starts the embedded Redis when REDIS_URL is unset."""
-    from werkzeug.security import generate_password_hash
-
-    from db import upgrade
-    from workers import redis_url
-    from workers.embedded_redis import ensure_embedded_redis, stop_embedded_redis
-
     try:
         config = load_config()
     except ConfigError as exc:
@@ -225,3 +212,7 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
         stop_embedded_redis(config.instance_path)
     if failed:
         sys.exit(1)
+
+
+for register in (db.cli.init_cli, workers.init_cli, init_cli):
+    register(main)

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from db import (
     CUSTOMER_ACCOUNT,
     CUSTOMER_UNKNOWN,
+    UNROUTED,
     EventStatus,
     EventTally,
     Member,
@@ -51,7 +52,6 @@ from db import (
     Venue,
 )
 from db.records import MAX_OFFSET, NOTE_MAX, unstorable
-from listener import current_config, current_db, current_throttle
 from listener.console_auth import (
     CSRF_FIELD,
     PageSessions,
@@ -66,6 +66,7 @@ from listener.console_auth import (
     staff_user,
     viewer_for,
 )
+from listener.context import current_config, current_db, current_throttle
 from listener.edge import ControlCharacter
 from notifications.links import LinkExpired, LinkInvalid, describe_age, read_link
 from notifications.view import (
@@ -415,7 +416,7 @@ def dashboard(who: str):  # type: ignore[no-untyped-def]
         pending = s.scalar(select(func.count()).select_from(StripeEvent).where(
             StripeEvent.status == EventStatus.RECEIVED)) or 0
         unrouted = [(account or None, livemode, n, last) for account, livemode, n, last, _
-                    in _tallied(s, "unrouted")]
+                    in _tallied(s, UNROUTED)]
         unknown_customers = list(s.execute(
             select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
                    func.max(StripeEvent.received_at), func.max(StripeEvent.last_error))

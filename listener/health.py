@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from listener import current_config, current_db
+from listener.context import current_config, current_db
+from workers import get_redis
 
 bp = Blueprint("health", __name__)
 
@@ -17,8 +18,6 @@ def healthz():  # type: ignore[no-untyped-def]
 @bp.get("/readyz")
 def readyz():  # type: ignore[no-untyped-def]
     """200 when both the database and Redis answer; else 503 naming the one that failed."""
-    from workers import get_redis
-
     checks: dict[str, str] = {}
     try:
         current_db().ping()

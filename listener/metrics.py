@@ -7,17 +7,24 @@ import hmac
 import logging
 import os
 import time
+from datetime import UTC
 
 from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
+
+from db import EventStatus, EventTally, Mismatch, Notification, StripeEvent
+from listener.context import current_config, current_db
+from workers import last_reconcile, queue_depth
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +58,6 @@ class PipelineCollector:
         self.app = app
 
     def collect(self):  # type: ignore[no-untyped-def]
-        from db import EventStatus, EventTally, Mismatch, Notification, StripeEvent
-        from listener import current_config, current_db
-        from workers import last_reconcile, queue_depth
-
         events = GaugeMetricFamily("mismatch_events", "Inbox events by status", labels=["status"])
         outcomes = GaugeMetricFamily(
             "mismatch_events_by_outcome", "Processed events by outcome", labels=["outcome"]
@@ -119,8 +122,6 @@ class PipelineCollector:
                     ).scalar()
                     if first is not None:
                         if first.tzinfo is None:
-                            from datetime import UTC
-
                             first = first.replace(tzinfo=UTC)
                         oldest.add_metric([], max(0.0, time.time() - first.timestamp()))
                     else:
@@ -156,12 +157,8 @@ def init_app(app: Flask) -> None:
                                 {"WWW-Authenticate": "Bearer"}, mimetype="text/plain")
         registry = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
-
             multiprocess.MultiProcessCollector(registry)
         else:
-            from prometheus_client import REGISTRY
-
             registry = REGISTRY
         body = generate_latest(registry) + generate_latest(_OneShot(pipeline))
         return Response(body, mimetype=CONTENT_TYPE_LATEST)

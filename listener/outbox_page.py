@@ -31,8 +31,8 @@ from flask import (
     url_for,
 )
 
-from listener import current_config, current_db
 from listener.console_auth import staff_user
+from listener.context import current_config, current_db
 from notifications.send import outbox_dir
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config import CONNECT, PLATFORM, SECRET_VARS, THIN, WEBHOOK_PATHS
 from db import EventStatus, RejectedDelivery, StoreFailed, ids_named, utcnow
-from listener import current_config, current_db, current_throttle
+from listener.context import current_config, current_db, current_throttle
 from listener.metrics import DELIVERIES, ENQUEUE_FAILURES, REQUEST_SECONDS, VERIFICATION_FAILURES
 from workers import EVENT, THIN_EVENT, THIN_TYPES, try_enqueue
 

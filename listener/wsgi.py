@@ -1,5 +1,5 @@
 """WSGI entry point for gunicorn: `gunicorn listener.wsgi:app`."""
 
-from listener import create_app
+from listener.app import create_app
 
 app = create_app()

@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+import templates
 from config import Config
 from db import CUSTOMER_UNKNOWN, Mismatch, Notification, Venue
 from notifications.links import describe_age, mismatch_link
@@ -44,8 +45,6 @@ def _wrap(value: str, width: int = 72, indent: str = "", first: str | None = Non
 
 @cache
 def env() -> Environment:
-    import templates
-
     root = Path(templates.__file__).parent / "email"
     environment = Environment(loader=FileSystemLoader(root),
                               autoescape=select_autoescape(["html"]),

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config import Config
-from db import Member, Mismatch, Payment, StripeCustomer, Subscription, Venue
+from db import Member, Mismatch, StripeCustomer, Subscription, Venue, payments_of
 
 # The three cases in the venue admin's words.
 CASE_TITLES = {
@@ -251,11 +251,9 @@ class Charge:
 
 
 def charges_of(session: Session, account_id: str, subscription_id: str) -> list[Charge]:
-    rows = session.scalars(select(Payment).where(
-        Payment.account_id == account_id, Payment.subscription_id == subscription_id)
-        .order_by(Payment.paid_at, Payment.id))
     return [Charge(p.invoice_id, p.charge_id, p.payment_intent_id, p.amount, p.currency,
-                   p.paid_at, p.amount_refunded, p.disputed) for p in rows]
+                   p.paid_at, p.amount_refunded, p.disputed)
+            for p in payments_of(session, account_id, subscription_id)]
 
 
 CURRENCY_SIGNS = {"eur": "€", "usd": "$", "gbp": "£"}

@@ -122,7 +122,7 @@ def redis(config: Config) -> redis_lib.Redis:
 
 @pytest.fixture
 def app(config: Config, db: Database, redis: redis_lib.Redis):  # type: ignore[no-untyped-def]
-    from listener import create_app
+    from listener.app import create_app
 
     application = create_app(config, TESTING=True)
     yield application

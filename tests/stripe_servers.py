@@ -10,7 +10,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from listener.stand_ins import LocalStripe
+from standins.localstripe import LocalStripe
 
 __all__ = ["ConnectStripe", "LocalStripe", "RecordingStripe"]
 

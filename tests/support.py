@@ -1,13 +1,14 @@
-"""Builders for Stripe-shaped payloads and signatures, as Stripe sends them."""
+"""The tests' fixed names and secrets, and delivering a signed event to the test client;
+the payload builders are the stand-ins' (standins/events.py)."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import time
 from typing import Any
 
-import stripe
+from standins.events import checkout_session, customer, event, sign, subscription
+
+__all__ = ["checkout_session", "customer", "event", "sign", "subscription"]
 
 PLATFORM_SECRET = "whsec_platform_test_secret"
 PLATFORM_SECRET_OLD = "whsec_platform_old_secret"
@@ -16,56 +17,6 @@ PLATFORM_ACCOUNT = "acct_1Platform0000000"
 GYM = "acct_1Gym000000000000"  # the two venues of the `venues` fixture (conftest.py)
 CLUB = "acct_1Club00000000000"
 API_TOKEN = "test-api-token"
-
-_seq = itertools.count(1)
-
-
-def sign(body: str, secret: str, timestamp: int | None = None) -> str:
-    """A Stripe-Signature header for `body`, made the way Stripe makes it."""
-    return stripe.WebhookSignature.generate_signature_header(
-        body, secret, timestamp=timestamp if timestamp is not None else int(time.time()))
-
-
-def event(type_: str, obj: dict[str, Any], *, account: str | None = None,
-          livemode: bool = False, created: int | None = None,
-          event_id: str | None = None) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "id": event_id or f"evt_test{next(_seq):010d}",
-        "object": "event",
-        "api_version": "2024-06-20",
-        "created": created if created is not None else int(time.time()),
-        "data": {"object": obj},
-        "livemode": livemode,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": type_,
-    }
-    if account:
-        payload["account"] = account
-    return payload
-
-
-def customer(customer_id: str, email: str | None, name: str | None = "Test Customer",
-             deleted: bool = False) -> dict[str, Any]:
-    obj = {"id": customer_id, "object": "customer", "email": email, "name": name,
-           "livemode": False}
-    if deleted:
-        obj["deleted"] = True
-    return obj
-
-
-def subscription(subscription_id: str, customer_id: str, status: str = "active"
-                 ) -> dict[str, Any]:
-    return {"id": subscription_id, "object": "subscription", "customer": customer_id,
-            "status": status, "items": {"object": "list", "data": []}}
-
-
-def checkout_session(session_id: str, customer_id: str, subscription_id: str,
-                     email: str | None, mode: str = "subscription") -> dict[str, Any]:
-    return {"id": session_id, "object": "checkout.session", "mode": mode,
-            "customer": customer_id, "subscription": subscription_id,
-            "customer_details": {"email": email, "name": "Checkout Buyer"}}
-
 
 def post_event(client, payload: dict[str, Any], *, connect: bool | None = None,  # type: ignore[no-untyped-def]
                secret: str | None = None, timestamp: int | None = None):
@@ -78,3 +29,12 @@ def post_event(client, payload: dict[str, Any], *, connect: bool | None = None, 
     return client.post(url, data=body, headers={
         "Stripe-Signature": sign(body, secret, timestamp),
         "Content-Type": "application/json"})
+
+
+def run_cli(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+    """The `mismatch` command, as a shell runs it (it reads the environment the fixtures set)."""
+    from click.testing import CliRunner
+
+    from listener.cli import main
+
+    return CliRunner().invoke(main, list(args), input=input)

@@ -45,7 +45,7 @@ def stripe_stand_in(env, monkeypatch):  # type: ignore[no-untyped-def]
 def outside(stripe_stand_in, venues, client, api, work):  # type: ignore[no-untyped-def]
     """A case-3 mismatch on GYM that charged twice (one invoice of each API shape)."""
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     for payload in (
         event("customer.created", customer(CUS, "walkin@example.com"), account=GYM),
@@ -206,7 +206,7 @@ def test_a_refund_event_and_a_linked_subscription(venues, client, api, work, db)
 def test_support_confirms_then_a_worker_cancels_and_the_page_logs_it(outside, stripe_stand_in,
                                                                      work, monkeypatch, env):
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
     from tests.pages_support import SUPPORT_USERS, csrf_from, sign_in
 
     m, _ = outside
@@ -251,7 +251,7 @@ def test_booking_product_buttons_from_url_templates(venues, api, work, env, monk
     import json
 
     from config import ConfigError, load_config
-    from listener import create_app
+    from listener.app import create_app
     from tests.pages_support import SUPPORT_USERS, sign_in
     from tests.support import CONNECT_SECRET, sign
 
@@ -293,7 +293,7 @@ def test_no_such_customer_as_a_page_diagnose_then_fix(env, monkeypatch, venues, 
 
     from config import load_config
     from db import Member
-    from listener import create_app
+    from listener.app import create_app
     from tests.pages_support import SUPPORT_USERS, csrf_from, sign_in
 
     server = ConnectStripe()
@@ -438,7 +438,7 @@ def test_refused_on_a_linked_subscription(stripe_stand_in, venues, api, client, 
 
     from config import load_config
     from db import Mismatch
-    from listener import create_app
+    from listener.app import create_app
 
     for payload in (event("customer.created", customer(CUS, "walkin@example.com"), account=GYM),
                     event("customer.subscription.created", subscription(SUB, CUS),
@@ -468,8 +468,8 @@ def test_cancel_against_localstripe_on_the_platform_account(env, monkeypatch, tm
     import json
 
     from config import load_config
-    from listener import create_app
-    from listener.stand_ins import LocalStripe
+    from listener.app import create_app
+    from standins.localstripe import LocalStripe
     from tests.support import PLATFORM_ACCOUNT, PLATFORM_SECRET, sign
 
     try:

@@ -28,7 +28,7 @@ def venue(api):  # type: ignore[no-untyped-def]
 def console(env, db, redis, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("SUPPORT_USERS", SUPPORT_USERS)
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     client = create_app(load_config(), TESTING=True).test_client()
     assert sign_in(client).status_code == 303

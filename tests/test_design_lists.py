@@ -1,14 +1,19 @@
 """docs/design.md's route and command tables are the contract others read: held to the code
-(the app's url_map, the `mismatch` CLI) so the two cannot drift apart again."""
+(the app's url_map, the `mismatch` CLI) so the two cannot drift apart again; and the CLI
+stays apart from the web app."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
+import pytest
 
-DESIGN = Path(__file__).resolve().parent.parent / "docs" / "design.md"
+ROOT = Path(__file__).resolve().parent.parent
+DESIGN = ROOT / "docs" / "design.md"
 PLACEHOLDER = re.compile(r"<[^>]*>")
 
 
@@ -57,3 +62,24 @@ def test_the_command_table_lists_every_command_and_nothing_else(env):
     commands = cli_commands()
     assert sorted(commands - documented) == [], "commands missing from docs/design.md"
     assert sorted(documented - commands) == [], "docs/design.md lists commands that do not exist"
+
+
+WEB_MODULES = ("listener.app", "listener.api", "listener.console", "listener.console_auth",
+               "listener.health", "listener.metrics", "listener.outbox_page",
+               "listener.webhooks", "listener.wsgi")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["sweep", "--help"], ["worker", "--help"]])
+def test_commands_run_without_the_web_app(args):
+    """Worker-side commands run from the configuration alone: asking the CLI for help (or
+    for a worker) imports none of the web's blueprints."""
+    probe = ("import sys\nfrom listener.cli import main\n"
+             f"try:\n    main({args!r}, prog_name='mismatch')\n"
+             "except SystemExit as exit:\n    assert exit.code == 0\n"
+             "print(sorted(m for m in sys.modules if m.startswith('listener')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout.strip().splitlines()[-1]
+    assert "Usage: mismatch" in done.stdout
+    assert not [m for m in WEB_MODULES if f"'{m}'" in loaded], loaded

@@ -15,7 +15,7 @@ GYM = "acct_1Gym000000000000"
 def test_a_linked_customer_changing_its_email_is_a_console_finding_only(
         env, api, client, work, db, monkeypatch):
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     api.put(f"/api/venues/{GYM}", json={"name": "Harbour Gym", "livemode": False,
                                         "admin_emails": ["owner@gym.test"]})

@@ -179,7 +179,7 @@ def test_ctrl_c_on_serve_stops_the_embedded_redis_too(tmp_path):
 
     import redis
 
-    from listener.stand_ins import free_port
+    from standins.localstripe import free_port
 
     def _alive(path: Path) -> bool:
         try:

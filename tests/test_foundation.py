@@ -31,7 +31,7 @@ def test_readyz_reports_both_dependencies(client):
 
 def test_readyz_names_the_dependency_that_is_down(env, monkeypatch, db, redis):
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     app = create_app(load_config())

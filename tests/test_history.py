@@ -14,15 +14,14 @@ from sqlalchemy.engine import make_url
 from db import Database, EventTally, Member, StripeEvent, upgrade, utcnow
 from db.history import rebuild_tallies
 from tests.pages_support import SUPPORT_USERS, sign_in
-from tests.support import customer, event, post_event, subscription
+from tests.support import customer, event, post_event, run_cli, subscription
 
 GYM = "acct_1Gym000000000000"
 
 
 def cli(*args: str):  # type: ignore[no-untyped-def]
-    from listener import create_app
 
-    return create_app().test_cli_runner().invoke(args=list(args))
+    return run_cli(*args)
 
 
 def metrics(client) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -62,7 +61,7 @@ def outside_subscription(api, client, work) -> dict[str, dict]:  # type: ignore[
 def test_prune_keeps_dedup_timeline_and_facts_and_frees_payloads(
         env, api, client, work, db, monkeypatch):
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     events = outside_subscription(api, client, work)
     [before] = api.get("/api/mismatches").json["mismatches"]

@@ -38,7 +38,7 @@ def test_api_ids_beyond_the_column_are_404(api, path):
 
 def test_console_ids_beyond_the_column_are_404(client, monkeypatch, env):
     monkeypatch.setenv("SUPPORT_USERS", SUPPORT_USERS)
-    from listener import create_app
+    from listener.app import create_app
 
     app = create_app()
     app.config["TESTING"] = True
@@ -115,7 +115,7 @@ def test_security_headers_on_json_and_error_responses(client, api):
 
 def test_metrics_need_the_token_when_one_is_set(env, db, redis, monkeypatch):
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     monkeypatch.setenv("METRICS_TOKEN", "scrape-secret")
     client = create_app(load_config(), TESTING=True).test_client()

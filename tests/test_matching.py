@@ -16,6 +16,7 @@ from tests.support import (
     customer,
     event,
     post_event,
+    run_cli,
     subscription,
 )
 
@@ -341,7 +342,7 @@ def test_member_linked_later_through_csv_resolves(venues, client, work, app, tmp
     csv = tmp_path / "members.csv"
     csv.write_text("account_id,member_ref,email,name,stripe_customer_id\n"
                    f"{GYM},m9,csv@example.com,Csv Person,cus_K\n")
-    result = app.test_cli_runner().invoke(args=["members", "import", str(csv)])
+    result = run_cli("members", "import", str(csv))
     assert result.exit_code == 0, result.output
     work()
     assert (only_mismatch(venues)["status"], only_mismatch(venues)["resolution"]) == (

@@ -17,12 +17,20 @@ from sqlalchemy import select, update
 
 from config import load_config
 from db import Notification
-from listener.stand_ins import free_port
 from notifications.links import read_link
 from notifications.outbox import build_digests
 from notifications.send import deliver, outbox_dir
+from standins.localstripe import free_port
 from tests.smtp_server import SmtpServer
-from tests.support import API_TOKEN, PLATFORM_ACCOUNT, customer, event, post_event, subscription
+from tests.support import (
+    API_TOKEN,
+    PLATFORM_ACCOUNT,
+    customer,
+    event,
+    post_event,
+    run_cli,
+    subscription,
+)
 from workers.jobs import NOTICE
 from workers.queue import enqueue
 
@@ -451,7 +459,7 @@ def test_server_down_for_good_leaves_the_row_failed_with_the_reason(smtp_down, a
     assert row.sent_at is None
     # Never lost: once the server is back, the operator re-queues it and it goes out once.
     smtp_down.start()
-    result = app.test_cli_runner().invoke(args=["retry-notices"])
+    result = run_cli("retry-notices")
     assert result.exit_code == 0 and "queued 1 failed notices again" in result.output
     enqueue(config, NOTICE, row.id)  # and a stray duplicate job changes nothing
     work()
@@ -502,8 +510,7 @@ def test_digest_venues_get_one_summary_per_admin(smtp, api, client, work, db, ap
     assert smtp.messages == []
     assert {n.status for n in rows(db)} == {"awaiting_digest"}
 
-    runner = app.test_cli_runner()
-    result = runner.invoke(args=["digest"])
+    result = run_cli("digest")
     assert result.exit_code == 0, result.output
     assert "queued 2 digest emails" in result.output
     work()
@@ -519,7 +526,7 @@ def test_digest_venues_get_one_summary_per_admin(smtp, api, client, work, db, ap
     items = rows(db, kind="digest_item")
     assert len(items) == 4 and {n.status for n in items} == {"sent"}
 
-    assert "queued 0 digest emails" in runner.invoke(args=["digest"]).output
+    assert "queued 0 digest emails" in run_cli("digest").output
     outside_subscription(client, "cus_DigC0001", "c@example.com", "sub_DigC0001")
     work()
     for notification_id in build_digests(db):

@@ -492,7 +492,7 @@ def test_one_local_stylesheet_no_scripts_and_strict_headers(client, scene, confi
     assert css.status_code == 200 and css.mimetype == "text/css"
     cookie = client.get("/support/login").headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
-    from listener import create_app
+    from listener.app import create_app
 
     https = create_app(replace(config, public_base_url="https://mismatch.example"))
     assert https.config["SESSION_COOKIE_SECURE"] is True

@@ -83,7 +83,7 @@ def test_stripe_check_reports_each_laptop_default(tmp_path):
 
 def test_the_outbox_is_for_signed_in_staff_even_without_an_api_token(env, db, redis,
                                                                      monkeypatch):
-    from listener import create_app
+    from listener.app import create_app
 
     monkeypatch.delenv("API_TOKEN")
     monkeypatch.setenv("SUPPORT_USERS", SUPPORT_USERS)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.stripe_servers import ConnectStripe, LocalStripe
-from tests.support import PLATFORM_ACCOUNT, post_event
+from tests.support import PLATFORM_ACCOUNT, post_event, run_cli
 
 GYM = "acct_1Gym000000000000"
 
@@ -37,10 +37,9 @@ def connect_stripe(monkeypatch, stripe_key):
 
 
 def cli(app, *args):
-    from listener import create_app
 
     # A fresh app reads the environment the fixtures just set (STRIPE_API_BASE, key).
-    result = create_app().test_cli_runner().invoke(args=list(args))
+    result = run_cli(*args)
     return result
 
 
@@ -171,7 +170,7 @@ def test_reconcile_is_the_missed_webhook_alarm(localstripe, api, client, work, a
     from sqlalchemy import select
 
     from db import Notification
-    from listener import create_app
+    from listener.app import create_app
 
     monkeypatch.setenv("SUPPORT_EMAIL", "oncall@platform.test")
     venue(api, PLATFORM_ACCOUNT)

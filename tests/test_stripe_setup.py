@@ -127,7 +127,7 @@ def test_each_wrong_setup_is_a_finding_with_its_fix(stand_in, app, api, client, 
     with a test key, a venue not connected, the Connect endpoint scoped to "Your account",
     the platform one short of a type and on an old API version, no Connect secret, plain
     http in production, and deliveries signed with the other endpoint's secret."""
-    from listener import create_app
+    from listener.app import create_app
     from tests.pages_support import SUPPORT_USERS, sign_in
 
     stand_in.platform_account = "acct_1SomeoneElse000000"
@@ -184,7 +184,7 @@ def test_check_without_a_key_says_so_and_fails(env, app):
 
 def test_the_dashboard_says_when_nothing_was_checked_yet(env, app, monkeypatch):
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
     from tests.pages_support import SUPPORT_USERS, sign_in
 
     monkeypatch.setenv("SUPPORT_USERS", SUPPORT_USERS)

@@ -20,7 +20,7 @@ from sqlalchemy import select, text
 
 from config import load_config
 from db import Mismatch, Notification, StripeEvent
-from listener.stand_ins import free_port
+from standins.localstripe import free_port
 from tests.pages_support import SUPPORT_USERS, sign_in
 from tests.smtp_server import SmtpServer
 from tests.stripe_servers import ConnectStripe, RecordingStripe
@@ -170,7 +170,7 @@ def test_a_customer_stripe_does_not_know_waits_and_alerts_support_not_the_venue(
         assert "no such customer" in alert["Subject"]
         assert "cus_Ghost1" in alert.get_body(("plain",)).get_content()
         # The support dashboard names the account and the likely cause.
-        from listener import create_app
+        from listener.app import create_app
 
         staff = create_app(load_config()).test_client()
         assert sign_in(staff).status_code == 303

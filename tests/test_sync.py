@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from db import Member, Venue
 from tests.support import API_TOKEN
+from tests.support import run_cli as cli
 
 GYM = "acct_1Gym000000000000"
 
@@ -21,7 +22,7 @@ def test_api_needs_the_bearer_token(client):
 
 def test_api_disabled_without_token(env, monkeypatch, db, redis):
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     monkeypatch.delenv("API_TOKEN")
     response = create_app(load_config()).test_client().get(
@@ -109,7 +110,7 @@ def test_mismatch_list_rejects_bad_filters(api, query):
 # --- CSV ------------------------------------------------------------------------------------
 
 def run_cli(app, *args):
-    return app.test_cli_runner().invoke(args=list(args))
+    return cli(*args)
 
 
 def test_venues_import(app, tmp_path, db):

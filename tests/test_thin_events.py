@@ -39,7 +39,7 @@ def stand_in(env, monkeypatch):
 @pytest.fixture
 def thin_app(stand_in, app):  # type: ignore[no-untyped-def]
     from config import load_config
-    from listener import create_app
+    from listener.app import create_app
 
     application = create_app(load_config(), TESTING=True)
     yield application.test_client()

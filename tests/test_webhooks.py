@@ -47,7 +47,7 @@ CUSTOMER_EMAIL = "Private.Person+gym@example-pii.test"
 @pytest.fixture
 def make_client(env, db, redis, monkeypatch):  # type: ignore[no-untyped-def]
     """Build an app from the environment after changing some of it (like a restart would)."""
-    from listener import create_app
+    from listener.app import create_app
 
     apps = []
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from listener.stand_ins import free_port
+from standins.localstripe import free_port
 from tests.support import CONNECT_SECRET, GYM, customer, event, sign
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,11 +1,13 @@
-"""The work: everything after the webhook has answered (matching, Stripe reads, notices).
-
-The web and the CLI hand work over only through the names exported here."""
+"""The work: everything after the webhook has answered (matching, Stripe reads and writes,
+notices, the operator's tools). The web hands work over through the names exported here; the
+`mismatch` command takes the workers' commands from `init_cli`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import click
 
+from workers.cli import digest_cmd, members_group, retry_notices_cmd, venues_group
+from workers.jobs import ACTION, EVENT, MISMATCH_RECHECK, NOTICE, THIN_EVENT, VENUE_RECHECK
 from workers.queue import (
     get_redis,
     last_reconcile,
@@ -14,7 +16,8 @@ from workers.queue import (
     redis_url,
     try_enqueue,
 )
-from workers.stripe_side.actions import (  # noqa: E402 - after the queue, which it uses
+from workers.service import worker
+from workers.stripe_side.actions import (
     CANCEL,
     REFUND,
     ActionRefused,
@@ -24,61 +27,60 @@ from workers.stripe_side.actions import (  # noqa: E402 - after the queue, which
     request_action,
     request_customer_fix,
 )
-
-if TYPE_CHECKING:
-    from flask import Flask
-
+from workers.stripe_side.api import StripeApi, StripeUnavailable
+from workers.stripe_side.doctor import SetupFinding, last_setup_check, stripe_check_cmd
+from workers.stripe_side.setup import stripe_setup_cmd
+from workers.stripe_side.thin import THIN_TYPES
+from workers.upkeep.recovery import (
+    diagnose,
+    diagnose_cmd,
+    read_pasted,
+    reconcile_cmd,
+    replay_cmd,
+    same_email_customers,
+)
+from workers.upkeep.retention import prune_cmd
+from workers.upkeep.sweep import sweep_cmd
 
 __all__ = [
-    "CANCEL",
-    "REFUND",
-    "ActionRefused",
-    "ActionStatus",
-    "actions_of",
-    "refusal",
-    "request_action",
-    "request_customer_fix",
-    "diagnose",
-    "read_pasted",
-    "same_email_customers",
-    "StripeApi",
-    "StripeUnavailable",
     "ACTION",
+    "CANCEL",
     "EVENT",
     "MISMATCH_RECHECK",
     "NOTICE",
+    "REFUND",
     "THIN_EVENT",
-    "VENUE_RECHECK",
-    "last_setup_check",
-    "SetupFinding",
     "THIN_TYPES",
+    "VENUE_RECHECK",
+    "ActionRefused",
+    "ActionStatus",
+    "SetupFinding",
+    "StripeApi",
+    "StripeUnavailable",
+    "actions_of",
+    "diagnose",
     "get_redis",
-    "init_app",
+    "init_cli",
     "last_reconcile",
+    "last_setup_check",
     "limits_storage",
     "queue_depth",
+    "read_pasted",
     "redis_url",
+    "refusal",
+    "request_action",
+    "request_customer_fix",
+    "same_email_customers",
     "try_enqueue",
 ]
 
 
-def init_app(app: Flask) -> None:
-    """Register the workers' commands (worker, sweep, replay, …) on the `mismatch` CLI."""
-    from workers import cli
-
-    cli.init_app(app)
-
-
-# Last: the "No such customer" engine imports the handlers, which import the constants above.
-from workers.jobs import (  # noqa: E402
-    ACTION,
-    EVENT,
-    MISMATCH_RECHECK,
-    NOTICE,
-    THIN_EVENT,
-    VENUE_RECHECK,
-)
-from workers.stripe_side.api import StripeApi, StripeUnavailable  # noqa: E402
-from workers.stripe_side.doctor import SetupFinding, last_setup_check  # noqa: E402
-from workers.stripe_side.thin import THIN_TYPES  # noqa: E402
-from workers.upkeep.recovery import diagnose, read_pasted, same_email_customers  # noqa: E402
+def init_cli(cli: click.Group) -> None:
+    """The workers' commands, each defined beside the code it drives."""
+    stripe = click.Group("stripe", help="Set up and check the platform's Stripe webhook "
+                                        "endpoints.")
+    stripe.add_command(stripe_setup_cmd, "setup")
+    stripe.add_command(stripe_check_cmd, "check")
+    for command in (worker, sweep_cmd, venues_group, members_group, replay_cmd, reconcile_cmd,
+                    diagnose_cmd, digest_cmd, retry_notices_cmd, stripe, prune_cmd):
+        cli.add_command(command)

@@ -21,6 +21,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy import Select
 
 from config import Config
+from workers.embedded_redis import ensure_embedded_redis
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ def _redis_for(url: str) -> redis.Redis:
 def redis_url(config: Config) -> str:
     if config.redis_url:
         return config.redis_url
-    from workers.embedded_redis import ensure_embedded_redis
-
     return ensure_embedded_redis(config.instance_path)
 
 

@@ -18,13 +18,19 @@ import signal
 import sys
 import time
 
+import click
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 
 from config import Config
 from db.errors import scrub_logs
+from workers.cli import state
+from workers.jobs import EventNotDone
 from workers.queue import get_queue, get_redis
 from workers.runtime import runtime
+from workers.stripe_side.doctor import check_if_due
+from workers.upkeep.retention import prune_if_due
+from workers.upkeep.sweep import sweep
 
 log = logging.getLogger(__name__)
 SWEEP_LOCK = "mismatch:sweep-lock"
@@ -49,7 +55,6 @@ class MismatchWorker(SimpleWorker):
     def handle_exception(self, job, *exc_info) -> None:  # type: ignore[no-untyped-def]
         """An event that waits (for its customer, for Stripe) is expected, not an error: one
         line, with the reason, instead of RQ's traceback. RQ still retries or fails the job."""
-        from workers.jobs import EventNotDone
 
         if len(exc_info) > 1 and isinstance(exc_info[1], EventNotDone):
             log.warning("job %s: %s", job.id, exc_info[1])
@@ -59,8 +64,6 @@ class MismatchWorker(SimpleWorker):
 
 def sweep_once(config: Config) -> None:
     """Sweep unless another worker swept within the interval (a Redis lock)."""
-    from workers.upkeep.sweep import sweep
-
     redis = get_redis(config)
     if not redis.set(SWEEP_LOCK, "1", nx=True, ex=max(5, config.sweep_after_seconds // 2)):
         return
@@ -94,8 +97,6 @@ def _sweeper(config: Config, every: float, parent: int) -> None:
 
 def _prune(config: Config) -> None:
     """Retention, daily across all workers (workers/upkeep/retention.py)."""
-    from workers.upkeep.retention import prune_if_due
-
     done = prune_if_due(config, runtime()[1])
     if done is not None:
         log.info("prune: %d payloads emptied, %d refused deliveries and %d thin events "
@@ -104,8 +105,6 @@ def _prune(config: Config) -> None:
 
 def _check_setup(config: Config) -> None:
     """The configuration doctor, hourly across all workers (workers/stripe_side/doctor.py)."""
-    from workers.stripe_side.doctor import check_if_due
-
     if check_if_due(config, runtime()[1]):
         log.info("stripe check ran")
 
@@ -188,3 +187,14 @@ def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0
         if sweeper is not None:
             sweeper.terminate()
             sweeper.join(5)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Drain the queue, then exit.")
+@click.option("--sweep-every", default=30.0, show_default=True,
+              help="Seconds between sweeps for stuck events (0 disables).")
+def worker(burst: bool, sweep_every: float) -> None:
+    """Run an RQ worker for the mismatch queue (with retries and the periodic sweep)."""
+    run_worker(state()[0], burst=burst, sweep_every=sweep_every)

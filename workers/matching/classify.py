@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from db import (
+    LINKED,
     EventStatus,
     Member,
     Mismatch,
@@ -28,10 +29,12 @@ from db import (
     Subscription,
     SubscriptionState,
     Venue,
+    case_outcome,
     insert_ignoring_duplicates,
     normalize_email,
     utcnow,
 )
+from notifications.outbox import queue_mismatch_notices
 from workers.matching.batch import Batch
 from workers.matching.subjects import CustomerKey, CustomerSeen, SubscriptionSeen
 from workers.stripe_side.api import CustomerRecord, StripeUnavailable, is_live_key
@@ -262,7 +265,7 @@ def apply_result(batch: Batch, venue: Venue, sub: Subscription,
         if mismatch is not None and mismatch.status == MismatchStatus.OPEN:
             mismatch.resolve(Resolution.LINKED)
             log.info("mismatch %s resolved: %s now linked", mismatch.id, sub.customer_id)
-        return "linked"
+        return LINKED
 
     sub.state = SubscriptionState.MISMATCH
     sub.member_id = result.member.id if result.member else None
@@ -284,14 +287,12 @@ def apply_result(batch: Batch, venue: Venue, sub: Subscription,
     if sub.canceled:
         if mismatch.status == MismatchStatus.OPEN:
             mismatch.resolve(Resolution.CANCELED)
-        return f"case_{mismatch.case}_canceled"
+        return case_outcome(mismatch.case, canceled=True)
     if mismatch.status == MismatchStatus.OPEN and mismatch.notified_case != mismatch.case:
-        from notifications.outbox import queue_mismatch_notices
-
         batch.notices.extend(queue_mismatch_notices(batch.session, mismatch, venue))
         mismatch.notified_case = mismatch.case
         batch.notices_due += 1
-    return f"case_{mismatch.case}"
+    return case_outcome(mismatch.case)
 
 
 def recheck_open_mismatches(batch: Batch, venue: Venue,
@@ -299,8 +300,6 @@ def recheck_open_mismatches(batch: Batch, venue: Venue,
     """Re-run rules 2-4 for a venue's open mismatches (after a member or customer changed).
 
     Uses the mirror and the email already recorded; never needs Stripe."""
-    from sqlalchemy import select
-
     query = select(Mismatch.subscription_id, Mismatch.livemode, Mismatch.customer_id).where(
         Mismatch.venue_id == venue.id, Mismatch.status == MismatchStatus.OPEN
     ).order_by(Mismatch.subscription_id)  # the key order batches lock subscriptions in

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from db import CUSTOMER_ACCOUNT, StripeEvent
+from db import CUSTOMER_ACCOUNT, UNROUTED, StripeEvent
 from db.records import note_customer_email
+from notifications.outbox import queue_unrouted_alert
 from workers.matching.batch import Batch
 from workers.matching.classify import (
     mirror_customer,
@@ -80,7 +81,7 @@ def customer_seen(event: Event) -> CustomerSeen | None:
 
 def customer_changed(batch: Batch, event: Event, customer: CustomerSeen | None) -> str:
     if customer is None:
-        return "unrouted"
+        return UNROUTED
     mirror_customer(batch, customer)
     venue = batch.venue(customer.account_id)
     if venue is not None and venue.livemode == customer.livemode:
@@ -138,12 +139,10 @@ def subscription_changed(batch: Batch, event: Event, seen: SubscriptionSeen) -> 
     venue = batch.venue(seen.account_id)
     if venue is None:
         if seen.account_id:
-            from notifications.outbox import queue_unrouted_alert
-
             record_unrouted(batch, seen)
             batch.notices.extend(queue_unrouted_alert(
                 batch.session, batch.config, seen.account_id, event.row))
-        return "unrouted"
+        return UNROUTED
     if venue.livemode != seen.livemode:
         return "livemode_mismatch"
     if seen.checkout_email and batch.find_mirrored(*seen.customer_key) is None:
@@ -176,7 +175,7 @@ def charge_seen(kind: str) -> Callable[[Event], PaymentSeen | None]:
 
 def payment_changed(batch: Batch, event: Event, seen: PaymentSeen | None) -> str:
     if seen is None:
-        return "unrouted"
+        return UNROUTED
     return record_payment(batch, seen)
 
 

@@ -18,6 +18,7 @@ event makes the customer known.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,9 +28,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from config import Config
-from db import CUSTOMER_UNKNOWN, Database, EventStatus, StripeEvent, utcnow
+from db import CUSTOMER_UNKNOWN, UNHANDLED_TYPE, Database, EventStatus, StripeEvent, utcnow
 from db.errors import describe_error
 from db.history import record_finished
+from notifications.outbox import queue_customer_unknown_alert
 from workers.matching.batch import Answer, Batch
 from workers.matching.classify import EmailNotYetKnown, unknown_customer_reason
 from workers.matching.handlers import HANDLERS, Event, Handler, Ignored
@@ -189,8 +191,6 @@ def _taker(ids: list[str], more: int, *, wait: bool) -> Taker:
 
 
 def _item(config: Config, row: StripeEvent) -> Item:
-    import json
-
     handler = HANDLERS.get(row.type)
     account = row.account_id or config.stripe_platform_account
     if handler is None:
@@ -273,7 +273,7 @@ def _handle(batch: Batch, item: Item) -> Outcome:
     """Run the event's handler inside the batch's transaction; set status and outcome."""
     row = item.row
     if item.handler is None:
-        row.status, row.outcome, row.last_error = EventStatus.IGNORED, "unhandled_type", None
+        row.status, row.outcome, row.last_error = EventStatus.IGNORED, UNHANDLED_TYPE, None
     elif item.ignored is not None:
         row.status, row.outcome, row.last_error = (EventStatus.IGNORED, item.ignored_as,
                                                    item.ignored)
@@ -296,8 +296,6 @@ def _not_yet(batch: Batch, item: Item, key: CustomerKey, answer: Answer, final: 
     if isinstance(answer, CustomerRecord):  # not found
         reason = unknown_customer_reason(batch, key, answer)
         row.outcome = CUSTOMER_UNKNOWN
-        from notifications.outbox import queue_customer_unknown_alert
-
         batch.notices.extend(queue_customer_unknown_alert(
             batch.session, batch.config, key[0], key[1], key[2], row.event_id, reason))
     else:

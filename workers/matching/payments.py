@@ -1,6 +1,6 @@
 """Rule 7: what an outside subscription charged — each paid invoice, what was refunded of it,
 whether it is disputed — recorded from Stripe's events for every subscription not known to
-be linked (notifications.view.charges_of reads it for every view of a mismatch)."""
+be linked (db.payments_of reads it for every view of a mismatch)."""
 
 from __future__ import annotations
 

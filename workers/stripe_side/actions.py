@@ -10,6 +10,7 @@ mismatch itself still resolves from Stripe's own events (the cancellation's
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from enum import StrEnum
 
 import stripe
@@ -19,16 +20,21 @@ from sqlalchemy.orm import Session
 from config import Config
 from db import (
     Database,
+    Member,
     Mismatch,
     MismatchStatus,
     Payment,
     StripeAction,
     Subscription,
     SubscriptionState,
+    Venue,
     insert_ignoring_duplicates,
     utcnow,
 )
 from notifications.view import charges_of
+from workers.matching.batch import Batch
+from workers.matching.classify import mirror_customer
+from workers.matching.subjects import CustomerSeen
 from workers.stripe_side.api import StripeApi
 
 log = logging.getLogger(__name__)
@@ -154,8 +160,6 @@ def carry_out(config: Config, db: Database, action_id: int) -> str:
                 intent = api.invoice_payment_intent(account, target)
             request_id = api.refund(account, charge, intent, amount, key)
         else:
-            from workers.upkeep.recovery import fix_member_link
-
             fixed = fix_member_link(config, db, api, target, account)
             result = "; ".join(f"member {ref}: {old} -> {new}" for ref, old, new in
                                fixed.changes) or "no member links to it any more"
@@ -172,3 +176,46 @@ def carry_out(config: Config, db: Database, action_id: int) -> str:
                 amount_refunded=Payment.amount_refunded + (amount or 0)))
     log.info("action %s %s on %s: %s", action_id, kind, target, status.value)
     return status.value
+
+
+@dataclass
+class MemberLinkFix:
+    venue_id: int
+    changes: list[tuple[str, str, str]]  # (member_ref, old customer id, new customer id)
+
+
+def fix_member_link(config: Config, db: Database, api: StripeApi, customer_id: str,
+                    account_id: str) -> MemberLinkFix:
+    """Give each member of the venue that links to `customer_id` a new customer in the
+    venue's own account. Read, then create in Stripe with no transaction open (idempotency
+    key per member and old customer), then relink in a short transaction of its own."""
+    with db.session() as session:
+        venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
+        if venue is None:
+            raise ValueError(f"no venue {account_id}")
+        venue_id, livemode = venue.id, venue.livemode
+        members = [(m.id, m.member_ref, m.email, m.name) for m in session.scalars(
+            select(Member).where(Member.venue_id == venue.id,
+                                 Member.stripe_customer_id == customer_id))]
+    created = []
+    for member_id, member_ref, email, name in members:
+        new_id = api.create_customer(
+            None if account_id == config.stripe_platform_account else account_id,
+            email, name, metadata={"member_ref": member_ref, "replaces": customer_id},
+            idempotency_key=f"mismatch-fix-{account_id}-{member_ref}-{customer_id}")
+        created.append((member_id, member_ref, email, name, new_id))
+    changes = []
+    with db.session() as session:
+        batch = Batch(session, config)
+        for member_id, member_ref, email, name, new_id in created:
+            member = session.get(Member, member_id)
+            if member is None or member.stripe_customer_id != customer_id:
+                continue  # changed meanwhile: leave it as the booking product set it
+            member.stripe_customer_id = new_id
+            mirror_customer(batch, CustomerSeen(account_id, livemode, new_id, email, name,
+                                                deleted=False, created=0))
+            changes.append((member_ref, customer_id, new_id))
+        venue = session.get(Venue, venue_id)
+        if venue is not None:
+            venue.recheck_requested_at = utcnow()
+    return MemberLinkFix(venue_id, changes)

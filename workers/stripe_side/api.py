@@ -20,7 +20,7 @@ from limits import RateLimitItemPerSecond
 from limits.strategies import MovingWindowRateLimiter
 
 from config import Config
-from workers.queue import limits_storage
+from workers.queue import get_redis, limits_storage
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,6 @@ class StripeApi:
         if self._client is None:
             if not self.config.stripe_secret_key:
                 raise StripeUnavailable("STRIPE_SECRET_KEY is not set")
-            from workers.queue import get_redis
-
             http = LimitedHttpClient(SharedRateLimit(self.config, get_redis(self.config)),
                                      timeout=self.config.stripe_timeout)
             self._client = stripe.StripeClient(

@@ -10,16 +10,29 @@ Redis for the console dashboard.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import click
 import stripe
 from sqlalchemy import func, select
 
-from config import CONNECT, PLATFORM, SECRET_VARS, Config
+from config import (
+    CONNECT,
+    PLATFORM,
+    SECRET_VARS,
+    Config,
+    ConfigError,
+    load_config,
+    production_problems,
+)
 from db import Database, RejectedDelivery, Venue, utcnow
+from workers.cli import require_schema
 from workers.queue import get_redis
 from workers.stripe_side.api import StripeApi, StripeUnavailable, is_live_key
 from workers.stripe_side.setup import API_VERSION, is_connect, missing_types, wanted
@@ -275,3 +288,37 @@ def last_setup_check(config: Config) -> tuple[int, list[SetupFinding]] | None:
         return None
     data = json.loads(raw)
     return int(data["at"]), [SetupFinding(**f) for f in data["findings"]]
+
+
+# --- the command ---------------------------------------------------------------------------
+
+@click.command("check")
+def stripe_check_cmd() -> None:
+    """The configuration doctor: every problem found with its fix; exits 1 on any."""
+    # Production's laptop defaults stop every other command; here they are findings, and
+    # the rest of the check runs on the configuration as it stands.
+    findings = production_findings(production_problems(os.environ))
+    _say(findings)
+    try:
+        config = load_config(create_instance=False, allow_production_problems=True)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    require_schema(config)
+    db = Database(config.database_url)
+    try:
+        found = check(config, db, StripeApi(config))
+    finally:
+        db.dispose()
+    _say(found)
+    total = len(findings) + len(found)
+    if not total:
+        click.echo("Stripe set-up OK: key, platform account, both endpoints, secrets, "
+                   "venues reachable, no refused deliveries in the last 24 h.")
+        return
+    click.echo(f"{total} problem{'s' if total != 1 else ''} found.")
+    sys.exit(1)
+
+
+def _say(findings: Iterable) -> None:  # type: ignore[type-arg]
+    for finding in findings:
+        click.echo(f"PROBLEM [{finding.code}] {finding.problem}\n  fix: {finding.fix}")

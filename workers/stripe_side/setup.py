@@ -18,13 +18,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
 import stripe
 from sqlalchemy import select
 
 from config import CONNECT, PLATFORM, SECRET_VARS, WEBHOOK_PATHS
 from db import Database, StripeAction, utcnow
+from workers.cli import state, stripe_for
 from workers.matching.handlers import HANDLERS
-from workers.stripe_side.api import StripeApi
+from workers.stripe_side.api import StripeApi, StripeUnavailable
 
 # The version our client speaks and the event shapes are read in (stripe-python's own pin).
 API_VERSION: str = stripe.api_version
@@ -237,3 +239,51 @@ def secret_lines(applied: list[Applied]) -> list[str]:
                 lines.append(f"  (the old endpoint is gone: replace its secret in {var}, or "
                              f"keep both, comma-separated, until every worker has the new one)")
     return lines
+
+
+# --- the command ---------------------------------------------------------------------------
+
+@click.command("setup")
+@click.option("--url", "base_url", default=None,
+              help="The service's public address (default PUBLIC_BASE_URL), https://host.")
+@click.option("--yes", is_flag=True, help="Do not ask before changing anything in Stripe.")
+def stripe_setup_cmd(base_url: str | None, yes: bool) -> None:
+    """Create or update the platform and Connect endpoints: our URL, exactly the event types
+    handled, the API version pinned. Prints new signing secrets and where each goes."""
+    config, db = state()
+    base = (base_url or config.public_base_url).rstrip("/")
+    if not base.startswith(("https://", "http://")) or " " in base:
+        raise click.ClickException(f"--url: expected https://host, got {base!r}")
+    if config.production and not base.startswith("https://"):
+        raise click.ClickException("--url: Stripe sends live events to https:// URLs only")
+    api = stripe_for(config)
+    try:
+        changes = plan(api.webhook_endpoints(), base)
+    except StripeUnavailable as exc:
+        raise click.ClickException(f"{exc}; nothing was changed") from None
+    click.echo(f"{len(EVENT_TYPES)} event types, API version {API_VERSION}, at {base}")
+    for change in changes:
+        click.echo(f"  {change.describe()}")
+    writes = [c for c in changes if c.writes]
+    if not writes:
+        click.echo("Nothing to change.")
+        return
+    if not yes:
+        click.confirm(f"Make {len(writes)} change{'s' if len(writes) != 1 else ''} in "
+                      f"Stripe?", abort=True)
+    try:
+        applied = apply(db, api, changes)
+    except (StripeUnavailable, stripe.StripeError) as exc:
+        raise click.ClickException(
+            f"Stripe refused a change ({type(exc).__name__}); what was done is in "
+            f"stripe_actions, and running setup again finishes the rest") from None
+    for item in applied:
+        if item.change.writes:
+            click.echo(f"done: {item.change.kind} {item.change.name} endpoint "
+                       f"{item.endpoint_id or item.change.endpoint_id}")
+    lines = secret_lines(applied)
+    if lines:
+        click.echo("\nNew signing secrets (Stripe shows each only once; put them in the "
+                   "service's environment and restart it):")
+        for line in lines:
+            click.echo(f"  {line}")

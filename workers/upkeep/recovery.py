@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
+import click
 from sqlalchemy import select
 
 from config import Config
@@ -28,6 +31,9 @@ from db import (
     insert_ignoring_duplicates,
     utcnow,
 )
+from notifications.outbox import queue_missed_webhooks_alert
+from workers.cli import queue_all, state, stripe_for, track
+from workers.jobs import EVENT, NOTICE, VENUE_RECHECK, queue_after_commit
 from workers.matching.batch import Batch
 from workers.matching.classify import (
     SIMILAR_MODE,
@@ -36,7 +42,10 @@ from workers.matching.classify import (
     observe_subscription,
 )
 from workers.matching.handlers import HANDLERS
+from workers.matching.inbox import handle_events
 from workers.matching.subjects import CustomerSeen, SubscriptionSeen
+from workers.queue import record_reconcile
+from workers.stripe_side.actions import fix_member_link
 from workers.stripe_side.api import StripeApi, StripeUnavailable
 
 EVENT_RETENTION = timedelta(days=30)  # Stripe's Events API returns the last 30 days only
@@ -354,49 +363,6 @@ def diagnose(config: Config, db: Database, api: StripeApi, customer_id: str,
     return Diagnosis(location, members, fix, fixable)
 
 
-@dataclass
-class MemberLinkFix:
-    venue_id: int
-    changes: list[tuple[str, str, str]]  # (member_ref, old customer id, new customer id)
-
-
-def fix_member_link(config: Config, db: Database, api: StripeApi, customer_id: str,
-                    account_id: str) -> MemberLinkFix:
-    """Give each member of the venue that links to `customer_id` a new customer in the
-    venue's own account. Read, then create in Stripe with no transaction open (idempotency
-    key per member and old customer), then relink in a short transaction of its own."""
-    with db.session() as session:
-        venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
-        if venue is None:
-            raise ValueError(f"no venue {account_id}")
-        venue_id, livemode = venue.id, venue.livemode
-        members = [(m.id, m.member_ref, m.email, m.name) for m in session.scalars(
-            select(Member).where(Member.venue_id == venue.id,
-                                 Member.stripe_customer_id == customer_id))]
-    created = []
-    for member_id, member_ref, email, name in members:
-        new_id = api.create_customer(
-            None if account_id == config.stripe_platform_account else account_id,
-            email, name, metadata={"member_ref": member_ref, "replaces": customer_id},
-            idempotency_key=f"mismatch-fix-{account_id}-{member_ref}-{customer_id}")
-        created.append((member_id, member_ref, email, name, new_id))
-    changes = []
-    with db.session() as session:
-        batch = Batch(session, config)
-        for member_id, member_ref, email, name, new_id in created:
-            member = session.get(Member, member_id)
-            if member is None or member.stripe_customer_id != customer_id:
-                continue  # changed meanwhile: leave it as the booking product set it
-            member.stripe_customer_id = new_id
-            mirror_customer(batch, CustomerSeen(account_id, livemode, new_id, email, name,
-                                                deleted=False, created=0))
-            changes.append((member_ref, customer_id, new_id))
-        venue = session.get(Venue, venue_id)
-        if venue is not None:
-            venue.recheck_requested_at = utcnow()
-    return MemberLinkFix(venue_id, changes)
-
-
 @dataclass(frozen=True)
 class Pasted:
     """What support pasted from a "No such customer" ticket, read out."""
@@ -441,3 +407,113 @@ def same_email_customers(api: StripeApi, account_id: str, email: str) -> list[st
                                account_id, {"email": email}):
         return [c["id"] for c in page if not c.get("deleted")]
     return []
+
+
+# --- the command ---------------------------------------------------------------------------
+
+@click.command("replay")
+@click.option("--since", required=True, type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Replay events created at or after this date (UTC).")
+@click.option("--account", default=None, help="Only this account (acct_…).")
+@click.option("--now", "inline", is_flag=True, help="Process here instead of queueing.")
+@click.option("--undelivered", is_flag=True,
+              help="Only events Stripe reports as not delivered (delivery_success=false).")
+def replay_cmd(since: datetime, account: str | None, inline: bool, undelivered: bool) -> None:
+    """List events through the Events API and feed the missing ones through the inbox."""
+    config, db = state()
+    summary = replay(config, db, stripe_for(config), since.replace(tzinfo=UTC), account,
+                     echo=click.echo, track=track, undelivered=undelivered)
+    if inline:
+        outcomes = handle_events(config, db, StripeApi(config), summary.new_event_ids,
+                                 after_commit=partial(queue_after_commit, config))
+        for event_id, outcome in outcomes.items():
+            if not outcome.done:
+                click.echo(f"{event_id}: {outcome.reason}", err=True)
+    else:
+        queue_all(EVENT, config, summary.new_event_ids, "events")
+    which = "undelivered events" if undelivered else "events"
+    click.echo(f"listed {summary.listed} {which} in {summary.list_calls} list calls: "
+               f"{summary.new} new, {summary.known} already in the inbox, "
+               f"{summary.skipped_types} of types we do not handle")
+
+
+@click.command("reconcile")
+@click.option("--account", default=None, help="Only this venue (acct_…).")
+@click.option("--no-member-check", is_flag=True,
+              help="Skip checking members' stored customer IDs (wrong account / mode).")
+def reconcile_cmd(account: str | None, no_member_check: bool) -> None:
+    """Classify every non-canceled subscription of each venue ("Sync from Stripe")."""
+    config, db = state()
+    summary = reconcile(config, db, stripe_for(config), account, echo=click.echo, track=track,
+                        check_members=not no_member_check)
+    queue_all(NOTICE, config, summary.notices, "notices")
+    click.echo(f"\n{'venue':<28} {'linked':>7} {'case 1':>7} {'case 2':>7} {'case 3':>7} "
+               f"{'canceled':>9} {'other mode':>10}")
+    for acct, counts in summary.by_venue.items():
+        case = {n: sum(v for k, v in counts.items() if k.startswith(f"case_{n}"))
+                for n in (1, 2, 3)}
+        canceled = sum(v for k, v in counts.items() if k.endswith("_canceled"))
+        click.echo(f"{acct:<28} {counts.get('linked', 0):>7} {case[1]:>7} {case[2]:>7} "
+                   f"{case[3]:>7} {canceled:>9} {counts.get('other_mode', 0):>10}")
+    for finding in summary.findings:
+        click.echo(f"finding: {finding.account_id} member {finding.member_ref} -> "
+                   f"{finding.customer_id}: {finding.problem.replace('_', ' ')} — "
+                   f"{finding.detail}")
+    click.echo(f"\n{summary.subscriptions} subscriptions, {summary.new_mismatches} new "
+               f"mismatches, {summary.list_calls} list calls")
+    _missed_webhooks_alarm(config, db, summary.missed, whole_run=account is None)
+
+
+def _missed_webhooks_alarm(config: Config, db: Database, missed: dict[str, list[str]], *,
+                           whole_run: bool) -> None:
+    """Reconcile as the missed-webhook alarm: say how many subscriptions no event had told us
+    about, keep the count for /metrics, and email SUPPORT_EMAIL (once per account per day)."""
+    total = sum(len(subs) for subs in missed.values())
+    click.echo(f"{total} subscription{'s' if total != 1 else ''} had to be repaired because "
+               f"no event had reached us" + (f": {', '.join(sorted(missed))}" if total else ""))
+    if whole_run:
+        record_reconcile(config, total)
+    alerts: list[int] = []
+    with db.session() as session:
+        for account_id, subscription_ids in sorted(missed.items()):
+            venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
+            alerts += queue_missed_webhooks_alert(session, config, account_id,
+                                                  bool(venue and venue.livemode),
+                                                  subscription_ids)
+    queue_all(NOTICE, config, alerts, "alerts to SUPPORT_EMAIL")
+
+
+@click.command("diagnose")
+@click.argument("customer_id")
+@click.option("--account", default=None, help="The venue the customer should belong to.")
+@click.option("--fix", is_flag=True, help="Create the customer in the right account and "
+                                          "relink the member.")
+@click.option("--yes", is_flag=True, help="Do not ask before --fix changes anything.")
+def diagnose_cmd(customer_id: str, account: str | None, fix: bool, yes: bool) -> None:
+    """Explain a "No such customer" error: which account and mode hold the customer."""
+    if not customer_id.startswith("cus_"):
+        raise click.ClickException(f"{customer_id!r} is not a customer ID (cus_…)")
+    config, db = state()
+    api = stripe_for(config)
+    result = diagnose(config, db, api, customer_id, account)
+    loc = result.location
+    click.echo(f"customer:  {customer_id}")
+    click.echo(f"found in:  {loc.found_in or 'no account we can reach'}"
+               + (f" ({'live' if loc.livemode else 'test'} mode)" if loc.found_in else "")
+               + (" — deleted" if loc.deleted else ""))
+    members = ", ".join(f"{a} member {r}" for a, r in result.members) or "none"
+    click.echo(f"linked by: {members}")
+    click.echo(f"\n{loc.sentence}\nFix: {result.fix}")
+    if not fix:
+        return
+    if not result.fixable:
+        raise click.ClickException("nothing --fix can do here; see the fix above")
+    target = account or result.members[0][0]
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException("--fix changes Stripe and our records: add --yes")
+        click.confirm(f"Create a new customer in {target} and relink?", abort=True)
+    fixed = fix_member_link(config, db, api, customer_id, target)
+    for member_ref, old, new in fixed.changes:
+        click.echo(f"member {member_ref}: {old} -> {new}")
+    queue_all(VENUE_RECHECK, config, [fixed.venue_id], "venue re-checks")

@@ -13,12 +13,14 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+import click
 import redis as redis_lib
 from sqlalchemy import delete
 
 from config import Config
 from db import Database, RejectedDelivery, ThinEvent, utcnow
 from db.history import prune_batch
+from workers.cli import state
 from workers.queue import get_redis
 
 log = logging.getLogger(__name__)
@@ -82,3 +84,21 @@ def _keep_watermark(config: Config, after: int) -> None:
         get_redis(config).set(PRUNE_AFTER_KEY, after)
     except redis_lib.RedisError:
         log.warning("prune: could not keep where it stopped (Redis); the next run starts over")
+
+
+# --- the command ---------------------------------------------------------------------------
+
+@click.command("prune")
+@click.option("--older-than-days", "days", type=click.IntRange(min=1), default=None,
+              help="Default PAYLOAD_RETENTION_DAYS (90).")
+@click.option("--from-start", is_flag=True,
+              help="Walk the whole inbox, not only from where the last run stopped.")
+def prune_cmd(days: int | None, from_start: bool) -> None:
+    """Empty the payloads of finished events past the retention age; their rows stay
+    (dedup, timelines, tallies). Workers also run this daily."""
+    config, db = state()
+    done = prune(config, db, days=days, from_start=from_start)
+    click.echo(f"{done.payloads} payloads emptied (events received over "
+               f"{days or config.payload_retention_days} days ago, processed or ignored); "
+               f"{done.rejected} refused deliveries and {done.thin} fetched thin events "
+               f"deleted")

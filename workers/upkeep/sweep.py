@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import click
 from sqlalchemy import select, update
 
 import workers.queue as queue
 from config import Config
 from db import Database, EventStatus, StripeEvent, utcnow
+from workers.cli import state
 from workers.jobs import EVENT, WORK
 
 
@@ -46,3 +48,18 @@ def sweep(config: Config, db: Database, *, include_failed: bool = False,
             queue.enqueue(config, kind, key, again=key in again)
         counts[str(kind.swept_as)] = len(keys)
     return counts
+
+
+# --- the command ---------------------------------------------------------------------------
+
+@click.command("sweep")
+@click.option("--failed", "include_failed", is_flag=True,
+              help="Also reset and replay events that failed for good.")
+@click.option("--all", "everything", is_flag=True,
+              help="Do not wait for the one-minute grace period.")
+def sweep_cmd(include_failed: bool, everything: bool) -> None:
+    """Queue again stored events, re-checks and notices that were never queued."""
+    config, db = state()
+    counts = sweep(config, db, include_failed=include_failed,
+                   older_than=timedelta(0) if everything else None)
+    click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))

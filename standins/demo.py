@@ -1,5 +1,6 @@
-"""`mismatch demo`: play the story of each case against a running service, so a newcomer can
-watch a webhook become a mismatch, a notice and a support page in a minute."""
+"""`make demo` (python -m standins.demo): play the story of each case against a running
+service, so a newcomer can watch a webhook become a mismatch, a notice and a support page in a
+minute."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 import stripe
 
-from config import Config
-from listener.stand_ins import LocalStripe
+from config import Config, load_config
+from listener.cli import dev_session_path
+from standins.localstripe import LocalStripe
 
 DEMO_VENUE = "acct_1DemoHarbourGym"
 
@@ -108,12 +111,6 @@ def _platform_story(service: Service, platform: str, secret: str, folder: Path) 
         local.stop()
 
 
-def dev_session_path(config: Config) -> Path:
-    """What a running `mismatch serve` tells `mismatch demo` in another terminal (its URL, API
-    token and webhook secrets): development only, removed when serve stops."""
-    return config.instance_path / "serve.json"
-
-
 def _running_serve(config: Config) -> dict[str, str]:
     try:
         found = json.loads(dev_session_path(config).read_text())
@@ -128,10 +125,6 @@ def _running_serve(config: Config) -> dict[str, str]:
                    "folder serves, else http://127.0.0.1:5000).")
 def demo(url: str | None) -> None:
     """Create a demo venue and members, then play linked, case 1, case 2 and case 3."""
-    from dataclasses import replace
-
-    from config import load_config
-
     config = load_config()
     running = _running_serve(config)
     url = url or running.get("url") or "http://127.0.0.1:5000"
@@ -191,3 +184,7 @@ def demo(url: str | None) -> None:
              else f"{url}/outbox  (files: {config.instance_path / 'outbox'})")
     click.echo(f"\nemails: {where}\nsupport console: {url}/support\n"
                f"API: curl -H 'Authorization: Bearer {config.api_token}' {url}/api/mismatches")
+
+
+if __name__ == "__main__":
+    demo()
