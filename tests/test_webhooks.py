@@ -27,6 +27,7 @@ from tests.support import (
     event,
     post_event,
     sign,
+    subscription,
 )
 from workers.queue import get_queue
 from workers.upkeep.sweep import sweep
@@ -748,3 +749,25 @@ def test_no_pii_or_secrets_in_logs(client, db, config, work, caplog):
             assert word not in text, f"{word!r} logged by {record.name}: {record.getMessage()}"
     for word in forbidden:
         assert word not in caplog.text
+
+
+def test_verification_is_pure_one_function_for_both_paths():
+    """listener/signature.py reads nothing from the app: the secrets and the tolerance are
+    arguments, so it runs (and refuses) outside any request."""
+    from listener.signature import Rejected, Secrets, verify, verify_thin
+
+    secrets = Secrets(platform=("whsec_p",), connect=("whsec_c",), thin=())
+    payload = event("customer.subscription.created", subscription("sub_P", "cus_P"))
+    body = json.dumps(payload)
+    assert verify("platform", body.encode(), sign(body, "whsec_p"), secrets, 300)["id"] \
+        == payload["id"]
+    with pytest.raises(Rejected) as wrong:
+        verify("connect", body.encode(), sign(body, "whsec_p"), secrets, 300)
+    assert wrong.value.reason == "wrong_endpoint_secret"
+    with pytest.raises(Rejected) as stale:
+        verify("platform", body.encode(), sign(body, "whsec_p", int(time.time()) - 301),
+               secrets, 300)
+    assert stale.value.reason == "stale_timestamp"
+    with pytest.raises(Rejected) as snapshot:  # the thin path refuses a snapshot event
+        verify_thin(body.encode(), sign(body, "whsec_c"), secrets, 300)
+    assert snapshot.value.reason == "not_an_event"
