@@ -13,7 +13,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,26 +31,16 @@ from flask import (
     send_from_directory,
     url_for,
 )
-from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import (
-    CUSTOMER_ACCOUNT,
-    CUSTOMER_UNKNOWN,
-    UNROUTED,
-    EventStatus,
-    EventTally,
-    Member,
     Mismatch,
     MismatchStatus,
-    RejectedDelivery,
     Resolution,
-    StripeAction,
-    StripeCustomer,
-    StripeEvent,
     Venue,
 )
 from db.records import MAX_OFFSET, NOTE_MAX, unstorable
+from listener import console_queries as queries
 from listener.console_auth import (
     CSRF_FIELD,
     PageSessions,
@@ -301,73 +290,12 @@ def logout():  # type: ignore[no-untyped-def]
 
 # --- dashboard -------------------------------------------------------------------------------
 
-@dataclass
-class VenueRow:
-    venue_id: int | None
-    name: str
-    account_id: str
-    livemode: bool
-    cases: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0, 3: 0})
-
-    @property
-    def total(self) -> int:
-        return sum(self.cases.values())
-
-
 def _queue_depth() -> int | None:
     try:
         return queue_depth(current_config())
     except Exception as exc:  # noqa: BLE001 - the page must render while Redis is down
         log.warning("console: queue depth unavailable (%s)", type(exc).__name__)
         return None
-
-
-@dataclass(frozen=True)
-class Drift:
-    """A linked member whose Stripe customer's email changed away from the member's (the
-    customer portal, a checkout): the link holds, but notices and matching by email will
-    not find them."""
-
-    venue: str
-    account_id: str
-    member_ref: str
-    member_email: str
-    customer_id: str
-    customer_email: str
-
-
-@dataclass(frozen=True)
-class DriftSummary:
-    total: int
-    newest: list[Drift]
-
-
-def email_drift(s: Session, limit: int = RECENT_LIMIT) -> DriftSummary:
-    """Linked members whose Stripe customer's email differs from theirs, newest first: kept
-    on the member as either side changes (db.records.note_email_drift), read by its index."""
-    drifted = Member.email_drift_since.is_not(None)
-    total = s.scalar(select(func.count()).select_from(Member).where(drifted)) or 0
-    newest = [Drift(name, account, ref, email, customer_id, customer_email or "")
-              for name, account, ref, email, customer_id, customer_email in s.execute(
-        select(Venue.name, Venue.account_id, Member.member_ref, Member.email,
-               Member.stripe_customer_id, StripeCustomer.email)
-        .select_from(Member).join(Venue, Venue.id == Member.venue_id)
-        .outerjoin(StripeCustomer, (StripeCustomer.account_id == Venue.account_id)
-                   & (StripeCustomer.livemode == Venue.livemode)
-                   & (StripeCustomer.customer_id == Member.stripe_customer_id))
-        .where(drifted)
-        .order_by(Member.email_drift_since.desc(), Member.id.desc()).limit(limit))]
-    return DriftSummary(total, newest)
-
-
-def _tallied(s: Session, outcome: str) -> list[tuple[str, bool, int, Any, str | None]]:
-    """Finished events with this outcome per account and mode, newest first (the tallies)."""
-    return [tuple(row) for row in s.execute(  # type: ignore[misc]
-        select(EventTally.account_id, EventTally.livemode, func.sum(EventTally.n),
-               func.max(EventTally.last_received_at), func.max(EventTally.last_detail))
-        .where(EventTally.outcome == outcome)
-        .group_by(EventTally.account_id, EventTally.livemode)
-        .order_by(func.max(EventTally.last_received_at).desc()).limit(20))]
 
 
 def _setup_check() -> tuple[int, list[SetupFinding]] | None:
@@ -383,60 +311,17 @@ def _setup_check() -> tuple[int, list[SetupFinding]] | None:
 @staff_required
 def dashboard(who: str):  # type: ignore[no-untyped-def]
     with current_db().session() as s:
-        venues: dict[int | None, VenueRow] = {}
-        for venue_id, name, account_id, livemode, case, n in s.execute(
-            select(Mismatch.venue_id, Venue.name, Mismatch.account_id, Mismatch.livemode,
-                   Mismatch.case, func.count())
-            .outerjoin(Venue, Venue.id == Mismatch.venue_id)
-            .where(Mismatch.status == MismatchStatus.OPEN)
-            .group_by(Mismatch.venue_id, Venue.name, Mismatch.account_id, Mismatch.livemode,
-                      Mismatch.case)
-        ):
-            row = venues.setdefault(venue_id, VenueRow(venue_id, name or account_id,
-                                                       account_id, livemode))
-            row.cases[case] = row.cases.get(case, 0) + n
-        by_venue = sorted(venues.values(), key=lambda r: (-r.total, r.name.casefold()))
-        newest_open = list(s.execute(
-            select(Mismatch, Venue.name).outerjoin(Venue, Venue.id == Mismatch.venue_id)
-            .where(Mismatch.status == MismatchStatus.OPEN)
-            .order_by(Mismatch.opened_at.desc(), Mismatch.id.desc()).limit(RECENT_LIMIT)))
-        # Each figure reads an index or the tallies, never the whole inbox (db/history.py):
-        # the newest by id, the unfinished by (status, received_at).
-        accepted = list(s.scalars(select(StripeEvent).order_by(StripeEvent.id.desc())
-                                  .limit(RECENT_LIMIT)))
-        rejected = list(s.scalars(select(RejectedDelivery).order_by(
-            RejectedDelivery.received_at.desc(), RejectedDelivery.id.desc()
-        ).limit(RECENT_LIMIT)))
-        failed = list(s.scalars(select(StripeEvent).where(StripeEvent.status == EventStatus.FAILED)
-                                .order_by(StripeEvent.received_at.desc()).limit(50)))
-        failed_total = s.scalar(select(func.count()).select_from(StripeEvent)
-                                .where(StripeEvent.status == EventStatus.FAILED)) or 0
-        oldest = _aware(s.scalar(select(func.min(StripeEvent.received_at)).where(
-            StripeEvent.status == EventStatus.RECEIVED)))
-        pending = s.scalar(select(func.count()).select_from(StripeEvent).where(
-            StripeEvent.status == EventStatus.RECEIVED)) or 0
-        unrouted = [(account or None, livemode, n, last) for account, livemode, n, last, _
-                    in _tallied(s, UNROUTED)]
-        unknown_customers = list(s.execute(
-            select(StripeEvent.account_id, StripeEvent.livemode, func.count(),
-                   func.max(StripeEvent.received_at), func.max(StripeEvent.last_error))
-            .where(StripeEvent.status.in_((EventStatus.RECEIVED, EventStatus.FAILED)),
-                   StripeEvent.outcome == CUSTOMER_UNKNOWN)
-            .group_by(StripeEvent.account_id, StripeEvent.livemode)
-            .order_by(func.max(StripeEvent.received_at).desc()).limit(20)))
-        drift = email_drift(s)
-        billed_to_accounts = [(account or None, livemode, n, last, detail)
-                              for account, livemode, n, last, detail
-                              in _tallied(s, CUSTOMER_ACCOUNT)]
+        d = queries.dashboard(s, RECENT_LIMIT)
+    oldest = _aware(d.oldest)
     return render_template(
-        "pages/dashboard.html", by_venue=by_venue[:VENUES_SHOWN], venue_total=len(by_venue),
-        newest_open=newest_open,
-        billed_to_accounts=billed_to_accounts,
-        open_total=sum(r.total for r in by_venue), accepted=accepted, rejected=rejected,
-        failed=failed, failed_total=failed_total, queue_depth=_queue_depth(),
+        "pages/dashboard.html", by_venue=d.by_venue[:VENUES_SHOWN],
+        venue_total=len(d.by_venue), newest_open=d.newest_open,
+        billed_to_accounts=d.billed_to_accounts,
+        open_total=sum(r.total for r in d.by_venue), accepted=d.accepted, rejected=d.rejected,
+        failed=d.failed, failed_total=d.failed_total, queue_depth=_queue_depth(),
         oldest_age=duration(time.time() - oldest.timestamp()) if oldest else None,
-        pending=pending, unrouted=unrouted, unknown_customers=unknown_customers,
-        drift=drift, setup_check=_setup_check(), generated_at=datetime.now(UTC),
+        pending=d.pending, unrouted=d.unrouted, unknown_customers=d.unknown_customers,
+        drift=d.drift, setup_check=_setup_check(), generated_at=datetime.now(UTC),
         platform_account=current_config().stripe_platform_account)
 
 
@@ -445,9 +330,7 @@ def dashboard(who: str):  # type: ignore[no-untyped-def]
 def replay(event_id: str, who: str):  # type: ignore[no-untyped-def]
     """Give a failed event another go: back to `received`, then queue it."""
     with current_db().session() as s:
-        reset = s.execute(update(StripeEvent).where(StripeEvent.event_id == event_id,
-                                                    StripeEvent.status == EventStatus.FAILED)
-                          .values(status=EventStatus.RECEIVED)).rowcount
+        reset = queries.reset_failed_event(s, event_id)
     if not reset:
         flash(f"{event_id} is not a failed event (already replayed?): nothing queued.", "warn")
         return redirect(url_for("console.dashboard") + "#failed", 303)
@@ -474,35 +357,15 @@ def mismatches(who: str):  # type: ignore[no-untyped-def]
         offset = min(max(0, int(request.args.get("offset", 0))), MAX_OFFSET)
     except ValueError:
         offset = 0
-    query = (select(Mismatch, Venue.name).outerjoin(Venue, Venue.id == Mismatch.venue_id)
-             .order_by(Mismatch.opened_at.desc(), Mismatch.id.desc()))
-    if status in ("open", "resolved"):
-        query = query.where(Mismatch.status == status)
-    if case in ("1", "2", "3"):
-        query = query.where(Mismatch.case == int(case))
-    if account:
-        query = query.where(Mismatch.account_id == account)
     with current_db().session() as s:
-        rows = list(s.execute(query.limit(LIST_LIMIT + 1).offset(offset)))
+        rows = queries.mismatch_list(s, status=status, case=case, account=account,
+                                     offset=offset, limit=LIST_LIMIT + 1)
     return render_template("pages/mismatches.html", rows=rows[:LIST_LIMIT],
                            more=len(rows) > LIST_LIMIT, offset=offset, limit=LIST_LIMIT,
                            status=status, case=case, account=account)
 
 
 # --- one mismatch ----------------------------------------------------------------------------
-
-def _timeline(s: Session, m: Mismatch) -> list[StripeEvent]:
-    """The newest events of this account and mode that named the subscription or the
-    customer (the ids recorded at intake, indexed: this reads only those events)."""
-    account = StripeEvent.account_id == m.account_id
-    if m.account_id == current_config().stripe_platform_account:
-        account = or_(account, StripeEvent.account_id.is_(None))
-    named = or_(StripeEvent.subscription_id == m.subscription_id,
-                StripeEvent.customer_id == m.customer_id)
-    return list(s.scalars(
-        select(StripeEvent).where(named, account, StripeEvent.livemode == m.livemode)
-        .order_by(StripeEvent.created.desc(), StripeEvent.id.desc()).limit(TIMELINE_LIMIT)))
-
 
 def _denied(text: str = "This page opens from the link in a notice email, or after support "
                         "staff sign in.") -> tuple[str, int]:
@@ -558,7 +421,8 @@ def mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
         m, viewer = _load_for(s, mismatch_id)
         venue = s.get(Venue, m.venue_id) if m.venue_id else None
         view = mismatch_view(current_config(), s, m, venue)
-        events = _timeline(s, m)
+        events = queries.timeline(s, m, current_config().stripe_platform_account,
+                                  TIMELINE_LIMIT)
         actions = actions_of(s, m.id)
         refused = ({kind: refusal(current_config(), s, m, kind) for kind in (CANCEL, REFUND)}
                    if viewer.is_staff else {})
@@ -689,11 +553,9 @@ def diagnose_page(who: str):  # type: ignore[no-untyped-def]
     account = (request.values.get("account") or (pasted.account_id if pasted else None)
                or None)
     with current_db().session() as s:
-        venues = list(s.execute(select(Venue.account_id, Venue.name).order_by(Venue.name)))
-        fixes = (list(s.scalars(select(StripeAction).where(
-            StripeAction.kind == "create_customer",
-            StripeAction.target == pasted.customer_id).order_by(StripeAction.id.desc())))
-            if pasted and pasted.customer_id else [])
+        venues = queries.venue_names(s)
+        fixes = (queries.customer_fixes(s, pasted.customer_id)
+                 if pasted and pasted.customer_id else [])
     result, error, others = None, None, []
     if pasted is not None and pasted.customer_id is None:
         error = "No customer ID (cus_…) in what you pasted."
@@ -722,8 +584,7 @@ def _member_email(customer_id: str, account_id: str | None) -> str | None:
     if not account_id:
         return None
     with current_db().session() as s:
-        return s.scalar(select(Member.email).join(Venue, Venue.id == Member.venue_id).where(
-            Venue.account_id == account_id, Member.stripe_customer_id == customer_id))
+        return queries.member_email(s, customer_id, account_id)
 
 
 @bp.post("/support/diagnose/fix")
@@ -742,7 +603,7 @@ def diagnose_fix(who: str):  # type: ignore[no-untyped-def]
         flash("Not done: STRIPE_SECRET_KEY is not set.", "warn")
         return redirect(back, 303)
     with current_db().session() as s:
-        if s.scalar(select(Venue.id).where(Venue.account_id == account_id)) is None:
+        if not queries.venue_exists(s, account_id):
             flash(f"Not done: no venue {account_id}.", "warn")
             return redirect(back, 303)
         action = request_customer_fix(s, account_id, customer_id, f"{who} (support)")

@@ -19,6 +19,7 @@ from workers.queue import (
 from workers.service import worker
 from workers.stripe_side.actions import (
     CANCEL,
+    CREATE_CUSTOMER,
     REFUND,
     ActionRefused,
     ActionStatus,
@@ -45,6 +46,7 @@ from workers.upkeep.sweep import sweep_cmd
 __all__ = [
     "ACTION",
     "CANCEL",
+    "CREATE_CUSTOMER",
     "EVENT",
     "MISMATCH_RECHECK",
     "NOTICE",
