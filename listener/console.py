@@ -49,6 +49,7 @@ from listener.console_auth import (
     check_staff_password,
     csrf_ok,
     csrf_token,
+    init_csrf,
     safe_next,
     sign_in,
     sign_out,
@@ -116,6 +117,7 @@ def init_app(app: Flask) -> None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.session_interface = PageSessions()
+    init_csrf(app)
     app.after_request(security_headers)
     if config.public_base_url.startswith("https://"):
         app.config["SESSION_COOKIE_SECURE"] = True
@@ -147,7 +149,7 @@ def who():  # type: ignore[no-untyped-def]
 
 @bp.before_request
 def check_csrf():  # type: ignore[no-untyped-def]
-    if request.method == "POST" and not csrf_ok(request.form.get(CSRF_FIELD)):
+    if request.method == "POST" and not csrf_ok():
         log.warning("console: form rejected (missing or wrong CSRF token) on %s",
                     request.endpoint)
         return _message(400, "This form has expired",

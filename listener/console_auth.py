@@ -7,8 +7,9 @@ Two kinds of visitor:
   is exchanged for a *grant* in their session that opens that one mismatch, for that one
   Stripe account, until the link itself would expire. Nothing else is reachable with it.
 
-Every POST carries a token bound to the session (`csrf_token` form field), so another site
-cannot make a signed-in browser resolve a mismatch or replay events.
+Every POST carries a token bound to the session (`csrf_token` form field: Flask-WTF's
+CSRFProtect), so another site cannot make a signed-in browser resolve a mismatch or replay
+events.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Request, g, session
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from sqlalchemy import delete
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -66,19 +68,33 @@ class Viewer:
 
 # --- CSRF ------------------------------------------------------------------------------------
 
+csrf = CSRFProtect()
+
+
+def init_csrf(app: Flask) -> None:
+    """Flask-WTF's tokens for the console's forms only: the webhooks are signed by Stripe and
+    the API takes a bearer token, so nothing is checked by default and the console asks
+    (`csrf_ok`). A token lasts as long as the session; no Referer check over HTTPS, since the
+    pages send none (Referrer-Policy: no-referrer)."""
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
+    app.config.setdefault("WTF_CSRF_SSL_STRICT", False)
+    app.config.setdefault("WTF_CSRF_FIELD_NAME", CSRF_FIELD)
+    csrf.init_app(app)
+
+
 def csrf_token() -> str:
     """The session's form token, created on first use."""
-    token = session.get("csrf")
-    if not token:
-        token = secrets.token_urlsafe(32)
-        session["csrf"] = token
-    return token
+    return generate_csrf()
 
 
-def csrf_ok(given: str | None) -> bool:
-    expected = session.get("csrf")
-    return bool(expected and given) and hmac.compare_digest(str(given).encode(),
-                                                           str(expected).encode())
+def csrf_ok() -> bool:
+    """True when this POST carries the session's token."""
+    try:
+        csrf.protect()
+    except CSRFError:
+        return False
+    return True
 
 
 # --- staff -----------------------------------------------------------------------------------
@@ -115,7 +131,6 @@ def sign_in(config: Config, name: str) -> None:
     session["staff_key"] = _hash_key(config, name)
     session["sid"] = secrets.token_urlsafe(24)
     g.pop("staff_user", None)
-    csrf_token()
 
 
 def sign_out(db: Database) -> None:
@@ -170,7 +185,6 @@ def add_grant(mismatch_id: int, account_id: str, expires_at: int) -> None:
         newest = sorted(grants.items(), key=lambda kv: kv[1][1])[-MAX_GRANTS:]
         grants = dict(newest)
     session["grants"] = grants
-    csrf_token()
 
 
 def has_grant(mismatch: Mismatch) -> bool:
