@@ -7,15 +7,15 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import Executable, Table, create_engine, event, select, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, CursorResult, Engine, Result
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from db.history import ids_named
 from db.models import (
@@ -85,15 +85,19 @@ __all__ = [
     "utcnow",
     "insert_ignoring_duplicates",
     "payments_of",
+    "rowcount",
     "ids_named",
     "isoformat",
     "upgrade",
 ]
 
+if TYPE_CHECKING:  # alembic loads only when migrating (db upgrade, the release step)
+    from alembic.config import Config as AlembicConfig
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the web process and the worker write without "database is locked".
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -103,7 +107,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
-def _sqlite_begin_immediate(conn) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_begin_immediate(conn: Connection) -> None:
     # Take the write lock up front: SQLite cannot upgrade a read transaction to a write
     # one under contention, which would fail jobs with "database is locked".
     conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -187,6 +191,7 @@ class Database:
             except DBAPIError as exc:
                 raise StoreFailed(type(exc.orig).__name__) from None
         dbapi = self._single_statements.dialect.dbapi
+        assert dbapi is not None  # a dialect with a driver: create_engine imported it
         for attempt in (1, 2):
             try:
                 raw = self._single_statements.raw_connection()
@@ -260,7 +265,7 @@ class Database:
             self._single_statements.dispose()
 
 
-def alembic_config(url: str):  # type: ignore[no-untyped-def]
+def alembic_config(url: str) -> AlembicConfig:
     from alembic.config import Config as AlembicConfig
 
     cfg = AlembicConfig()
@@ -281,16 +286,17 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 @functools.cache
-def _insert_ignoring(dialect: str, model: type[Base], returning: str | None):  # type: ignore[no-untyped-def]
+def _insert_ignoring(dialect: str, model: type[Base], returning: str | None) -> Executable:
     """INSERT ... ON CONFLICT DO NOTHING [RETURNING column] for one table, built once."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    table = model.__table__
+    table = cast(Table, model.__table__)
     stmt = insert(table).on_conflict_do_nothing()
     return stmt.returning(table.c[returning]) if returning is not None else stmt
 
 
-def insert_ignoring_duplicates(session: Session, model: type[Base], values: dict | list[dict],
-                               *, returning=None):  # type: ignore[no-untyped-def]
+def insert_ignoring_duplicates(session: Session, model: type[Base],
+                               values: dict[str, Any] | list[dict[str, Any]], *,
+                               returning: InstrumentedAttribute[Any] | None = None) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING on either database; returns the new row's
     `returning` column, or None when a unique constraint already held the row. A list of
     rows goes out as one executemany (no `returning`).
@@ -308,6 +314,12 @@ def insert_ignoring_duplicates(session: Session, model: type[Base], values: dict
     if returning is None or not isinstance(values, dict):
         return None
     return result.scalar_one_or_none()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched (session.execute types its result as the general
+    Result; for these statements it is a CursorResult, which counts them)."""
+    return cast(CursorResult[Any], result).rowcount or 0
 
 
 def payments_of(session: Session, account_id: str, subscription_id: str) -> list[Payment]:

@@ -43,7 +43,7 @@ class Scrubbed(Exception):
     traceback (where it happened) and its description (what it was)."""
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def _chain(exc: BaseException | None) -> list[BaseException]:
     found, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -10,11 +10,11 @@ tally only grows, in the same transaction that finishes it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, literal_column, select, update
+from sqlalchemy import ColumnElement, Table, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -83,15 +83,17 @@ def record_finished(session: Session, rows: Iterable[StripeEvent]) -> None:
                   "last_detail": stmt.excluded.last_detail}))
 
 
-def _upsert(session: Session):  # type: ignore[no-untyped-def]
+def _upsert(session: Session) -> Callable[..., Any]:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 def rebuild_tallies(session: Session) -> int:
     """Count the finished events again from the inbox (a migration's backfill, a repair):
     one pass over the inbox. Returns the number of tallies."""
-    session.execute(EventTally.__table__.delete())
-    none = literal_column("''")  # a literal, not a parameter: GROUP BY must see the same
+    tallies = cast(Table, EventTally.__table__)
+    session.execute(tallies.delete())
+    # a literal, not a parameter: GROUP BY must see the same
+    none: ColumnElement[str] = literal_column("''")
     outcome = func.coalesce(StripeEvent.outcome, none)
     account = func.coalesce(StripeEvent.account_id, none)
     rows = session.execute(
@@ -100,7 +102,7 @@ def rebuild_tallies(session: Session) -> int:
         .where(StripeEvent.status.in_(FINISHED))
         .group_by(StripeEvent.status, outcome, account, StripeEvent.livemode)).all()
     if rows:
-        session.execute(EventTally.__table__.insert(), [
+        session.execute(tallies.insert(), [
             dict(status=s, outcome=o, account_id=a, livemode=bool(live), n=n,
                  last_received_at=when, last_detail=detail)
             for s, o, a, live, n, when, detail in rows])

@@ -16,9 +16,9 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from db import Database, Member, StripeCustomer, Venue, normalize_email, utcnow
@@ -233,7 +233,7 @@ def _import_members(db: Database, path: str, dry_run: bool) -> ImportReport:
             holders[row.account_id, customer] = line
 
     report = ImportReport("members", dry_run, rows=len(rows))
-    members, venues_t = Member.__table__, Venue.__table__
+    members, venues_t = cast(Table, Member.__table__), cast(Table, Venue.__table__)
     with db.session() as session:
         conn = session.connection()
         venues: dict[str, Any] = {}

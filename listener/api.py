@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, make_response, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -48,7 +49,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 @bp.before_request
-def require_token():  # type: ignore[no-untyped-def]
+def require_token() -> ResponseReturnValue | None:
     request.max_content_length = MAX_BODY_BYTES  # over it: 413 before anything is read
     token = current_config().api_token
     if not token:
@@ -63,7 +64,7 @@ def require_token():  # type: ignore[no-untyped-def]
 
 
 @bp.errorhandler(InvalidInput)
-def invalid(exc: InvalidInput):  # type: ignore[no-untyped-def]
+def invalid(exc: InvalidInput) -> ResponseReturnValue:
     return jsonify(error=str(exc)), 400
 
 
@@ -91,7 +92,7 @@ def _recheck(venue_id: int) -> None:
     try_enqueue(current_config(), VENUE_RECHECK, venue_id)
 
 
-def _venue(session, account_id: str) -> Venue:  # type: ignore[no-untyped-def]
+def _venue(session: Session, account_id: str) -> Venue:
     check_account_id(account_id)
     venue = session.scalar(select(Venue).where(Venue.account_id == account_id))
     if venue is None:
@@ -106,18 +107,18 @@ def _no_venue(account_id: str) -> Response:
 
 
 @bp.put("/venues/<account_id>")
-def put_venue(account_id: str):  # type: ignore[no-untyped-def]
+def put_venue(account_id: str) -> ResponseReturnValue:
     """Create or replace a venue: every field (a left-out one is a 400, never a wipe)."""
     return _write_venue(account_id, partial=False)
 
 
 @bp.patch("/venues/<account_id>")
-def patch_venue(account_id: str):  # type: ignore[no-untyped-def]
+def patch_venue(account_id: str) -> ResponseReturnValue:
     """Change only the fields named; the venue must exist."""
     return _write_venue(account_id, partial=True)
 
 
-def _write_venue(account_id: str, *, partial: bool):  # type: ignore[no-untyped-def]
+def _write_venue(account_id: str, *, partial: bool) -> ResponseReturnValue:
     data = _body()
     with current_db().session() as s:
         venue, created, _changed = upsert_venue(s, account_id, data, partial=partial)
@@ -128,18 +129,18 @@ def _write_venue(account_id: str, *, partial: bool):  # type: ignore[no-untyped-
 
 
 @bp.put("/venues/<account_id>/members/<member_ref>")
-def put_member(account_id: str, member_ref: str):  # type: ignore[no-untyped-def]
+def put_member(account_id: str, member_ref: str) -> ResponseReturnValue:
     """Create or replace a member: email, name and stripe_customer_id (null unlinks)."""
     return _write_member(account_id, member_ref, partial=False)
 
 
 @bp.patch("/venues/<account_id>/members/<member_ref>")
-def patch_member(account_id: str, member_ref: str):  # type: ignore[no-untyped-def]
+def patch_member(account_id: str, member_ref: str) -> ResponseReturnValue:
     """Change only the fields named; the member must exist."""
     return _write_member(account_id, member_ref, partial=True)
 
 
-def _write_member(account_id: str, member_ref: str, *, partial: bool):  # type: ignore[no-untyped-def]
+def _write_member(account_id: str, member_ref: str, *, partial: bool) -> ResponseReturnValue:
     data = _body()
     try:
         with current_db().session() as s:
@@ -159,7 +160,7 @@ def _write_member(account_id: str, member_ref: str, *, partial: bool):  # type: 
 
 
 @bp.delete("/venues/<account_id>/members/<member_ref>")
-def remove_member(account_id: str, member_ref: str):  # type: ignore[no-untyped-def]
+def remove_member(account_id: str, member_ref: str) -> ResponseReturnValue:
     with current_db().session() as s:
         venue = _venue(s, account_id)
         if not delete_member(s, venue, member_ref):
@@ -200,7 +201,7 @@ def action_json(a: StripeAction) -> dict[str, Any]:
 
 
 @bp.get("/mismatches")
-def list_mismatches():  # type: ignore[no-untyped-def]
+def list_mismatches() -> ResponseReturnValue:
     query = select(Mismatch).order_by(Mismatch.opened_at.desc(), Mismatch.id.desc())
     args = request.args
     if args.get("account"):
@@ -226,7 +227,7 @@ def list_mismatches():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/mismatches/<int:mismatch_id>")
-def get_mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
+def get_mismatch(mismatch_id: int) -> ResponseReturnValue:
     with current_db().session() as s:
         m = s.get(Mismatch, mismatch_id)
         if m is None:
@@ -235,7 +236,7 @@ def get_mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/mismatches/<int:mismatch_id>/resolve")
-def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
+def resolve(mismatch_id: int) -> ResponseReturnValue:
     data = _json() or {}
     note = data.get("note") if isinstance(data, dict) else None
     if note is not None and not isinstance(note, str):
@@ -251,7 +252,7 @@ def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
         return jsonify(mismatch_json(s, m))
 
 
-def _act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
+def _act(mismatch_id: int, kind: str) -> ResponseReturnValue:
     """Ask for an action on Stripe (listener/actions.py): 202 with the action, queued for a
     worker; asking again answers the same action."""
     data = _json() or {}
@@ -280,17 +281,17 @@ def _act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/mismatches/<int:mismatch_id>/cancel-subscription")
-def cancel_subscription(mismatch_id: int):  # type: ignore[no-untyped-def]
+def cancel_subscription(mismatch_id: int) -> ResponseReturnValue:
     return _act(mismatch_id, CANCEL)
 
 
 @bp.post("/mismatches/<int:mismatch_id>/refund")
-def refund(mismatch_id: int):  # type: ignore[no-untyped-def]
+def refund(mismatch_id: int) -> ResponseReturnValue:
     return _act(mismatch_id, REFUND)
 
 
 @bp.get("/events/<event_id>")
-def get_event(event_id: str):  # type: ignore[no-untyped-def]
+def get_event(event_id: str) -> ResponseReturnValue:
     with current_db().session() as s:
         e = s.scalar(select(StripeEvent).where(StripeEvent.event_id == event_id))
         if e is None:

@@ -31,6 +31,7 @@ from flask import (
     send_from_directory,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
 from db import (
@@ -141,14 +142,14 @@ def headers(response: Response) -> Response:
 
 
 @bp.before_request
-def who():  # type: ignore[no-untyped-def]
+def who() -> None:
     """Answer "who is signed in" before a view opens its own database session (SQLite takes
     its write lock per session: a second one inside the first would wait on itself)."""
     staff_user(current_config(), current_db())
 
 
 @bp.before_request
-def check_csrf():  # type: ignore[no-untyped-def]
+def check_csrf() -> ResponseReturnValue | None:
     if request.method == "POST" and not csrf_ok():
         log.warning("console: form rejected (missing or wrong CSRF token) on %s",
                     request.endpoint)
@@ -166,12 +167,12 @@ def helpers() -> dict[str, Any]:
 
 
 @bp.errorhandler(404)
-def not_found(_exc: Exception):  # type: ignore[no-untyped-def]
+def not_found(_exc: Exception) -> ResponseReturnValue:
     return _message(404, "Not found", "There is nothing at this address.")
 
 
 @bp.errorhandler(ControlCharacter)
-def control_character(exc: ControlCharacter):  # type: ignore[no-untyped-def]
+def control_character(exc: ControlCharacter) -> ResponseReturnValue:
     return _message(400, "This can't be read", f"The request was refused: {exc.description}. "
                     "Go back and enter it again without it.")
 
@@ -220,7 +221,7 @@ def duration(seconds: float) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
-def _require_staff() -> str | Response | tuple[str, int]:
+def _require_staff() -> str | ResponseReturnValue:
     name = staff_user(current_config(), current_db())
     if name is None:
         back = request.full_path.rstrip("?") if request.method == "GET" else None
@@ -245,17 +246,17 @@ def staff_required(view: Callable[..., Any]) -> Callable[..., Any]:
 # --- sign-in ---------------------------------------------------------------------------------
 
 @bp.get("/")
-def index():  # type: ignore[no-untyped-def]
+def index() -> ResponseReturnValue:
     return redirect(url_for("console.dashboard"))
 
 
 @bp.get("/static/console.css")
-def stylesheet():  # type: ignore[no-untyped-def]
+def stylesheet() -> ResponseReturnValue:
     return send_from_directory(STATIC_DIR, "console.css", mimetype="text/css", max_age=3600)
 
 
 @bp.route("/support/login", methods=["GET", "POST"])
-def login():  # type: ignore[no-untyped-def]
+def login() -> ResponseReturnValue:
     config = current_config()
     target = safe_next(request.values.get("next")) or url_for("console.dashboard")
     error = None
@@ -284,7 +285,7 @@ def login():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/support/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout() -> ResponseReturnValue:
     sign_out(current_db())
     flash("You are signed out.", "ok")
     return redirect(url_for("console.login"), 303)
@@ -311,7 +312,7 @@ def _setup_check() -> tuple[int, list[SetupFinding]] | None:
 
 @bp.get("/support")
 @staff_required
-def dashboard(who: str):  # type: ignore[no-untyped-def]
+def dashboard(who: str) -> ResponseReturnValue:
     with current_db().session() as s:
         d = queries.dashboard(s, RECENT_LIMIT)
     oldest = _aware(d.oldest)
@@ -329,7 +330,7 @@ def dashboard(who: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/support/events/<event_id>/replay")
 @staff_required
-def replay(event_id: str, who: str):  # type: ignore[no-untyped-def]
+def replay(event_id: str, who: str) -> ResponseReturnValue:
     """Give a failed event another go: back to `received`, then queue it."""
     with current_db().session() as s:
         reset = queries.reset_failed_event(s, event_id)
@@ -349,7 +350,7 @@ def replay(event_id: str, who: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/mismatches")
 @staff_required
-def mismatches(who: str):  # type: ignore[no-untyped-def]
+def mismatches(who: str) -> ResponseReturnValue:
     status = request.args.get("status", "open")
     case = request.args.get("case", "")
     account = request.args.get("account", "").strip()
@@ -386,7 +387,7 @@ def _load_for(s: Session, mismatch_id: int, *, lock: bool = False
     return m, viewer
 
 
-def _open_link(mismatch_id: int, token: str):  # type: ignore[no-untyped-def]
+def _open_link(mismatch_id: int, token: str) -> ResponseReturnValue:
     """Exchange a notice link for a session grant, then show the page without the token
     (so a copied URL or a screenshot never carries the permission)."""
     config = current_config()
@@ -415,7 +416,7 @@ def _open_link(mismatch_id: int, token: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/mismatches/<int:mismatch_id>")
-def mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
+def mismatch(mismatch_id: int) -> ResponseReturnValue:
     token = request.args.get("t")
     if token:
         return _open_link(mismatch_id, token)
@@ -438,21 +439,21 @@ def mismatch(mismatch_id: int):  # type: ignore[no-untyped-def]
 ACTION_TITLES = {CANCEL: "Cancel subscription in Stripe", REFUND: "Refund what it charged"}
 
 
-def _staff_action(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
+def _staff_action(kind: str) -> str:
+    """The signed-in staff user an action page needs (venue admins' links read and resolve
+    only); for anyone else the request ends here."""
     if kind not in ACTION_TITLES:
         abort(404)
-    who = _require_staff()  # venue admins' links read and resolve only
+    who = _require_staff()
     if not isinstance(who, str):
-        return who, None
-    return who, kind
+        abort(make_response(who))
+    return who
 
 
 @bp.get("/mismatches/<int:mismatch_id>/act/<kind>")
-def confirm_action(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
+def confirm_action(mismatch_id: int, kind: str) -> ResponseReturnValue:
     """The confirmation step: exactly what will happen, before anything does."""
-    who, kind = _staff_action(mismatch_id, kind)
-    if kind is None:
-        return who
+    _staff_action(kind)
     with current_db().session() as s:
         m, viewer = _load_for(s, mismatch_id)
         view = mismatch_view(current_config(), s, m)
@@ -464,10 +465,8 @@ def confirm_action(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/mismatches/<int:mismatch_id>/act/<kind>")
-def act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
-    who, kind = _staff_action(mismatch_id, kind)
-    if kind is None:
-        return who
+def act(mismatch_id: int, kind: str) -> ResponseReturnValue:
+    who = _staff_action(kind)
     queued: list[int] = []
     with current_db().session() as s:
         m, _viewer = _load_for(s, mismatch_id, lock=True)
@@ -491,7 +490,7 @@ def act(mismatch_id: int, kind: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/mismatches/<int:mismatch_id>/resolve")
-def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
+def resolve(mismatch_id: int) -> ResponseReturnValue:
     note = " ".join(request.form.get("note", "").split())
     with current_db().session() as s:
         m, viewer = _load_for(s, mismatch_id, lock=True)
@@ -513,7 +512,7 @@ def resolve(mismatch_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/mismatches/<int:mismatch_id>/recheck")
-def recheck(mismatch_id: int):  # type: ignore[no-untyped-def]
+def recheck(mismatch_id: int) -> ResponseReturnValue:
     with current_db().session() as s:
         m, viewer = _load_for(s, mismatch_id)
         is_open = m.status == MismatchStatus.OPEN
@@ -529,12 +528,12 @@ def recheck(mismatch_id: int):  # type: ignore[no-untyped-def]
 # --- guides ----------------------------------------------------------------------------------
 
 @bp.get("/guides")
-def guides():  # type: ignore[no-untyped-def]
+def guides() -> ResponseReturnValue:
     return render_template("pages/guides.html")
 
 
 @bp.get("/guides/case-<int:case>")
-def guide(case: int):  # type: ignore[no-untyped-def]
+def guide(case: int) -> ResponseReturnValue:
     if case not in (1, 2, 3):
         abort(404)
     return render_template("pages/guide.html", v=guide_view(case))
@@ -544,7 +543,7 @@ def guide(case: int):  # type: ignore[no-untyped-def]
 
 @bp.route("/support/diagnose", methods=["GET", "POST"])
 @staff_required
-def diagnose_page(who: str):  # type: ignore[no-untyped-def]
+def diagnose_page(who: str) -> ResponseReturnValue:
     """Paste a cus_…, Stripe's error or its request_log_url: where that customer lives, who
     links it, and the SOP's fix as a confirmed action. Stripe is read here with no database
     transaction open; the fix itself runs in a worker."""
@@ -561,7 +560,7 @@ def diagnose_page(who: str):  # type: ignore[no-untyped-def]
     result, error, others = None, None, []
     if pasted is not None and pasted.customer_id is None:
         error = "No customer ID (cus_…) in what you pasted."
-    elif pasted is not None:
+    elif pasted is not None and pasted.customer_id:
         api = StripeApi(config)
         try:
             result = diagnose(config, current_db(), api, pasted.customer_id, account)
@@ -591,7 +590,7 @@ def _member_email(customer_id: str, account_id: str | None) -> str | None:
 
 @bp.post("/support/diagnose/fix")
 @staff_required
-def diagnose_fix(who: str):  # type: ignore[no-untyped-def]
+def diagnose_fix(who: str) -> ResponseReturnValue:
     customer_id = request.form.get("customer", "")
     account_id = request.form.get("account", "")
     # Back to the same diagnosis, with what was pasted (the note quotes its error and URL).

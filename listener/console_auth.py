@@ -23,7 +23,7 @@ from functools import cache
 from urllib.parse import urlsplit
 
 from flask import Flask, Request, g, session
-from flask.sessions import SecureCookieSessionInterface, SessionMixin
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from sqlalchemy import delete
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -38,7 +38,7 @@ class PageSessions(SecureCookieSessionInterface):
     never carry one, and opening it (a signing serializer built per request) cost the webhook
     path as much as its log line (benchmarks/intake.py)."""
 
-    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
         if request.path.startswith("/webhooks/"):
             return self.make_null_session(app)
         return super().open_session(app, request)

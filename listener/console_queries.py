@@ -25,6 +25,7 @@ from db import (
     StripeCustomer,
     StripeEvent,
     Venue,
+    rowcount,
 )
 from workers import CREATE_CUSTOMER
 
@@ -67,7 +68,7 @@ def email_drift(s: Session, limit: int) -> DriftSummary:
     on the member as either side changes (db.records.note_email_drift), read by its index."""
     drifted = Member.email_drift_since.is_not(None)
     total = s.scalar(select(func.count()).select_from(Member).where(drifted)) or 0
-    newest = [Drift(name, account, ref, email, customer_id, customer_email or "")
+    newest = [Drift(name, account, ref, email, customer_id or "", customer_email or "")
               for name, account, ref, email, customer_id, customer_email in s.execute(
         select(Venue.name, Venue.account_id, Member.member_ref, Member.email,
                Member.stripe_customer_id, StripeCustomer.email)
@@ -82,7 +83,8 @@ def email_drift(s: Session, limit: int) -> DriftSummary:
 
 def tallied(s: Session, outcome: str) -> list[tuple[str, bool, int, Any, str | None]]:
     """Finished events with this outcome per account and mode, newest first (the tallies)."""
-    return [tuple(row) for row in s.execute(  # type: ignore[misc]
+    return [(account, livemode, n, last, detail)
+            for account, livemode, n, last, detail in s.execute(
         select(EventTally.account_id, EventTally.livemode, func.sum(EventTally.n),
                func.max(EventTally.last_received_at), func.max(EventTally.last_detail))
         .where(EventTally.outcome == outcome)
@@ -163,9 +165,9 @@ def dashboard(s: Session, recent: int) -> Dashboard:
 
 def reset_failed_event(s: Session, event_id: str) -> bool:
     """A failed event back to `received` (the sweeper queues it if we cannot)."""
-    return bool(s.execute(update(StripeEvent).where(
+    return bool(rowcount(s.execute(update(StripeEvent).where(
         StripeEvent.event_id == event_id, StripeEvent.status == EventStatus.FAILED)
-        .values(status=EventStatus.RECEIVED)).rowcount)
+        .values(status=EventStatus.RECEIVED))))
 
 
 def mismatch_list(s: Session, *, status: str, case: str, account: str, offset: int,

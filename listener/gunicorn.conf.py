@@ -14,6 +14,7 @@ computes for long, except a sign-in's password hash, which is rate-limited."""
 
 import os
 import sys
+from typing import Any
 
 from gunicorn.glogging import Logger
 
@@ -22,12 +23,13 @@ class EscapedLogger(Logger):
     """gunicorn's logger, with every value of an access-log line escaped: the path arrives
     %-decoded, and `%0a` in it would otherwise start a forged line of the log."""
 
-    def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any
+              ) -> dict[str, Any]:
         return {key: _escaped(value) for key, value in
                 super().atoms(resp, req, environ, request_time).items()}
 
 
-def _escaped(value):  # type: ignore[no-untyped-def]
+def _escaped(value: object) -> object:
     if isinstance(value, str) and not value.isprintable():
         return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
     return value
@@ -43,7 +45,7 @@ graceful_timeout = 10
 backlog = 2048
 
 
-def on_starting(server):  # type: ignore[no-untyped-def]
+def on_starting(server: Any) -> None:
     """A bad configuration stops the web tier in one line naming the setting, before any
     worker boots (each would print a traceback and be started again, forever). config.py
     reads only the environment: nothing here is patched by gevent later."""

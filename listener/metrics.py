@@ -7,6 +7,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC
 
 from flask import Flask, Response, request
@@ -19,7 +20,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
 from db import EventStatus, EventTally, Mismatch, Notification, StripeEvent
@@ -57,7 +58,7 @@ class PipelineCollector:
     def __init__(self, app: Flask) -> None:
         self.app = app
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         events = GaugeMetricFamily("mismatch_events", "Inbox events by status", labels=["status"])
         outcomes = GaugeMetricFamily(
             "mismatch_events_by_outcome", "Processed events by outcome", labels=["outcome"]
@@ -169,5 +170,5 @@ class _OneShot(CollectorRegistry):
         super().__init__(auto_describe=False)
         self._collector = collector
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         yield from self._collector.collect()

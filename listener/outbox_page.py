@@ -19,6 +19,7 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
+from typing import cast
 
 from flask import (
     Blueprint,
@@ -30,6 +31,7 @@ from flask import (
     send_file,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 
 from listener.console_auth import staff_user
 from listener.context import current_config, current_db
@@ -59,7 +61,7 @@ def _authorized(token: str) -> bool:
 
 
 @bp.before_request
-def guard():  # type: ignore[no-untyped-def]
+def guard() -> ResponseReturnValue | None:
     config = current_config()
     if config.smtp is not None:
         abort(404)
@@ -89,7 +91,7 @@ def _folder() -> Path:
 
 def _read(path: Path) -> EmailMessage:
     with path.open("rb") as fh:
-        return BytesParser(policy=policy.default).parse(fh)  # type: ignore[return-value]
+        return cast(EmailMessage, BytesParser(policy=policy.default).parse(fh))
 
 
 def _path(name: str) -> Path:
@@ -102,7 +104,7 @@ def _path(name: str) -> Path:
 
 
 @bp.get("")
-def index():  # type: ignore[no-untyped-def]
+def index() -> ResponseReturnValue:
     folder = _folder()
     files = sorted(folder.glob("*.eml"), reverse=True) if folder.is_dir() else []
     entries = []
@@ -119,7 +121,7 @@ def index():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<name>")
-def message(name: str):  # type: ignore[no-untyped-def]
+def message(name: str) -> ResponseReturnValue:
     msg = _read(_path(name))
     text = msg.get_body(preferencelist=("plain",))
     headers = [(k, str(v)) for k, v in msg.items()]
@@ -130,7 +132,7 @@ def message(name: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<name>/html")
-def message_html(name: str):  # type: ignore[no-untyped-def]
+def message_html(name: str) -> ResponseReturnValue:
     part = _read(_path(name)).get_body(preferencelist=("html",))
     if part is None:
         abort(404)
@@ -139,6 +141,6 @@ def message_html(name: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<name>/raw")
-def message_raw(name: str):  # type: ignore[no-untyped-def]
+def message_raw(name: str) -> ResponseReturnValue:
     return send_file(_path(name), mimetype="message/rfc822", as_attachment=True,
                      download_name=f"{name}.eml")

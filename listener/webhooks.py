@@ -10,6 +10,7 @@ import sys
 import time
 
 from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import CONNECT, PLATFORM, THIN, Config
@@ -135,7 +136,7 @@ def receive(endpoint: str) -> tuple[Response, int]:
 
 
 @bp.post("/stripe/thin")
-def thin():  # type: ignore[no-untyped-def]
+def thin() -> ResponseReturnValue:
     started = time.perf_counter()
     config = current_config()
     body = b""
@@ -172,10 +173,10 @@ def thin():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/stripe")
-def platform():  # type: ignore[no-untyped-def]
+def platform() -> ResponseReturnValue:
     return receive(PLATFORM)
 
 
 @bp.post("/stripe/connect")
-def connect():  # type: ignore[no-untyped-def]
+def connect() -> ResponseReturnValue:
     return receive(CONNECT)

@@ -49,10 +49,11 @@ class LinkGrant:
 def _serializer(config: Config, issued_at: float | None = None) -> URLSafeTimedSerializer:
     if issued_at is None:
         return URLSafeTimedSerializer(config.secret_key, salt=SALT)
+    stamp = int(issued_at)
 
     class _IssuedAt(TimestampSigner):
         def get_timestamp(self) -> int:
-            return int(issued_at)
+            return stamp
 
     return URLSafeTimedSerializer(config.secret_key, salt=SALT, signer=_IssuedAt)
 

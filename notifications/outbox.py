@@ -139,7 +139,7 @@ def build_digests(db: Database, account_id: str | None = None) -> list[int]:
         if account_id:
             query = query.join(Venue, Venue.id == Mismatch.venue_id).where(
                 Venue.account_id == account_id)
-        groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+        groups: dict[tuple[int | None, str], list[int]] = defaultdict(list)
         for item, venue_id in session.execute(query):
             groups[(venue_id, item.recipient)].append(item.id)
         for (venue_id, recipient), item_ids in sorted(groups.items()):

@@ -104,8 +104,8 @@ def _digest(config: Config, session: Session, notification: Notification
             ) -> tuple[str, dict[str, Any], str, dict[str, str]]:
     venue = session.get(Venue, notification.context["venue_id"])
     item_ids = notification.context.get("item_ids", [])
-    mismatch_ids = sorted(set(session.scalars(
-        select(Notification.mismatch_id).where(Notification.id.in_(item_ids)))) - {None})
+    mismatch_ids = sorted(i for i in set(session.scalars(
+        select(Notification.mismatch_id).where(Notification.id.in_(item_ids)))) if i is not None)
     mismatches = [session.get(Mismatch, i) for i in mismatch_ids]
     items = [_signed_view(config, session, m, venue) for m in mismatches if m is not None]
     venue_name = venue.name if venue else "your venue"

@@ -95,7 +95,7 @@ def _permanent(exc: smtplib.SMTPException) -> tuple[bool, int | None]:
     (4xx, connection errors, authentication, a refused sender) might."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
-        return bool(codes) and all(code >= 500 for code in codes), (codes or [None])[0]
+        return bool(codes) and all(code >= 500 for code in codes), codes[0] if codes else None
     if isinstance(exc, smtplib.SMTPDataError):
         return exc.smtp_code >= 500, exc.smtp_code
     if isinstance(exc, smtplib.SMTPResponseException):

@@ -9,7 +9,7 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.exceptions import RedisError
 from rq import get_current_job
@@ -64,7 +64,7 @@ def told_safely(job: Job) -> Job:
                 raise
             raise safe from None
 
-    return run  # type: ignore[return-value]
+    return cast(Job, run)  # functools.wraps: the same call signature as `job`
 
 
 def _last_attempt() -> bool:

@@ -17,10 +17,12 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import click
 from redis.exceptions import RedisError
 from rq import SimpleWorker
+from rq.job import Job
 
 from config import Config
 from db.errors import scrub_logs
@@ -52,7 +54,7 @@ class MismatchWorker(SimpleWorker):
         self.stop_requested = True
         super().handle_warm_shutdown_request()
 
-    def handle_exception(self, job, *exc_info) -> None:  # type: ignore[no-untyped-def]
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """An event that waits (for its customer, for Stripe) is expected, not an error: one
         line, with the reason, instead of RQ's traceback. RQ still retries or fails the job."""
 

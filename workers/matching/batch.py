@@ -80,17 +80,18 @@ class Batch:
             for account in accounts:
                 self.venues.setdefault(account, None)
         routed = [(s, v) for s in seen
-                  if (v := self.venues[s.account_id]) is not None and v.livemode == s.livemode]
+                  if (v := self.venues.get(s.account_id or "")) is not None
+                  and v.livemode == s.livemode]
         if not routed:
             return
 
         first: dict[tuple[str, str], tuple[SubscriptionSeen, Venue]] = {}
         for s, venue in routed:
-            first.setdefault((s.account_id, s.subscription_id), (s, venue))  # type: ignore[arg-type]
+            first.setdefault((s.account_id or "", s.subscription_id), (s, venue))
         keys = sorted(first.keys() - self.subscriptions.keys())
         if keys:
             insert_ignoring_duplicates(session, Subscription, [
-                new_subscription(s.account_id, s.livemode, s.subscription_id,  # type: ignore[arg-type]
+                new_subscription(s.account_id or "", s.livemode, s.subscription_id,
                                  s.customer_id, venue)
                 for key, (s, venue) in first.items() if key in set(keys)])
             for sub in self._with_keys(
@@ -110,7 +111,7 @@ class Batch:
             self.linked.update(dict.fromkeys(pairs))
             for member in self._with_keys(select(Member),
                                           (Member.venue_id, Member.stripe_customer_id), pairs):
-                self.linked[(member.venue_id, member.stripe_customer_id)] = member  # type: ignore[index]
+                self.linked[(member.venue_id, member.stripe_customer_id)] = member
 
         unlinked = sorted({s.customer_key for s, venue in routed
                            if self.linked[(venue.id, s.customer_id)] is None}

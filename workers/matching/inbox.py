@@ -256,8 +256,9 @@ def _handle_taken(batch: Batch, take: Taker, excluded: set[str], own: set[str],
                 item.row.waiting_for = key[2]
                 item.row.last_error = f"email of {key[2]} not mirrored: its job asks Stripe"
             continue
-        if answer is not None and not (isinstance(answer, CustomerRecord) and answer.found):
-            outcomes[item.row.event_id] = _not_yet(batch, item, key, answer,  # type: ignore[arg-type]
+        if key is not None and answer is not None and not (
+                isinstance(answer, CustomerRecord) and answer.found):
+            outcomes[item.row.event_id] = _not_yet(batch, item, key, answer,
                                                    final_attempt and item.row.event_id in own)
             continue
         try:

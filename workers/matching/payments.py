@@ -8,7 +8,14 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from db import Payment, Subscription, SubscriptionState, insert_ignoring_duplicates, utcnow
+from db import (
+    Payment,
+    Subscription,
+    SubscriptionState,
+    insert_ignoring_duplicates,
+    rowcount,
+    utcnow,
+)
 from workers.matching.batch import Batch
 from workers.matching.subjects import PaymentSeen
 
@@ -28,8 +35,8 @@ def record_payment(batch: Batch, seen: PaymentSeen) -> str:
                               if seen.kind == "refunded" else {"disputed": True})
     if seen.charge_id:
         values["charge_id"] = seen.charge_id  # learned from the charge (newer invoices)
-    found = batch.session.execute(update(Payment).where(match).values(
-        **values, updated_at=utcnow())).rowcount
+    found = rowcount(batch.session.execute(update(Payment).where(match).values(
+        **values, updated_at=utcnow())))
     return f"payment_{seen.kind}" if found else "payment_not_tracked"
 
 

@@ -319,6 +319,6 @@ def stripe_check_cmd() -> None:
     sys.exit(1)
 
 
-def _say(findings: Iterable) -> None:  # type: ignore[type-arg]
+def _say(findings: Iterable[SetupFinding]) -> None:
     for finding in findings:
         click.echo(f"PROBLEM [{finding.code}] {finding.problem}\n  fix: {finding.fix}")

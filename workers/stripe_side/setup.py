@@ -122,7 +122,8 @@ def _change_for(want: Wanted, found: dict[str, Any]) -> Change:
                      f"not {API_VERSION}")
     if fixed:
         return Change("replace", want.name, found["id"], fixed, want.create_params())
-    reasons, params = [], {}
+    reasons: list[str] = []
+    params: dict[str, Any] = {}
     if found.get("url") != want.url:
         reasons.append(f"URL is {found.get('url')}")
         params["url"] = want.url

@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from config import Config
 from db import (
@@ -29,6 +30,7 @@ from db import (
     Subscription,
     Venue,
     insert_ignoring_duplicates,
+    object_id,
     utcnow,
 )
 from notifications.outbox import queue_missed_webhooks_alert
@@ -60,7 +62,7 @@ def _untracked(items: Iterable[T], _label: str) -> Iterable[T]:
     return items
 
 
-def _accounts(session, config: Config, account: str | None  # type: ignore[no-untyped-def]
+def _accounts(session: Session, config: Config, account: str | None
               ) -> list[tuple[str | None, Venue | None]]:
     """(account to ask Stripe as, its venue): the platform, then every venue's account."""
     venues = {v.account_id: v for v in session.scalars(select(Venue).order_by(Venue.account_id))}
@@ -201,7 +203,7 @@ def reconcile(config: Config, db: Database, api: StripeApi, account: str | None 
     return summary
 
 
-def _known_subscriptions(session, account_id: str,  # type: ignore[no-untyped-def]
+def _known_subscriptions(session: Session, account_id: str,
                          page: list[dict[str, Any]]) -> set[str]:
     """Which of a page's subscriptions an event had already told us about."""
     ids = [sub["id"] for sub in page if isinstance(sub.get("id"), str)]
@@ -219,7 +221,7 @@ def _reconcile_one(batch: Batch, venue: Venue, sub: dict[str, Any], seen_at: int
     customer = sub.get("customer")
     seen = SubscriptionSeen(
         venue.account_id, venue.livemode, sub["id"],
-        customer.get("id") if isinstance(customer, dict) else customer,
+        object_id(customer) or "",
         sub.get("status"), canceled=False, created=seen_at,
         customer=CustomerSeen.from_object(customer, venue.account_id, venue.livemode, seen_at)
         if isinstance(customer, dict) else None)
@@ -274,7 +276,7 @@ def _mode(livemode: bool | None) -> str:
 
 
 def locate_customer(config: Config, api: StripeApi, customer_id: str, venue: Venue | None,
-                    extra_accounts: Iterator[str] | list[str] = ()) -> Location:
+                    extra_accounts: Iterable[str] = ()) -> Location:
     """Look in the venue's account, then the platform, then `extra_accounts`; say what is
     wrong in one sentence."""
     loc = Location(customer_id)
@@ -355,7 +357,7 @@ def diagnose(config: Config, db: Database, api: StripeApi, customer_id: str,
         fix = ("Nothing to fix in Stripe." if members else
                f"No member links to {customer_id}; link it through the API or a CSV import if "
                f"it belongs to one.")
-    elif fixable:
+    elif fixable and venue is not None:
         fix = (f"Create the customer in {venue.account_id} ({_mode(venue.livemode)} mode) with "
                f"the member's email and link the member to it: run again with --fix --yes.")
     else:

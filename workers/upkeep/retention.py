@@ -18,7 +18,7 @@ import redis as redis_lib
 from sqlalchemy import delete
 
 from config import Config
-from db import Database, RejectedDelivery, ThinEvent, utcnow
+from db import Database, RejectedDelivery, ThinEvent, rowcount, utcnow
 from db.history import prune_batch
 from workers.cli import state
 from workers.queue import get_redis
@@ -53,10 +53,10 @@ def prune(config: Config, db: Database, *, days: int | None = None,
         after = last
         _keep_watermark(config, after)
     with db.session() as s:
-        done.rejected = s.execute(delete(RejectedDelivery)
-                                  .where(RejectedDelivery.received_at < before)).rowcount or 0
-        done.thin = s.execute(delete(ThinEvent).where(
-            ThinEvent.status == "fetched", ThinEvent.received_at < before)).rowcount or 0
+        done.rejected = rowcount(s.execute(delete(RejectedDelivery)
+                                           .where(RejectedDelivery.received_at < before)))
+        done.thin = rowcount(s.execute(delete(ThinEvent).where(
+            ThinEvent.status == "fetched", ThinEvent.received_at < before)))
     return done
 
 
