@@ -247,14 +247,18 @@ class RejectedDelivery(Base):
     received_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
 
 
+def by_subscription(table: str, *more: Index) -> tuple[UniqueConstraint | Index, ...]:
+    """One row per (account, subscription), found by (account, customer): the two ids every
+    subscription event names."""
+    return (UniqueConstraint("account_id", "subscription_id"),
+            Index(f"ix_{table}_account_customer", "account_id", "customer_id"), *more)
+
+
 class Subscription(Base):
     """Last known state of each subscription we classified (linked or not)."""
 
     __tablename__ = "subscriptions"
-    __table_args__ = (
-        UniqueConstraint("account_id", "subscription_id"),
-        Index("ix_subscriptions_account_customer", "account_id", "customer_id"),
-    )
+    __table_args__ = by_subscription("subscriptions")
 
     id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
@@ -274,11 +278,8 @@ class Subscription(Base):
 
 class Mismatch(Base):
     __tablename__ = "mismatches"
-    __table_args__ = (
-        UniqueConstraint("account_id", "subscription_id"),
-        Index("ix_mismatches_account_customer", "account_id", "customer_id"),
-        Index("ix_mismatches_status_venue", "status", "venue_id"),
-    )
+    __table_args__ = by_subscription(
+        "mismatches", Index("ix_mismatches_status_venue", "status", "venue_id"))
 
     id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))

@@ -4,12 +4,15 @@ everything slow (API calls, matching, mail) happens in the workers."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, make_response, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -87,19 +90,29 @@ def _read_body(limit: int) -> bytes:
     return body
 
 
-def receive(endpoint: str) -> tuple[Response, int]:
-    started = time.perf_counter()
+Check = Callable[[bytes, str | None, Secrets, int], dict[str, Any]]
+
+
+def _verified(endpoint: str, started: float, check: Check) -> tuple[bytes, dict[str, Any]]:
+    """The body and what `check` (listener/signature.py) made of it. A refusal is counted
+    and recorded, and ends the request with its status and reason."""
     config = current_config()
     body = b""
     try:
         body = _read_body(config.max_webhook_bytes)
-        event = verify(endpoint, body, request.headers.get("Stripe-Signature"),
-                       secrets_of(config), config.webhook_tolerance)
+        return body, check(body, request.headers.get("Stripe-Signature"), secrets_of(config),
+                           config.webhook_tolerance)
     except Rejected as rejected:
         _record_rejection(endpoint, rejected, body)
         REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
-        return jsonify(error=rejected.message, reason=rejected.reason), rejected.status
+        abort(make_response(jsonify(error=rejected.message, reason=rejected.reason),
+                            rejected.status))
 
+
+def receive(endpoint: str) -> tuple[Response, int]:
+    started = time.perf_counter()
+    config = current_config()
+    body, event = _verified(endpoint, started, functools.partial(verify, endpoint))
     event_id = event["id"]
     subscription_id, customer_id = ids_named(event)
     try:
@@ -139,15 +152,7 @@ def receive(endpoint: str) -> tuple[Response, int]:
 def thin() -> ResponseReturnValue:
     started = time.perf_counter()
     config = current_config()
-    body = b""
-    try:
-        body = _read_body(config.max_webhook_bytes)
-        notification = verify_thin(body, request.headers.get("Stripe-Signature"),
-                                   secrets_of(config), config.webhook_tolerance)
-    except Rejected as rejected:
-        _record_rejection(THIN, rejected, body)
-        REQUEST_SECONDS.labels(THIN).observe(time.perf_counter() - started)
-        return jsonify(error=rejected.message, reason=rejected.reason), rejected.status
+    body, notification = _verified(THIN, started, verify_thin)
     event_id = notification["id"]
     if notification["type"] not in THIN_TYPES:  # a ping, or a type we do not handle
         DELIVERIES.labels(THIN, "ignored").inc()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -74,18 +75,24 @@ def queue_mismatch_notices(session: Session, mismatch: Mismatch, venue: Venue) -
 MISSED_WEBHOOKS = "missed_webhooks"
 
 
-def queue_unrouted_alert(session: Session, config: Config, account_id: str,
-                         event: StripeEvent) -> list[int]:
-    """Tell support once per account per day that events arrive for an unknown account."""
+def _support_alert(session: Session, config: Config, kind: str, account_id: str,
+                   context: dict[str, Any]) -> list[int]:
+    """One alert of this kind to SUPPORT_EMAIL per account per day (the key dedups it)."""
     if not config.support_email:
         return []
     day = datetime.now(UTC).date().isoformat()
     recipient = config.support_email.strip().lower()
-    new_id = _owe(session, key=f"unrouted:{account_id}:{day}:{recipient}", mismatch_id=None,
-                  recipient=recipient, kind="unrouted",
-                  context={"account_id": account_id, "day": day, "event_id": event.event_id,
-                           "event_type": event.type, "livemode": event.livemode})
+    new_id = _owe(session, key=f"{kind}:{account_id}:{day}:{recipient}", mismatch_id=None,
+                  recipient=recipient, kind=kind,
+                  context={"account_id": account_id, "day": day, **context})
     return [new_id] if new_id is not None else []
+
+
+def queue_unrouted_alert(session: Session, config: Config, account_id: str,
+                         event: StripeEvent) -> list[int]:
+    """Tell support once per account per day that events arrive for an unknown account."""
+    return _support_alert(session, config, "unrouted", account_id, {
+        "event_id": event.event_id, "event_type": event.type, "livemode": event.livemode})
 
 
 def queue_customer_unknown_alert(session: Session, config: Config, account_id: str,
@@ -93,32 +100,20 @@ def queue_customer_unknown_alert(session: Session, config: Config, account_id: s
                                  reason: str) -> list[int]:
     """Tell support once per account per day that Stripe denies knowing a subscription's
     customer (rule 3): our key or mode is wrong, so the venue is told nothing."""
-    if not config.support_email:
-        return []
-    day = datetime.now(UTC).date().isoformat()
-    recipient = config.support_email.strip().lower()
-    new_id = _owe(session, key=f"{CUSTOMER_UNKNOWN}:{account_id}:{day}:{recipient}",
-                  mismatch_id=None, recipient=recipient, kind=CUSTOMER_UNKNOWN,
-                  context={"account_id": account_id, "livemode": livemode, "day": day,
-                           "customer_id": customer_id, "event_id": event_id,
-                           "reason": reason})
-    return [new_id] if new_id is not None else []
+    return _support_alert(session, config, CUSTOMER_UNKNOWN, account_id, {
+        "livemode": livemode, "customer_id": customer_id, "event_id": event_id,
+        "reason": reason})
 
 
 def queue_missed_webhooks_alert(session: Session, config: Config, account_id: str,
                                 livemode: bool, subscription_ids: list[str]) -> list[int]:
     """Tell support once per account per day that reconcile found subscriptions no webhook
     had told us about: the endpoints or their secrets may be wrong, or Stripe gave up."""
-    if not config.support_email or not subscription_ids:
+    if not subscription_ids:
         return []
-    day = datetime.now(UTC).date().isoformat()
-    recipient = config.support_email.strip().lower()
-    new_id = _owe(session, key=f"{MISSED_WEBHOOKS}:{account_id}:{day}:{recipient}",
-                  mismatch_id=None, recipient=recipient, kind=MISSED_WEBHOOKS,
-                  context={"account_id": account_id, "livemode": livemode, "day": day,
-                           "missed": len(subscription_ids),
-                           "subscription_ids": subscription_ids[:20]})
-    return [new_id] if new_id is not None else []
+    return _support_alert(session, config, MISSED_WEBHOOKS, account_id, {
+        "livemode": livemode, "missed": len(subscription_ids),
+        "subscription_ids": subscription_ids[:20]})
 
 
 def build_digests(db: Database, account_id: str | None = None) -> list[int]:

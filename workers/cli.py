@@ -7,14 +7,15 @@ sweeper instead of aborting halfway."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import TypeVar
 
 import click
 
 from config import Config, ConfigError, load_config
 from db import Database
-from db.imports import import_members, import_venues
+from db.imports import ImportReport, import_members, import_venues
 from db.records import InvalidInput
 from notifications.outbox import build_digests, retry_failed
 from workers.jobs import NOTICE, VENUE_RECHECK
@@ -75,16 +76,28 @@ def venues_group() -> None:
     """Venues (connected accounts)."""
 
 
+def csv_import(command: Callable[..., None]) -> Callable[..., None]:
+    """A CSV import's arguments: the file, and --dry-run."""
+    command = click.option("--dry-run", is_flag=True,
+                           help="Say what the file would change; write nothing.")(command)
+    return click.argument("path", type=click.Path(dir_okay=False))(command)
+
+
+def imported(run: Callable[[Database, str], ImportReport], db: Database, path: str
+             ) -> ImportReport:
+    """Run an import; a bad file stops the command in one line (FILE: line N: why)."""
+    try:
+        return run(db, path)
+    except InvalidInput as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @venues_group.command("import")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="Say what the file would change; write nothing.")
+@csv_import
 def venues_import(path: str, dry_run: bool) -> None:
     """Upsert venues from CSV: account_id,name,admin_emails,livemode (emails ';'-separated).
     Prints every existing venue the file changes, and how."""
-    try:
-        report = import_venues(state()[1], path, dry_run=dry_run)
-    except InvalidInput as exc:
-        raise click.ClickException(str(exc)) from None
+    report = imported(partial(import_venues, dry_run=dry_run), state()[1], path)
     for line in report.lines():
         click.echo(line)
 
@@ -95,16 +108,12 @@ def members_group() -> None:
 
 
 @members_group.command("import")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="Say what the file would change; write nothing.")
+@csv_import
 def members_import(path: str, dry_run: bool) -> None:
     """Upsert members from CSV: account_id,member_ref,email,name,stripe_customer_id (an
     empty customer id unlinks). Prints every existing member the file changes, and how."""
     config, db = state()
-    try:
-        report = import_members(db, path, dry_run=dry_run)
-    except InvalidInput as exc:
-        raise click.ClickException(str(exc)) from None
+    report = imported(partial(import_members, dry_run=dry_run), db, path)
     if not dry_run:
         queue_all(VENUE_RECHECK, config, sorted(report.venue_ids), "venue re-checks")
     for line in report.lines():
