@@ -169,6 +169,9 @@ def test_an_event_that_waited_then_succeeded_keeps_no_stale_error(venues, client
 
 
 def test_ctrl_c_on_serve_stops_the_embedded_redis_too(tmp_path):
+    """`make run` then `make demo` in another terminal (the demo finds the service by itself:
+    serve.json), then Ctrl-C: the demo's stories end as linked and cases 1-3, and nothing is
+    left running."""
     import os
     import signal
     import subprocess
@@ -191,6 +194,8 @@ def test_ctrl_c_on_serve_stops_the_embedded_redis_too(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "INSTANCE_PATH", "SUPPORT_USERS")}
     env.update(STRIPE_WEBHOOK_SECRETS="whsec_a", STRIPE_CONNECT_WEBHOOK_SECRETS="whsec_b")
+    env["API_TOKEN"] = "serve-token"
+    env.pop("STRIPE_PLATFORM_ACCOUNT", None)  # the Connect stories only: no localstripe here
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mismatch"), "serve", "--port",
                              str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -207,12 +212,22 @@ def test_ctrl_c_on_serve_stops_the_embedded_redis_too(tmp_path):
             raise AssertionError("serve did not become ready")
         sockets = list((tmp_path / "instance").rglob("*.sock"))
         assert sockets and all(_alive(s) for s in sockets)
+        demo = subprocess.run(  # as `make demo` runs it, from another shell in that folder
+            [sys.executable, "-m", "standins.demo"], cwd=tmp_path, capture_output=True,
+            text=True, timeout=120, env={  # no token, no secrets: it reads them from serve
+                **{k: v for k, v in env.items() if k not in (
+                    "API_TOKEN", "STRIPE_WEBHOOK_SECRETS", "STRIPE_CONNECT_WEBHOOK_SECRETS")},
+                "PYTHONPATH": str(Path(__file__).parent.parent)})
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    results = demo.stdout.split("result:")[1]
+    assert "linked (no mismatch" in results
+    assert all(f"case {n}" in results for n in (1, 2, 3)), results
     assert "sign in: user support, password" in output  # the development support user
     assert not any(_alive(s) for s in sockets)
     assert not (tmp_path / "instance" / "serve.json").exists()
