@@ -97,8 +97,16 @@ class NotificationStatus(StrEnum):
     BATCHED = "batched"  # the item is in a digest row that is not sent yet
 
 
-# Every Stripe ID is printable ASCII without spaces, and the columns that hold one take 64.
-_STRIPE_ID = re.compile(r"[!-~]{1,64}")
+# What every Stripe ID, event type and account id is: printable ASCII without spaces. No
+# control character (CR/LF would forge log lines and break mail headers), no NUL, no lone
+# surrogate from a JSON \ud800 escape.
+_STRIPE_TOKEN = re.compile(r"[!-~]+")
+
+
+def is_stripe_token(value: object, limit: int = 64) -> bool:
+    """A Stripe ID, type or account a column of `limit` characters can hold (most take 64)."""
+    return isinstance(value, str) and 0 < len(value) <= limit \
+        and _STRIPE_TOKEN.fullmatch(value) is not None
 
 
 def object_id(value: Any) -> str | None:
@@ -106,7 +114,7 @@ def object_id(value: Any) -> str | None:
     not a Stripe ID (CR/LF, spaces, too long) is no ID at all."""
     if isinstance(value, dict):
         value = value.get("id")
-    return value if isinstance(value, str) and _STRIPE_ID.fullmatch(value) else None
+    return value if is_stripe_token(value) else None
 
 
 def normalize_email(email: str | None) -> str | None:

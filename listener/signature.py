@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import time
 from dataclasses import dataclass
 
 import stripe
 
 from config import CONNECT, PLATFORM, SECRET_VARS, THIN, WEBHOOK_PATHS
+from db import is_stripe_token
 
 ROUTES = {name: f"POST {path}" for name, path in WEBHOOK_PATHS.items()}
 
@@ -82,17 +82,6 @@ def signed_by(payload: str, header: str, secrets: tuple[str, ...]) -> bool:
     return False
 
 
-# What every Stripe event id, type and account id is: printable ASCII without spaces. No
-# control character (CR/LF would forge log lines and break mail headers), no NUL, no lone
-# surrogate from a JSON \\ud800 escape.
-_STRIPE_TOKEN = re.compile(r"[!-~]+")
-
-
-def _storable(value: object, limit: int) -> bool:
-    """A Stripe token (id, type, account) the inbox can hold: within the column's length."""
-    return isinstance(value, str) and 0 < len(value) <= limit \
-        and _STRIPE_TOKEN.fullmatch(value) is not None
-
 
 def _check_timestamp(sig: Signature, tolerance: int) -> None:
     now = time.time()
@@ -154,8 +143,8 @@ def verify(endpoint: str, body: bytes, header: str | None, secrets: Secrets,
     if not (
         isinstance(event, dict)
         and event.get("object") == "event"
-        and _storable(event.get("id"), 255)
-        and _storable(event.get("type"), 128)
+        and is_stripe_token(event.get("id"), 255)
+        and is_stripe_token(event.get("type"), 128)
         and type(event.get("created")) is int
         and 0 <= event["created"] < 2**63
         and isinstance(event.get("data"), dict)
@@ -165,12 +154,12 @@ def verify(endpoint: str, body: bytes, header: str | None, secrets: Secrets,
     if type(event.get("livemode", False)) is not bool:
         raise Rejected(400, "not_an_event", "event 'livemode' is not true or false")
     obj = event["data"].get("object")
-    if isinstance(obj, dict) and "id" in obj and not _storable(obj["id"], 255):
+    if isinstance(obj, dict) and "id" in obj and not is_stripe_token(obj["id"], 255):
         raise Rejected(400, "not_an_event", "event's object 'id' is not a Stripe id")
     account = event.get("account") or None
     if account is not None and not isinstance(account, str):
         raise Rejected(400, "not_an_event", "event 'account' is not a string")
-    if account and not _storable(account, 64):
+    if account and not is_stripe_token(account, 64):
         raise Rejected(400, "not_an_event", "event 'account' is not an account id")
     if endpoint == CONNECT and not account:
         raise Rejected(400, "wrong_endpoint",
@@ -213,13 +202,13 @@ def verify_thin(body: bytes, header: str | None, secrets: Secrets, tolerance: in
                        "body is not a thin event (needs object=v2.core.event, id, type, "
                        "created)") from None
     context = str(notification.context) if notification.context else None
-    if not (_storable(notification.id, 255) and _storable(notification.type, 128)
+    if not (is_stripe_token(notification.id, 255) and is_stripe_token(notification.type, 128)
             and isinstance(notification.created, str)):
         raise Rejected(400, "not_an_event", "thin event id, type or created is not valid")
-    if context is not None and not _storable(context, 64):
+    if context is not None and not is_stripe_token(context, 64):
         raise Rejected(400, "not_an_event", "thin event 'context' is not an account id")
     snapshot_event = json.loads(payload).get("snapshot_event")
-    if snapshot_event is not None and not _storable(snapshot_event, 255):
+    if snapshot_event is not None and not is_stripe_token(snapshot_event, 255):
         raise Rejected(400, "not_an_event", "thin event 'snapshot_event' is not an event id")
     return {"id": notification.id, "type": notification.type, "context": context,
             "livemode": bool(notification.livemode)}
