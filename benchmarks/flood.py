@@ -5,52 +5,40 @@
     .venv/bin/python benchmarks/flood.py --quick              # smoke test: 1 run, 80 sign-ins
     .venv/bin/python benchmarks/flood.py --only pool,floor    # some configurations only
 
-Why: a support-console sign-in hashes its password (werkzeug's scrypt, ~0.1 s of CPU). The
-web processes that compute it are the ones answering Stripe's deliveries, on one gevent loop
-each; a hash computed on that loop stops everything else on the process. 320 wrong sign-ins
-at once used to hold deliveries for up to 28 s. listener/sign_in_pool.py now computes hashes
-on 2 real threads per process at nice 19 (check_staff_password → hash_pool().run), and lets
-only 4 sign-in POSTs per process be handled at once (SignInGate; the rest wait parked, and
-past 256 waiting get a 503). Targets, for deliveries during the flood: p99 < 50 ms and max
-< 200 ms.
+Why: a support-console sign-in hashes its password (werkzeug's scrypt, ~0.1 s of CPU) in the
+web processes that answer Stripe's deliveries, each on one gevent loop; a hash computed on
+that loop stops everything else on the process. 320 wrong sign-ins at once used to hold
+deliveries for up to 28 s. listener/sign_in_pool.py now hashes on 2 niced threads per process
+and lets only 4 sign-in POSTs per process be handled at once (SignInGate; past 256 waiting,
+a 503). Targets, for deliveries during the flood: p99 < 50 ms and max < 200 ms.
 
-What it does, for each run and each configuration, on fresh servers started as the Procfile's
-web line starts them (`gunicorn --config listener/gunicorn.conf.py --bind 127.0.0.1:PORT
-APP`, cwd the repository, WEB_CONCURRENCY=2, gevent workers), all on one PostgreSQL database
-(bench_flood: created when missing, migrated with `mismatch db upgrade`, its inbox tables
-emptied before each configuration) and one Redis database (db 11, FLUSHED before each flood):
+Each run and configuration gets fresh servers started as the Procfile's web line starts them
+(WEB_CONCURRENCY=2, gevent), one PostgreSQL database (bench_flood, its inbox emptied before
+each configuration) and one Redis database (db 11, FLUSHED before each flood):
 
 - floor:   no flood, deliveries only: the least the same delivery work costs on this machine;
 - pool:    the shipped code (listener.wsgi:app): the flood and the deliveries on one gunicorn;
-- threads-only: hashes on the threads but no gate (benchmarks/flood_baseline_app.py), to
-           show what the gate is for;
+- threads-only: hashes on the threads but no gate (benchmarks/flood_baseline_app.py);
 - on-loop: the PRE-CHANGE BASELINE (benchmarks/flood_baseline_app.py: no gate, every
            password check computed inline on the loop), flood and deliveries on one gunicorn;
 - split:   console and intake apart: one gunicorn of the baseline app receiving only the
            sign-ins, a second gunicorn (listener.wsgi:app) receiving only the deliveries.
 
-The flood: 320 wrong sign-ins at once from 16 client addresses (127.0.0.2 … 127.0.0.17, each
-connection bound to its source address; 20 per address, the per-address limit) for 64 user
-names (5 each, the per-name limit; one of them the one real user, the rest unknown names,
-which are checked against a dummy hash of the same cost), so every attempt is within the
-limits and really hashed. Each attempt's session and CSRF token are fetched first (GET
-/support/login); then a barrier releases all the POSTs at once. Sign-in statuses: 401 checked
-and wrong, 429 refused by a limit, 503 the gate's queue was full (shipped code only).
+The flood: 320 wrong sign-ins released at once (a barrier, each with its session and CSRF
+token fetched first) from 16 client addresses (127.0.0.2 …, 20 each: the per-address limit)
+for 64 user names (5 each: the per-name limit; one the real user, the rest checked against a
+dummy hash of the same cost), so every attempt is really hashed. The deliveries: signed
+Connect `customer.created` events at a steady 20/s (an open loop, a new connection each) from
+the release until the last sign-in is answered and for at least 10 s; a delivery's latency
+runs from its connect until its status line is read. The floor delivers for as long as the
+floods of its run lasted.
 
-The deliveries: from the barrier's release until the last sign-in is answered, and for at
-least 10 s, signed Connect deliveries at a steady 20 per second (an open loop: one thread
-each, sent on schedule whatever the server does), each a distinct `customer.created` event on
-a new connection. A delivery's latency runs from its connect until the status line is read.
-The floor sends the same for as long as the floods of its run lasted (it runs after them).
-
-The figures: per configuration and run, deliveries sent, their statuses and p50 / p99 / max
-latency; for floods the sign-in statuses and the flood's duration (release → last answer).
 The summary gives min / median / max over the runs, each configuration's p99 and max as a
-multiple of the floor's in the same run, and PASS/MISS against the targets for the shipped
-configuration (pool), judged on its worst run (and every delivery answered 200); exit 1 on a
-MISS. The load generator, the servers, PostgreSQL and
-Redis share the machine's cores: compare configurations measured in the same run, not with
-other machines. Never point --database-url or --redis-url at data you care about.
+multiple of the floor's in the same run, and PASS/MISS for the shipped configuration (pool),
+judged on its worst run (and every delivery answered 200); exit 1 on a MISS. The load
+generator, the servers, PostgreSQL and Redis share the machine's cores: compare
+configurations measured in the same run. Never point --database-url or --redis-url at data
+you care about.
 """
 
 from __future__ import annotations
@@ -61,9 +49,7 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -71,25 +57,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/flood.py
 
-from benchmarks.harness import (
-    ROOT,
-    Spread,
-    die_with_parent,
-    machine_cpu,
-    prepare_database,
-    processes,
-    ratio,
-    tail,
-    verdict,
-)
+from benchmarks import harness
+from benchmarks.harness import BIN, CpuMeter, Server, Spread, percentile_ms, ratio, verdict
 from standins.events import customer, event, sign
 from standins.localstripe import free_port
-
-BIN = Path(sys.executable).parent
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/bench_flood"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -115,6 +90,8 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 # What the servers inherit from this process; everything else (every variable config.py,
 # gunicorn or Flask reads) is left out, so the caller's shell cannot change what is measured.
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+CORE_GROUPS = ("servers", "loadgen", "postgres", "redis", "other")
+LOG_TROUBLE = ("[ERROR]", "[CRITICAL]", " ERROR ", " CRITICAL ", "Traceback", "WORKER TIMEOUT")
 
 
 # --------------------------------------------------------------------------- configurations
@@ -153,15 +130,6 @@ RUN_ORDER = ("pool", "threads-only", "on-loop", "split", "floor")
 # --------------------------------------------------------------------------- results
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of seconds, in milliseconds (nan when empty)."""
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    index = min(len(data) - 1, max(0, int(round(q / 100 * len(data) + 0.5)) - 1))
-    return data[index] * 1000
-
-
 @dataclass
 class Deliveries:
     latencies: list[float] = field(default_factory=list)  # seconds, every answered delivery
@@ -179,7 +147,7 @@ class Deliveries:
         return self.sent > 0 and self.statuses.get("200", 0) == self.sent
 
     def pct(self, q: float) -> float:
-        return percentile(self.latencies, q)
+        return percentile_ms(self.latencies, q)
 
     def worst(self) -> float:
         return max(self.latencies) * 1000 if self.latencies else float("nan")
@@ -202,154 +170,31 @@ class Result:
     cores: dict[str, float]  # cores busy during the window, by process group (CpuMeter)
 
 
-class CpuMeter:
-    """Cores busy between start() and stop(): the servers, this load generator, PostgreSQL,
-    Redis, and anything else on the machine (which disturbs the figures)."""
-
-    def __init__(self, servers: dict[int, str]) -> None:
-        self.servers = servers  # process group id -> role
-
-    def _label(self, pid: int, comm: str, pgid: int) -> str:
-        if pid == os.getpid():
-            return "loadgen"
-        if pgid in self.servers:
-            return "servers"
-        if comm.startswith("postgres"):
-            return "postgres"
-        if comm.startswith("redis-server"):
-            return "redis"
-        return "other"
-
-    def start(self) -> None:
-        self._before, self._machine = processes(), machine_cpu()
-        self._t0 = time.perf_counter()
-
-    def stop(self) -> dict[str, float]:
-        after, machine = processes(), machine_cpu()
-        wall = time.perf_counter() - self._t0
-        used: Counter = Counter()
-        for pid, info in after.items():
-            before = self._before.get(pid)
-            label = self._label(pid, info.comm, info.pgid)
-            if label != "other":
-                used[label] += info.cpu - before.cpu if before else info.cpu
-        busy = machine[0] - self._machine[0]
-        used["other"] = max(0.0, busy - sum(used.values()))  # exited processes included
-        return {k: used.get(k, 0.0) / wall
-                for k in ("servers", "loadgen", "postgres", "redis", "other")}
-
-
 # --------------------------------------------------------------------------- servers
 
 
-@dataclass
-class Server:
-    role: str
-    app: str
-    port: int
-    proc: subprocess.Popen
-    log: Path
-
-
-_running: list[Server] = []
-
-
 def start_server(role: str, app: str, env: dict[str, str], logdir: Path) -> Server:
-    """The Procfile's web line on a free loopback port (its own process group)."""
+    """The Procfile's web line, two gevent workers, on a free loopback port."""
     port = free_port()
-    log = logdir / f"{role}-{port}.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--config", "listener/gunicorn.conf.py",
-             "--bind", f"127.0.0.1:{port}", app],
-            cwd=ROOT, env={**env, "WEB_CONCURRENCY": "2"}, stdin=subprocess.DEVNULL,
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=die_with_parent)
-    server = Server(role, app, port, proc, log)
-    _running.append(server)
-    return server
-
-
-def wait_ready(server: Server, timeout: float = 60.0) -> None:
-    """Ready when GET /healthz answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise SystemExit(f"{server.role}: gunicorn exited ({server.proc.returncode}):\n"
-                             + tail(server.log))
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                          b"Connection: close\r\n\r\n")
-                if s.recv(12).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{server.role}: not ready on port {server.port} after {timeout:g}s:\n"
-                     + tail(server.log))
-
-
-def stop_servers() -> None:
-    """Stop every gunicorn this script started (each its own process group), by its id."""
-    for server in _running:
-        if server.proc.poll() is None:
-            try:
-                os.killpg(server.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 15
-    for server in _running:
-        try:
-            server.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(server.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            server.proc.wait()
-    _running.clear()
+    return harness.start_gunicorn(role, app, {**env, "WEB_CONCURRENCY": "2"},
+                                  logdir / f"{role}-{port}.log", port=port)
 
 
 def log_problems(server: Server) -> list[str]:
     """Error lines, tracebacks and worker timeouts in a server's log (the sign-ins' own
     WARNING lines are expected)."""
-    found = []
-    for line in server.log.read_text(errors="replace").splitlines():
-        if any(mark in line for mark in ("[ERROR]", "[CRITICAL]", " ERROR ", " CRITICAL ",
-                                         "Traceback", "WORKER TIMEOUT")):
-            found.append(f"{server.role}: {line.strip()[:200]}")
-    return found
-
-
-# --------------------------------------------------------------------------- database, Redis
+    return [f"{server.name}: {line.strip()[:200]}"
+            for line in harness.log_lines(server.log, LOG_TROUBLE)]
 
 
 def prepare(url: str) -> None:
-    """Create the database when missing and migrate it (the harness's); only a bench_…
-    database, since its inbox tables are emptied before each configuration."""
-    name = urlsplit(url).path.lstrip("/")
+    """Create the database when missing and migrate it; only a bench_… database, since its
+    inbox tables are emptied before each configuration."""
+    name = harness.database_name(url)
     if not name.startswith("bench"):
         raise SystemExit(f"refusing database {name!r}: its inbox tables are emptied, so its "
                          "name must start with 'bench'")
-    prepare_database(url, fresh=False)
-
-
-def empty_inbox(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute("TRUNCATE stripe_events, rejected_deliveries")
-
-
-def flush_redis(url: str) -> None:
-    import redis
-
-    r = redis.Redis.from_url(url)
-    try:
-        r.flushdb()
-    finally:
-        r.close()
+    harness.prepare_database(url, fresh=False)
 
 
 # --------------------------------------------------------------------------- deliveries
@@ -370,7 +215,7 @@ class EventIds:
 
 
 def delivery_request(n: int, prefix: str) -> bytes:
-    """A signed Connect delivery of a distinct customer.created event (tests/support.py's
+    """A signed Connect delivery of a distinct customer.created event (standins.events'
     payload shape, signed now with stripe-python's own signing)."""
     body = json.dumps(event("customer.created",
                             customer(f"cus_flood{prefix}{n:07d}", None, name=None),
@@ -573,44 +418,53 @@ def run_flood(port: int, attempts: list[Attempt], released: threading.Event,
 def measure(setup: Setup, run: int, env: dict[str, str], args: argparse.Namespace,
             ids: EventIds, logdir: Path, floor_window: float) -> Result:
     """Start the configuration's servers, warm them, flood and deliver, stop them."""
-    empty_inbox(args.database_url)
+    harness.empty_inbox(args.database_url)
     servers = {role: start_server(role, app, env, logdir) for role, app in setup.servers.items()}
     try:
         for server in servers.values():
-            wait_ready(server)
+            harness.wait_ready(server)
         for server in servers.values():
             warm_up(server.port, ids)
         attempts = []
         if setup.sign_ins_to is not None:
             attempts = prepare_flood(servers[setup.sign_ins_to].port, args.sign_ins,
                                      args.addresses)
-        flush_redis(args.redis_url)  # the sign-in limits start at zero; the queue empties
+        harness.flush_redis(args.redis_url)  # sign-in limits start at zero; the queue empties
         time.sleep(0.5)
-
-        deliveries, released, done = Deliveries(), threading.Event(), threading.Event()
-        sender = threading.Thread(target=send_deliveries, args=(
-            servers[setup.deliveries_to].port, ids, released, done,
-            MIN_WINDOW if attempts else floor_window, deliveries))
-        meter = CpuMeter({server.proc.pid: role for role, server in servers.items()})
-        meter.start()
-        sender.start()
-        flood = None
-        if attempts:
-            flood = Flood()
-            run_flood(servers[setup.sign_ins_to].port, attempts, released, done, flood)
-        else:
-            released.set()
-            done.set()
-        sender.join()
-        cores = meter.stop()
+        deliveries, flood, cores = flood_and_deliver(setup, servers, attempts, ids,
+                                                     floor_window)
         time.sleep(0.5)  # let the servers write their last log lines
         problems = [line for server in servers.values() for line in log_problems(server)]
         for server in servers.values():
             if server.proc.poll() is not None:
-                problems.append(f"{server.role}: gunicorn exited ({server.proc.returncode})")
+                problems.append(f"{server.name}: gunicorn exited ({server.proc.returncode})")
         return Result(setup.name, run, deliveries, flood, problems, cores)
     finally:
-        stop_servers()
+        harness.stop_servers()
+
+
+def flood_and_deliver(setup: Setup, servers: dict[str, Server], attempts: list[Attempt],
+                      ids: EventIds, floor_window: float
+                      ) -> tuple[Deliveries, Flood | None, dict[str, float]]:
+    """The timed window: the flood's POSTs released at once (if any) while deliveries go out
+    at RATE; the deliveries, the flood, and the cores busy meanwhile."""
+    deliveries, released, done = Deliveries(), threading.Event(), threading.Event()
+    sender = threading.Thread(target=send_deliveries, args=(
+        servers[setup.deliveries_to].port, ids, released, done,
+        MIN_WINDOW if attempts else floor_window, deliveries))
+    meter = CpuMeter({server.proc.pid: "servers" for server in servers.values()})
+    meter.start()
+    sender.start()
+    flood = None
+    if attempts and setup.sign_ins_to is not None:
+        flood = Flood()
+        run_flood(servers[setup.sign_ins_to].port, attempts, released, done, flood)
+    else:
+        released.set()
+        done.set()
+    sender.join()
+    use = meter.stop()
+    return deliveries, flood, {name: use.cores(name) for name in CORE_GROUPS}
 
 
 # --------------------------------------------------------------------------- output
@@ -636,7 +490,7 @@ def show_result(result: Result) -> None:
         f = result.flood
         print(f"    sign-ins: {sum(f.statuses.values())} at once, {_statuses(f.statuses)}; "
               f"flood {f.duration:.1f} s (release → last answer), answers p50 "
-              f"{percentile(f.answer_times, 50) / 1000:.1f} s")
+              f"{percentile_ms(f.answer_times, 50) / 1000:.1f} s")
     cores = ", ".join(f"{k} {v:.2f}" for k, v in result.cores.items())
     print(f"    cores busy (window, {os.cpu_count()} in all): {cores}")
     if result.cores["other"] > 0.15:
@@ -648,15 +502,10 @@ def show_result(result: Result) -> None:
             print(f"      {line}")
 
 
-def summary(results: list[Result], names: list[str], runs: int) -> bool:
-    """Print the tables; True when the shipped configuration met both targets (or wasn't run)."""
-    by: dict[str, list[Result]] = {name: [r for r in results if r.setup == name]
-                                   for name in names}
-    print("\n" + "=" * 110)
+def _delivery_table(by: dict[str, list[Result]], runs: int) -> None:
     print(f"deliveries during the flood, ms: min / median / max over {runs} run(s)")
     print(f"{'config':<14}{'p50':>28}{'p99':>28}{'max':>28}{'sent':>10}{'not 200':>10}")
-    for name in names:
-        rs = by[name]
+    for name, rs in by.items():
         p50 = Spread.of(r.deliveries.pct(50) for r in rs).show(".1f")
         p99 = Spread.of(r.deliveries.pct(99) for r in rs).show(".1f")
         worst = Spread.of(r.deliveries.worst() for r in rs).show(".1f")
@@ -664,32 +513,41 @@ def summary(results: list[Result], names: list[str], runs: int) -> bool:
         bad = sum(r.deliveries.sent - r.deliveries.statuses.get("200", 0) for r in rs)
         print(f"{name:<14}{p50:>28}{p99:>28}{worst:>28}{sent:>10}{bad:>10}")
 
-    floods = [name for name in names if any(r.flood for r in by[name])]
-    if floods:
-        print("\nsign-ins (401 checked and wrong, 429 limited, 503 gate full); flood s: "
-              "release → last answer")
-        for name in floods:
-            total: Counter = Counter()
-            for r in by[name]:
-                assert r.flood is not None
-                total.update(r.flood.statuses)
-            seconds = Spread.of(r.flood.duration for r in by[name] if r.flood).show(".1f")
-            print(f"{name:<14}{'flood ' + seconds + ' s':>30}   all runs: {_statuses(total)}")
 
+def _sign_in_table(by: dict[str, list[Result]]) -> None:
+    floods = {name: [r.flood for r in rs if r.flood] for name, rs in by.items()}
+    floods = {name: fs for name, fs in floods.items() if fs}
+    if not floods:
+        return
+    print("\nsign-ins (401 checked and wrong, 429 limited, 503 gate full); flood s: "
+          "release → last answer")
+    for name, fs in floods.items():
+        total: Counter = Counter()
+        for f in fs:
+            total.update(f.statuses)
+        seconds = Spread.of(f.duration for f in fs).show(".1f")
+        print(f"{name:<14}{'flood ' + seconds + ' s':>30}   all runs: {_statuses(total)}")
+
+
+def _against_floor(rs: list[Result], floor: dict[int, Result]) -> tuple[str, str]:
+    """p99 and max as multiples of the floor's in the same run."""
+    if not floor or not all(r.run in floor for r in rs):
+        return "n/a (no floor)", "n/a (no floor)"
+    p99 = ratio([r.deliveries.pct(99) for r in rs],
+                [floor[r.run].deliveries.pct(99) for r in rs]).show(".2f") + "×"
+    worst = ratio([r.deliveries.worst() for r in rs],
+                  [floor[r.run].deliveries.worst() for r in rs]).show(".2f") + "×"
+    return p99, worst
+
+
+def _target_table(by: dict[str, list[Result]]) -> None:
     print(f"\nagainst the floor (same run; min / median / max) and the targets "
           f"(worst run; p99 < {P99_TARGET_MS:g} ms, max < {MAX_TARGET_MS:g} ms, all 200)")
     print(f"{'config':<14}{'p99 / floor':>28}{'max / floor':>28}"
           f"{'p99 target':>16}{'max target':>16}")
     floor = {r.run: r for r in by.get("floor", [])}
-    for name in names:
-        rs = by[name]
-        if floor and all(r.run in floor for r in rs):
-            p99_ratio = ratio([r.deliveries.pct(99) for r in rs],
-                              [floor[r.run].deliveries.pct(99) for r in rs]).show(".2f") + "×"
-            max_ratio = ratio([r.deliveries.worst() for r in rs],
-                              [floor[r.run].deliveries.worst() for r in rs]).show(".2f") + "×"
-        else:
-            p99_ratio = max_ratio = "n/a (no floor)"
+    for name, rs in by.items():
+        p99_ratio, max_ratio = _against_floor(rs, floor)
         worst_p99 = max(r.deliveries.pct(99) for r in rs)
         worst_max = max(r.deliveries.worst() for r in rs)
         all_ok = all(r.deliveries.all_ok for r in rs)
@@ -700,6 +558,15 @@ def summary(results: list[Result], names: list[str], runs: int) -> bool:
             p99_verdict = max_verdict = "  -"
         print(f"{name:<14}{p99_ratio:>28}{max_ratio:>28}"
               f"{_ms(worst_p99) + ' ' + p99_verdict:>16}{_ms(worst_max) + ' ' + max_verdict:>16}")
+
+
+def summary(results: list[Result], names: list[str], runs: int) -> bool:
+    """Print the tables; True when the shipped configuration met both targets (or wasn't run)."""
+    by = {name: [r for r in results if r.setup == name] for name in names}
+    print("\n" + "=" * 110)
+    _delivery_table(by, runs)
+    _sign_in_table(by)
+    _target_table(by)
     if "on-loop" in names:
         print("  (on-loop is the pre-change baseline: password hashes on the loop that answers "
               "deliveries)")
@@ -709,9 +576,8 @@ def summary(results: list[Result], names: list[str], runs: int) -> bool:
         print(f"  WARNING: other processes on the machine were busy during: "
               f"{', '.join(disturbed)}; rerun on an idle machine")
     print("=" * 110)
-    shipped = by.get(SHIPPED, [])
     return all(r.deliveries.all_ok and r.deliveries.pct(99) < P99_TARGET_MS
-               and r.deliveries.worst() < MAX_TARGET_MS for r in shipped)
+               and r.deliveries.worst() < MAX_TARGET_MS for r in by.get(SHIPPED, []))
 
 
 # --------------------------------------------------------------------------- main
@@ -741,7 +607,7 @@ def run(args: argparse.Namespace) -> int:
     env = server_env(args, tmp)
     print(f"database {args.database_url}; redis {args.redis_url} (flushed before each flood)")
     prepare(args.database_url)
-    flush_redis(args.redis_url)
+    harness.flush_redis(args.redis_url)
     print(f"servers: the Procfile's web line (gunicorn --config listener/gunicorn.conf.py, "
           f"gevent), WEB_CONCURRENCY=2 each, bind 127.0.0.1; {os.cpu_count()} CPUs shared "
           f"with the load generator, PostgreSQL and Redis")
@@ -771,16 +637,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Deliveries' latency while 320 wrong console sign-ins are hashed at once.")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each configuration")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 1 run, 80 sign-ins from 4 addresses")
+    harness.add_common_flags(parser, runs=3, runs_help="runs of each configuration",
+                             quick="smoke test: 1 run, 80 sign-ins from 4 addresses",
+                             database_url=DEFAULT_DATABASE_URL,
+                             database_note="created if missing, inbox emptied",
+                             redis_url=DEFAULT_REDIS_URL)
     parser.add_argument("--only", default=",".join(ORDER),
                         help=f"configurations, comma-separated (default {','.join(ORDER)})")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
-                        help=f"PostgreSQL, created if missing, inbox emptied (default "
-                             f"{DEFAULT_DATABASE_URL})")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
-                        help=f"Redis database, FLUSHED (default {DEFAULT_REDIS_URL})")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in SETUPS]
@@ -792,18 +655,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.runs = 1
 
-    def _terminate(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    harness.interrupt_on()
     try:
         return run(args)
     except KeyboardInterrupt:
         print("\ninterrupted; servers stopped", file=sys.stderr)
         return 130
     finally:
-        stop_servers()
+        harness.stop_servers()
 
 
 if __name__ == "__main__":

@@ -4,46 +4,35 @@
     .venv/bin/python benchmarks/history.py --sizes 10000,50000   # a quick run, about 2 min
     .venv/bin/python benchmarks/history.py --help                # URLs, runs, --fresh, --no-keep
 
-What it does, for each size in --sizes (ascending):
+For each size in --sizes (ascending):
 
-1. Fills the inbox (`stripe_events`) of --database-url up to that many rows, unless it holds
-   them already (a fill from an earlier run is reused; a table that has outgrown a size,
-   from a bigger earlier fill, skips that size: --fresh starts over). Events are generated
-   Stripe-shaped and pretty-printed as Stripe sends them (about 3 KB: subscriptions with
-   items, price and plan, invoices with lines, customers, charges, payment intents), from
-   1,000 connected accounts (each a venue) and 20 accounts no venue has (unrouted), and
-   COPYed in chunks with psycopg. Each subscription is named by about 30 events over its
-   life (its created/updated events, its invoices, its customer's); their received_at
-   spreads over about two years (at the largest size; smaller fills are its first weeks),
-   growing with the row id. Statuses as a running service leaves them: mostly processed
-   (linked, case_1..3, payment_*, customer_mirrored, unrouted), ignored (unhandled_type),
-   about 0.01% failed, the newest 200 of each fill still received. The subscription_id /
-   customer_id columns hold what db.history.ids_named reads from each payload (checked on
-   every template and on a sample of the generated rows). Alongside: venues, members,
-   mirrored customers, subscriptions, payments, one mismatch per outside subscription
-   (about 1%; the 2,000 newest open) and their notices. Then db.history.rebuild_tallies
-   and VACUUM ANALYZE. The fill stops before it starts if the disk would get too full.
-2. Starts the service exactly as the Procfile runs it (`gunicorn --config
-   listener/gunicorn.conf.py --bind 127.0.0.1:<port> listener.wsgi:app`, a fresh server after
-   each fill), signs in to the support console through /support/login, warms up, then
-   times, on one keep-alive connection (requests.Session), in --runs runs of --requests
-   sequential requests each (a run's figure is its median):
-   - GET /healthz: the floor, the least a request costs through that server;
-   - GET /metrics (the Prometheus scrape);
-   - GET /support (the dashboard, signed in);
-   - GET /mismatches/<id>: the open mismatch with the longest timeline;
-   - POST /webhooks/stripe/connect: a new, signed customer.subscription.updated.
-3. Times the OLD queries those pages ran before migration 0006 (counting and LIKE-searching
-   the inbox), and the new ones mirrored in SQL, directly with psycopg, the same way (a
-   query slower than --sql-budget per run is run fewer times; the count is printed).
-4. Runs each page once more in this process (the Flask app, no server) and records every
-   SQL statement it sends with its time: which query a page's time goes to.
+1. Fills the inbox (`stripe_events`) of --database-url up to that many rows (a fill from an
+   earlier run is reused; a table that has outgrown a size skips it: --fresh starts over),
+   COPYed with psycopg. Events are generated Stripe-shaped and pretty-printed as Stripe sends
+   them (about 3 KB) from 1,000 connected accounts (each a venue) and 20 no venue has; each
+   subscription is named by about 30 events over its life, spread over about two years at
+   the largest size; statuses as a running service leaves them (mostly processed, some
+   ignored, about 0.01% failed, the newest 200 still received); the subscription_id /
+   customer_id columns hold what db.history.ids_named reads (checked on every template and a
+   sample of rows). Alongside: venues, members, mirrored customers, subscriptions, payments,
+   one mismatch per outside subscription (the 2,000 newest open) and their notices; then
+   db.history.rebuild_tallies and VACUUM ANALYZE. It stops first if the disk would fill.
+2. Starts the service as the Procfile runs it (a fresh gunicorn after each fill), signs in to
+   the support console, warms up, then times on one keep-alive connection --runs runs of
+   --requests sequential requests (a run's figure is its median) of GET /healthz (the floor),
+   GET /metrics, GET /support, GET /mismatches/<id> (the open mismatch with the longest
+   timeline) and POST /webhooks/stripe/connect (a new, signed delivery).
+3. Times the OLD queries those pages ran before migration 0006 (the baseline: counting and
+   LIKE-searching the inbox) and the new ones, directly with psycopg, the same way (a query
+   slower than --sql-budget per run runs fewer times; the count is printed).
+4. Requests each page once more in this process (the Flask app) and records every SQL
+   statement it sends with its time: which query a page's time goes to.
 
-Then a summary table (each figure at each size, the ratio largest/smallest size run by run,
-PASS/MISS: every request under 200 ms at every size, and at most 1.5x slower at the largest
-size than at the smallest), and EXPLAIN (ANALYZE, BUFFERS) of the new queries, and of any
-statement of a page slower than --slow-ms, at the largest size. The full output is also
-written to instance/bench/history.log, the servers' logs next to it.
+Then a summary (each figure at each size, largest/smallest size run by run, PASS/MISS: every
+request under 200 ms at every size, at most 1.5x slower at the largest size than at the
+smallest), and EXPLAIN (ANALYZE, BUFFERS) of the new queries and of any page statement slower
+than --slow-ms at the largest size. The output is also written to instance/bench/history.log,
+the servers' logs next to it.
 
 Never point --database-url or --redis-url at data you care about: the Redis database is
 flushed, and the database is filled with generated rows (its name must contain "bench";
@@ -62,7 +51,6 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,17 +66,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchm
 from benchmarks.harness import (
     ROOT,
     Spread,
+    add_common_flags,
     descendants,
-    die_with_parent,
+    drop_database,
+    flush_redis,
+    interrupt_on,
+    libpq_url,
+    log_lines,
     machine_cpu,
     prepare_database,
     processes,
     ratio,
+    sqlalchemy_url,
+    start_gunicorn,
+    stop_servers,
+    tail,
     verdict,
+    wait_ready,
 )
 from standins.localstripe import free_port
 
-BIN = Path(sys.executable).parent
 LOG_DIR = ROOT / "instance" / "bench"
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/history_bench"
@@ -707,76 +704,103 @@ def _complete(conn: Any) -> bool:
     return mismatches > 0 and tallied == finished
 
 
+def _bytes_per_row(conn: Any, rows: int, need: int) -> float:
+    """Bytes a row takes with its indexes (the table's own figure once it has some); exits
+    before filling when a disk would get too full."""
+    per_row = 4500.0  # bytes per row with its indexes, until the table says
+    if rows >= 10_000:
+        total = conn.execute("SELECT pg_total_relation_size('stripe_events')").fetchone()[0]
+        per_row = max(total / rows, 2000.0)
+    wanted = need * per_row * 1.25 + 3 * 2**30  # + WAL, VACUUM, the satellites
+    for place, free in _disk_free(conn):
+        if free < wanted:
+            raise SystemExit(
+                f"not enough disk for {need:,} more events: about {megabytes(wanted)} "
+                f"needed, {megabytes(free)} free at {place}. Free some space, or use "
+                f"smaller --sizes")
+    return per_row
+
+
+def _fill_clock(conn: Any, largest: int, need: int) -> tuple[Clock, int]:
+    """_clock, slowed down when the new events would otherwise reach the future."""
+    clock, g_from = _clock(conn, largest)
+    now = time.time()
+    if clock.at(g_from + need) > now - 60:  # more than the first fill planned for
+        clock = Clock(clock.g0, clock.t0, (now - 60 - clock.t0) / (g_from + need - clock.g0))
+        say(f"  note: at the first fill's pace these events would reach the future; "
+            f"they are {clock.step:.2f} s apart")
+    return clock, g_from
+
+
+def _copy_events(conn: Any, g_from: int, g_to: int, clock: Clock,
+                 payments: list[Payment]) -> None:
+    """COPY generated events g_from .. g_to - 1, CHUNK_ROWS per transaction, a writer thread
+    sending while this one generates the next lines."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    rng = random.Random(f"{SEED}:{g_from}")
+    started = last_note = time.monotonic()
+    copied, need = 0, g_to - g_from
+    columns = ", ".join(EVENT_COLUMNS)
+    for chunk_from in range(g_from, g_to, CHUNK_ROWS):
+        chunk_to = min(g_to, chunk_from + CHUNK_ROWS)
+        lines = generate(chunk_from, chunk_to, g_to, clock, rng, payments)
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+                f"COPY stripe_events ({columns}) FROM STDIN",
+                writer=QueuedLibpqWriter(cur)) as copy:
+            batch: list[str] = []
+            for line in lines:
+                batch.append(line)
+                if len(batch) == 500:
+                    copy.write("".join(batch))
+                    batch.clear()
+            if batch:
+                copy.write("".join(batch))
+        copied += chunk_to - chunk_from
+        if time.monotonic() - last_note > 30 or chunk_to == g_to:
+            last_note = time.monotonic()
+            elapsed = last_note - started
+            say(f"    {copied:,} / {need:,} rows, {elapsed:.0f} s, "
+                f"{copied / elapsed:,.0f} rows/s")
+
+
+def _reuse(conn: Any, sa_url: str, report: FillReport, size: int, largest: int) -> None:
+    """The table holds `size` rows already: skip a size it has outgrown, finish a fill that
+    was interrupted after its rows were copied."""
+    rows = report.rows
+    if rows > size * 1.1:
+        report.skipped = (f"the table already holds {rows:,} rows, more than this size "
+                          f"(a bigger fill kept from an earlier run); rerun with --fresh "
+                          f"(or another --database-url) to measure {label(size)}")
+    elif not _complete(conn):
+        say("  the rows are there but the last fill did not finish: finishing it")
+        clock, g_end = _clock(conn, largest)
+        _finish(conn, sa_url, report, clock, g_end, [])
+
+
 def fill(pg_url: str, sa_url: str, size: int, largest: int) -> FillReport:
     """Make stripe_events hold at least `size` rows (a top-up from what is there), with
     everything around them; then tallies and VACUUM ANALYZE."""
     import psycopg
-    from psycopg.copy import QueuedLibpqWriter
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         rows = conn.execute("SELECT count(*) FROM stripe_events").fetchone()[0]
         report = FillReport(size, rows, rows)
         if rows >= size:
-            if rows > size * 1.1:
-                report.skipped = (f"the table already holds {rows:,} rows, more than this size "
-                                  f"(a bigger fill kept from an earlier run); rerun with --fresh "
-                                  f"(or another --database-url) to measure {label(size)}")
-            elif not _complete(conn):
-                say("  the rows are there but the last fill did not finish: finishing it")
-                clock, g_end = _clock(conn, largest)
-                _finish(conn, sa_url, report, clock, g_end, [])
+            _reuse(conn, sa_url, report, size, largest)
             return report
         need = size - rows
-        per_row = 4500.0  # bytes per row with its indexes, until the table says
-        if rows >= 10_000:
-            total = conn.execute("SELECT pg_total_relation_size('stripe_events')").fetchone()[0]
-            per_row = max(total / rows, 2000.0)
-        wanted = need * per_row * 1.25 + 3 * 2**30  # + WAL, VACUUM, the satellites
-        for place, free in _disk_free(conn):
-            if free < wanted:
-                raise SystemExit(
-                    f"not enough disk for {need:,} more events: about {megabytes(wanted)} "
-                    f"needed, {megabytes(free)} free at {place}. Free some space, or use "
-                    f"smaller --sizes")
-        clock, g_from = _clock(conn, largest)
-        now = time.time()
-        if clock.at(g_from + need) > now - 60:  # more than the first fill planned for
-            clock = Clock(clock.g0, clock.t0, (now - 60 - clock.t0) / (g_from + need - clock.g0))
-            say(f"  note: at the first fill's pace these events would reach the future; "
-                f"they are {clock.step:.2f} s apart")
+        per_row = _bytes_per_row(conn, rows, need)
+        clock, g_from = _fill_clock(conn, largest, need)
         g_to = g_from + need
         say(f"  filling {need:,} events (generated #{g_from:,} .. #{g_to - 1:,}), "
             f"~{per_row / 1024:.1f} KB per row with indexes (disk: "
             + ", ".join(f"{megabytes(free)} free at {place}" for place, free in _disk_free(conn))
             + f"); chunks of {CHUNK_ROWS:,}")
         conn.execute("SET synchronous_commit = off")
-        rng = random.Random(f"{SEED}:{g_from}")
         payments: list[Payment] = []
         started = time.monotonic()
-        copied = 0
-        last_note = started
-        columns = ", ".join(EVENT_COLUMNS)
-        for chunk_from in range(g_from, g_to, CHUNK_ROWS):
-            chunk_to = min(g_to, chunk_from + CHUNK_ROWS)
-            lines = generate(chunk_from, chunk_to, g_to, clock, rng, payments)
-            with conn.transaction(), conn.cursor() as cur:
-                # A writer thread sends while this one generates the next lines.
-                with cur.copy(f"COPY stripe_events ({columns}) FROM STDIN",
-                              writer=QueuedLibpqWriter(cur)) as copy:
-                    batch: list[str] = []
-                    for line in lines:
-                        batch.append(line)
-                        if len(batch) == 500:
-                            copy.write("".join(batch))
-                            batch.clear()
-                    if batch:
-                        copy.write("".join(batch))
-            copied += chunk_to - chunk_from
-            if time.monotonic() - last_note > 30 or chunk_to == g_to:
-                last_note = time.monotonic()
-                elapsed = last_note - started
-                say(f"    {copied:,} / {need:,} rows, {elapsed:.0f} s, "
-                    f"{copied / elapsed:,.0f} rows/s")
+        _copy_events(conn, g_from, g_to, clock, payments)
         report.seconds["copy"] = time.monotonic() - started
         _finish(conn, sa_url, report, clock, g_to, payments)
     return report
@@ -806,111 +830,130 @@ def _finish(conn: Any, sa_url: str, report: FillReport, clock: Clock, g_end: int
         f"{name} {seconds:.0f} s" for name, seconds in report.seconds.items()))
 
 
+# What surrounds the inbox, made in SQL from the temporary tables satellites() fills.
+MEMBERS_SQL = """
+    INSERT INTO members (venue_id, member_ref, email, email_normalized, name,
+                         stripe_customer_id, created_at, updated_at)
+    SELECT v.id, t.member_ref, t.email, lower(t.email), t.name, t.member_customer,
+           to_timestamp(t.first_created), to_timestamp(t.first_created)
+    FROM bench_subs t JOIN venues v ON v.account_id = t.account_id
+    WHERE t.member_ref IS NOT NULL
+    ON CONFLICT DO NOTHING"""
+CUSTOMERS_SQL = """
+    INSERT INTO stripe_customers (account_id, livemode, customer_id, email, name,
+                                  deleted, last_event_created, updated_at)
+    SELECT account_id, false, customer_id, mirrored_email, name, false, last_created,
+           to_timestamp(last_created)
+    FROM bench_subs ON CONFLICT DO NOTHING"""
+SUBSCRIPTIONS_SQL = """
+    INSERT INTO subscriptions (account_id, livemode, subscription_id, customer_id,
+                               venue_id, status, canceled, state, member_id,
+                               last_event_created, updated_at)
+    SELECT t.account_id, false, t.subscription_id, t.customer_id, v.id, 'active',
+           false, t.state, CASE WHEN t.state = 'linked' THEN m.id END, t.last_created,
+           to_timestamp(t.last_created)
+    FROM bench_subs t LEFT JOIN venues v ON v.account_id = t.account_id
+    LEFT JOIN members m ON m.venue_id = v.id AND m.member_ref = t.member_ref
+    ON CONFLICT DO NOTHING"""
+MISMATCHES_SQL = """
+    INSERT INTO mismatches (account_id, livemode, subscription_id, venue_id, "case",
+                            customer_id, customer_email, linked_customer_id,
+                            member_id, candidates, status, notified_case, opened_at,
+                            updated_at)
+    SELECT t.account_id, false, t.subscription_id, v.id, t."case", t.customer_id,
+           t.email, CASE WHEN t."case" = 1 THEN t.member_customer END,
+           CASE WHEN t."case" = 1 THEN m.id END,
+           CASE WHEN t."case" = 2 THEN json_build_array(json_build_object(
+               'member_ref', m.member_ref, 'email', m.email,
+               'stripe_customer_id', NULL))
+           ELSE '[]'::json END,
+           'open', t."case", to_timestamp(t.first_created + 60),
+           to_timestamp(t.first_created + 60)
+    FROM bench_subs t JOIN venues v ON v.account_id = t.account_id
+    LEFT JOIN members m ON m.venue_id = v.id AND m.member_ref = t.member_ref
+    WHERE t.state = 'mismatch'
+    ON CONFLICT DO NOTHING"""
+RESOLVE_SQL = """
+    UPDATE mismatches SET status = 'resolved', resolution = 'linked',
+           resolved_at = opened_at + interval '3 days',
+           updated_at = opened_at + interval '3 days'
+    WHERE status = 'open' AND id NOT IN (
+        SELECT id FROM mismatches ORDER BY opened_at DESC, id DESC LIMIT %s)"""
+NOTIFICATIONS_SQL = """
+    INSERT INTO notifications (key, mismatch_id, recipient, kind, status, attempts,
+                               context, created_at, sent_at)
+    SELECT 'mismatch:' || m.id || ':case_' || m."case" || ':' || e.addr, m.id, e.addr,
+           'case_' || m."case", 'sent', 1, json_build_object('case', m."case"),
+           m.opened_at, m.opened_at + interval '1 minute'
+    FROM mismatches m JOIN venues v ON v.id = m.venue_id
+    CROSS JOIN LATERAL json_array_elements_text(v.admin_emails) AS e(addr)
+    ON CONFLICT DO NOTHING"""
+PAYMENTS_SQL = """
+    INSERT INTO payments (account_id, livemode, subscription_id, invoice_id,
+                          charge_id, payment_intent_id, amount, currency, paid_at,
+                          amount_refunded, disputed, updated_at)
+    SELECT account_id, false, subscription_id, invoice_id, charge_id,
+           payment_intent_id, amount, 'eur', paid_at, 0, false, to_timestamp(paid_at)
+    FROM bench_payments ON CONFLICT DO NOTHING"""
+
+
+def _insert_venues(cur: Any, clock: Clock) -> None:
+    created = datetime.fromtimestamp(clock.at(0) - 86400, UTC)
+    cur.executemany(
+        "INSERT INTO venues (account_id, name, admin_emails, livemode, digest, created_at,"
+        " updated_at) VALUES (%s, %s, %s, false, false, %s, %s)"
+        " ON CONFLICT (account_id) DO NOTHING",
+        [(v.account_id, v.name, json.dumps([v.admin, f"desk@venue{v.index}.example"]),
+          created, created) for v in (venue_info(i) for i in range(VENUES))])
+
+
+def _copy_subscriptions(cur: Any, clock: Clock, k_max: int, g_end: int) -> None:
+    """Every subscription named so far, with its member and mirror, into bench_subs."""
+    cur.execute("CREATE TEMP TABLE bench_subs (k bigint, account_id text, subscription_id "
+                "text, customer_id text, email text, name text, state text, \"case\" int, "
+                "member_ref text, member_customer text, mirrored_email text, "
+                "first_created bigint, last_created bigint) ON COMMIT DROP")
+    with cur.copy("COPY bench_subs FROM STDIN") as copy:
+        for k in range(-ACTIVE_SUBSCRIPTIONS, k_max + 1):
+            sub = sub_info(k)
+            first_g = max(0, k * EVENTS_PER_SUBSCRIPTION)
+            last_g = min(g_end - 1, (k + ACTIVE_SUBSCRIPTIONS) * EVENTS_PER_SUBSCRIPTION)
+            member_ref, member_customer = f"m-{k}", sub.customer_id
+            if sub.state == "unrouted" or (sub.state == "mismatch" and sub.case == 3):
+                member_ref = member_customer = None
+            elif sub.state == "mismatch":
+                member_customer = sub.old_customer if sub.case == 1 else None
+            mirrored = f"new.{sub.email}" if sub.drift else sub.email
+            copy.write_row((k, sub.venue.account_id, sub.subscription_id, sub.customer_id,
+                            sub.email, sub.name, sub.state, sub.case, member_ref,
+                            member_customer, mirrored, int(clock.at(first_g)),
+                            int(clock.at(last_g))))
+
+
+def _insert_payments(cur: Any, payments: list[Payment]) -> None:
+    cur.execute("CREATE TEMP TABLE bench_payments (account_id text, subscription_id "
+                "text, invoice_id text, charge_id text, payment_intent_id text, "
+                "amount bigint, paid_at bigint) ON COMMIT DROP")
+    with cur.copy("COPY bench_payments FROM STDIN") as copy:
+        for p in payments:
+            copy.write_row((p.account_id, p.subscription_id, p.invoice_id, p.charge_id,
+                            p.payment_intent_id, p.amount, p.paid_at))
+    cur.execute(PAYMENTS_SQL)
+
+
 def satellites(conn: Any, clock: Clock, k_max: int, g_end: int,
                payments: list[Payment]) -> None:
     """Venues, members, mirrored customers, subscriptions, mismatches, their notices and
     payments for every subscription the inbox names so far (existing rows stay)."""
     with conn.transaction(), conn.cursor() as cur:
-        venues = [venue_info(i) for i in range(VENUES)]
-        cur.executemany(
-            "INSERT INTO venues (account_id, name, admin_emails, livemode, digest, created_at,"
-            " updated_at) VALUES (%s, %s, %s, false, false, %s, %s)"
-            " ON CONFLICT (account_id) DO NOTHING",
-            [(v.account_id, v.name, json.dumps([v.admin, f"desk@venue{v.index}.example"]),
-              datetime.fromtimestamp(clock.at(0) - 86400, UTC),
-              datetime.fromtimestamp(clock.at(0) - 86400, UTC)) for v in venues])
-        cur.execute("CREATE TEMP TABLE bench_subs (k bigint, account_id text, subscription_id "
-                    "text, customer_id text, email text, name text, state text, \"case\" int, "
-                    "member_ref text, member_customer text, mirrored_email text, "
-                    "first_created bigint, last_created bigint) ON COMMIT DROP")
-        with cur.copy("COPY bench_subs FROM STDIN") as copy:
-            for k in range(-ACTIVE_SUBSCRIPTIONS, k_max + 1):
-                sub = sub_info(k)
-                first_g = max(0, k * EVENTS_PER_SUBSCRIPTION)
-                last_g = min(g_end - 1, (k + ACTIVE_SUBSCRIPTIONS) * EVENTS_PER_SUBSCRIPTION)
-                member_ref, member_customer = f"m-{k}", sub.customer_id
-                if sub.state == "unrouted" or (sub.state == "mismatch" and sub.case == 3):
-                    member_ref = member_customer = None
-                elif sub.state == "mismatch":
-                    member_customer = sub.old_customer if sub.case == 1 else None
-                mirrored = f"new.{sub.email}" if sub.drift else sub.email
-                copy.write_row((k, sub.venue.account_id, sub.subscription_id, sub.customer_id,
-                                sub.email, sub.name, sub.state, sub.case, member_ref,
-                                member_customer, mirrored, int(clock.at(first_g)),
-                                int(clock.at(last_g))))
-        cur.execute("""
-            INSERT INTO members (venue_id, member_ref, email, email_normalized, name,
-                                 stripe_customer_id, created_at, updated_at)
-            SELECT v.id, t.member_ref, t.email, lower(t.email), t.name, t.member_customer,
-                   to_timestamp(t.first_created), to_timestamp(t.first_created)
-            FROM bench_subs t JOIN venues v ON v.account_id = t.account_id
-            WHERE t.member_ref IS NOT NULL
-            ON CONFLICT DO NOTHING""")
-        cur.execute("""
-            INSERT INTO stripe_customers (account_id, livemode, customer_id, email, name,
-                                          deleted, last_event_created, updated_at)
-            SELECT account_id, false, customer_id, mirrored_email, name, false, last_created,
-                   to_timestamp(last_created)
-            FROM bench_subs ON CONFLICT DO NOTHING""")
-        cur.execute("""
-            INSERT INTO subscriptions (account_id, livemode, subscription_id, customer_id,
-                                       venue_id, status, canceled, state, member_id,
-                                       last_event_created, updated_at)
-            SELECT t.account_id, false, t.subscription_id, t.customer_id, v.id, 'active',
-                   false, t.state, CASE WHEN t.state = 'linked' THEN m.id END, t.last_created,
-                   to_timestamp(t.last_created)
-            FROM bench_subs t LEFT JOIN venues v ON v.account_id = t.account_id
-            LEFT JOIN members m ON m.venue_id = v.id AND m.member_ref = t.member_ref
-            ON CONFLICT DO NOTHING""")
-        cur.execute("""
-            INSERT INTO mismatches (account_id, livemode, subscription_id, venue_id, "case",
-                                    customer_id, customer_email, linked_customer_id,
-                                    member_id, candidates, status, notified_case, opened_at,
-                                    updated_at)
-            SELECT t.account_id, false, t.subscription_id, v.id, t."case", t.customer_id,
-                   t.email, CASE WHEN t."case" = 1 THEN t.member_customer END,
-                   CASE WHEN t."case" = 1 THEN m.id END,
-                   CASE WHEN t."case" = 2 THEN json_build_array(json_build_object(
-                       'member_ref', m.member_ref, 'email', m.email,
-                       'stripe_customer_id', NULL))
-                   ELSE '[]'::json END,
-                   'open', t."case", to_timestamp(t.first_created + 60),
-                   to_timestamp(t.first_created + 60)
-            FROM bench_subs t JOIN venues v ON v.account_id = t.account_id
-            LEFT JOIN members m ON m.venue_id = v.id AND m.member_ref = t.member_ref
-            WHERE t.state = 'mismatch'
-            ON CONFLICT DO NOTHING""")
-        cur.execute("""
-            UPDATE mismatches SET status = 'resolved', resolution = 'linked',
-                   resolved_at = opened_at + interval '3 days',
-                   updated_at = opened_at + interval '3 days'
-            WHERE status = 'open' AND id NOT IN (
-                SELECT id FROM mismatches ORDER BY opened_at DESC, id DESC LIMIT %s)""",
-                    (OPEN_MISMATCHES,))
-        cur.execute("""
-            INSERT INTO notifications (key, mismatch_id, recipient, kind, status, attempts,
-                                       context, created_at, sent_at)
-            SELECT 'mismatch:' || m.id || ':case_' || m."case" || ':' || e.addr, m.id, e.addr,
-                   'case_' || m."case", 'sent', 1, json_build_object('case', m."case"),
-                   m.opened_at, m.opened_at + interval '1 minute'
-            FROM mismatches m JOIN venues v ON v.id = m.venue_id
-            CROSS JOIN LATERAL json_array_elements_text(v.admin_emails) AS e(addr)
-            ON CONFLICT DO NOTHING""")
+        _insert_venues(cur, clock)
+        _copy_subscriptions(cur, clock, k_max, g_end)
+        for sql in (MEMBERS_SQL, CUSTOMERS_SQL, SUBSCRIPTIONS_SQL, MISMATCHES_SQL):
+            cur.execute(sql)
+        cur.execute(RESOLVE_SQL, (OPEN_MISMATCHES,))
+        cur.execute(NOTIFICATIONS_SQL)
         if payments:
-            cur.execute("CREATE TEMP TABLE bench_payments (account_id text, subscription_id "
-                        "text, invoice_id text, charge_id text, payment_intent_id text, "
-                        "amount bigint, paid_at bigint) ON COMMIT DROP")
-            with cur.copy("COPY bench_payments FROM STDIN") as copy:
-                for p in payments:
-                    copy.write_row((p.account_id, p.subscription_id, p.invoice_id, p.charge_id,
-                                    p.payment_intent_id, p.amount, p.paid_at))
-            cur.execute("""
-                INSERT INTO payments (account_id, livemode, subscription_id, invoice_id,
-                                      charge_id, payment_intent_id, amount, currency, paid_at,
-                                      amount_refunded, disputed, updated_at)
-                SELECT account_id, false, subscription_id, invoice_id, charge_id,
-                       payment_intent_id, amount, 'eur', paid_at, 0, false, to_timestamp(paid_at)
-                FROM bench_payments ON CONFLICT DO NOTHING""")
+            _insert_payments(cur, payments)
 
 
 @dataclass
@@ -958,64 +1001,6 @@ def survey(pg_url: str) -> World:
 
 
 # --------------------------------------------------------------------------- the service
-
-
-class Service:
-    """The web tier as the Procfile starts it, on a loopback port, in its own process group."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self.base = f"http://127.0.0.1:{self.port}"
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(BIN / "gunicorn"), "--config", "listener/gunicorn.conf.py", "--bind",
-                 f"127.0.0.1:{self.port}", "listener.wsgi:app"],
-                cwd=ROOT, env={**env, "PUBLIC_BASE_URL": self.base}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gunicorn exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if requests.get(self.base + "/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"gunicorn not answering after {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def problems(self) -> list[str]:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return [line for line in text.splitlines()
-                if " ERROR " in line or " WARNING " in line or "[ERROR]" in line
-                or "Traceback" in line]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait()
 
 
 def _reaped_cpu(pid: int) -> float:
@@ -1085,7 +1070,6 @@ class Noise:
         return self.cores["other"] > 0.15
 
 
-_services: list[Service] = []
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 TIMELINE_SHOWN = re.compile(r"(\d+)(?: newest)? events? naming")
 
@@ -1167,16 +1151,15 @@ def time_service(args: argparse.Namespace, env: dict[str, str], world: World,
                  size_label: str) -> tuple[dict[str, Timed], list[str], int, Noise]:
     """The five requests through a fresh server: {name: Timed}, the server log's warning
     lines, the timeline length the mismatch page showed, and the machine's CPU meanwhile."""
-    import redis
     import requests
 
-    r = redis.Redis.from_url(args.redis_url)
-    r.flushdb()
-    r.close()
-    service = Service(env, LOG_DIR / f"history-gunicorn-{size_label}.log")
-    _services.append(service)
+    flush_redis(args.redis_url)
+    port = free_port()
+    service = start_gunicorn("gunicorn", "listener.wsgi:app",
+                             {**env, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"},
+                             LOG_DIR / f"history-gunicorn-{size_label}.log", port=port)
     try:
-        service.wait_ready()
+        wait_ready(service)
         http = requests.Session()
         sign_in_requests(http, service.base)
         deliveries = Deliveries(world.delivery)
@@ -1198,7 +1181,7 @@ def time_service(args: argparse.Namespace, env: dict[str, str], world: World,
             elapsed = (time.perf_counter() - started) * 1000
             if answer.status_code != 200:
                 raise SystemExit(f"{REQUEST_NAMES[name]} answered {answer.status_code}:\n"
-                                 f"{answer.text[:500]}\n{service.tail()}")
+                                 f"{answer.text[:500]}\n{tail(service.log)}")
             if name == "webhook" and b'"duplicate":true' in answer.content.replace(b" ", b""):
                 raise SystemExit("a timed delivery was taken for a duplicate")
             if name == "mismatch" and not shown:
@@ -1218,10 +1201,10 @@ def time_service(args: argparse.Namespace, env: dict[str, str], world: World,
                                                           for _ in range(args.requests)))
         noise = meter.stop()
         http.close()
-        return timed, service.problems(), shown[0] if shown else -1, noise
+        problems = log_lines(service.log, (" ERROR ", " WARNING ", "[ERROR]", "Traceback"))
+        return timed, problems, shown[0] if shown else -1, noise
     finally:
-        service.stop()
-        _services.remove(service)
+        stop_servers()
 
 
 # --------------------------------------------------------------------------- SQL
@@ -1331,21 +1314,9 @@ class PageProfile:
         return sum(s.ms for s in self.statements)
 
 
-def page_statements(env: dict[str, str], world: World, reps: int = 5
-                    ) -> dict[str, PageProfile]:
-    """Each page, requested in this process (the Flask app, no server) after a warm-up:
-    every SQL statement it sent, in order, with its median time over `reps` requests."""
-    import logging
-
+def _record_statements(engine: Any, seen: list[Statement]) -> None:
+    """Every statement `engine` sends goes to `seen`, with its time."""
     from sqlalchemy import event
-
-    from config import load_config
-    from listener.app import create_app
-
-    app = create_app(load_config({**env, "PUBLIC_BASE_URL": "http://127.0.0.1:5000"}))
-    logging.getLogger().setLevel(logging.WARNING)
-    database = app.extensions["db"]
-    seen: list[Statement] = []
 
     def before(conn: Any, _cursor: Any, _sql: str, _params: Any, _context: Any,
                _many: bool) -> None:
@@ -1356,9 +1327,11 @@ def page_statements(env: dict[str, str], world: World, reps: int = 5
         started = conn.info["bench_started"].pop()
         seen.append(Statement(sql, params, (time.perf_counter() - started) * 1000))
 
-    event.listen(database.engine, "before_cursor_execute", before)
-    event.listen(database.engine, "after_cursor_execute", after)
-    client = app.test_client()
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+
+
+def _signed_in(client: Any) -> None:
     page = client.get("/support/login").get_data(as_text=True)
     match = CSRF.search(page)
     assert match, "no CSRF token on /support/login"
@@ -1366,32 +1339,52 @@ def page_statements(env: dict[str, str], world: World, reps: int = 5
                                                  "username": STAFF_USER,
                                                  "password": STAFF_PASSWORD})
     assert answer.status_code == 303, answer.status_code
+
+
+def _profile(client: Any, path: str, seen: list[Statement], reps: int) -> PageProfile:
+    """`path` requested 3 times to warm up, then `reps` times: each statement's median time
+    (the last request's statements when they were not the same each time)."""
+    runs: list[list[Statement]] = []
+    walls: list[float] = []
+    for i in range(3 + reps):
+        seen.clear()
+        started = time.perf_counter()
+        response = client.get(path)
+        wall = (time.perf_counter() - started) * 1000
+        assert response.status_code == 200, (path, response.status_code)
+        if i >= 3:
+            runs.append(list(seen))
+            walls.append(wall)
+    if len({len(r) for r in runs}) != 1:  # not the same statements each time
+        return PageProfile(runs[-1], walls[-1])
+    return PageProfile(
+        [Statement(runs[0][j].sql, runs[0][j].params,
+                   statistics.median(r[j].ms for r in runs))
+         for j in range(len(runs[0]))], statistics.median(walls))
+
+
+def page_statements(env: dict[str, str], world: World, reps: int = 5
+                    ) -> dict[str, PageProfile]:
+    """Each page, requested in this process (the Flask app, no server) after a warm-up:
+    every SQL statement it sent, in order, with its median time over `reps` requests."""
+    import logging
+
+    from config import load_config
+    from listener.app import create_app
+
+    app = create_app(load_config({**env, "PUBLIC_BASE_URL": "http://127.0.0.1:5000"}))
+    logging.getLogger().setLevel(logging.WARNING)
+    database = app.extensions["db"]
+    seen: list[Statement] = []
+    _record_statements(database.engine, seen)
+    client = app.test_client()
+    _signed_in(client)
     paths = {"metrics": "/metrics", "support": "/support",
              "mismatch": f"/mismatches/{world.mismatch_id}"}
-    found: dict[str, PageProfile] = {}
     try:
-        for name, path in paths.items():
-            runs: list[list[Statement]] = []
-            walls: list[float] = []
-            for i in range(3 + reps):
-                seen.clear()
-                started = time.perf_counter()
-                response = client.get(path)
-                wall = (time.perf_counter() - started) * 1000
-                assert response.status_code == 200, (path, response.status_code)
-                if i >= 3:
-                    runs.append(list(seen))
-                    walls.append(wall)
-            if len({len(r) for r in runs}) != 1:  # not the same statements each time
-                found[name] = PageProfile(runs[-1], walls[-1])
-                continue
-            found[name] = PageProfile(
-                [Statement(runs[0][j].sql, runs[0][j].params,
-                           statistics.median(r[j].ms for r in runs))
-                 for j in range(len(runs[0]))], statistics.median(walls))
+        return {name: _profile(client, path, seen, reps) for name, path in paths.items()}
     finally:
         database.dispose()
-    return found
 
 
 def one_line(sql: str, width: int = 110) -> str:
@@ -1583,7 +1576,7 @@ def print_explain(args: argparse.Namespace, pg_url: str, result: SizeResult) -> 
         f"requests; over {args.slow_ms:g} ms: EXPLAIN ANALYZE with its parameters)")
     from sqlalchemy import create_engine
 
-    engine = create_engine(result_sa_url(args))
+    engine = create_engine(sqlalchemy_url(args.database_url))
     try:
         with engine.connect() as conn:
             for name, page in result.pages.items():
@@ -1602,27 +1595,7 @@ def print_explain(args: argparse.Namespace, pg_url: str, result: SizeResult) -> 
         engine.dispose()
 
 
-def result_sa_url(args: argparse.Namespace) -> str:
-    from config import load_config
-
-    return load_config({"DATABASE_URL": args.database_url, "SECRET_KEY": "bench",
-                        "INSTANCE_PATH": str(ROOT / "instance")}).database_url
-
-
 # --------------------------------------------------------------------------- main
-
-
-def drop_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    if not name.startswith(DROP_GUARD):
-        raise SystemExit(f"refusing to drop database {name!r}: its name must start with "
-                         f"{DROP_GUARD!r}")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1630,17 +1603,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default=DEFAULT_SIZES,
                         help=f"inbox sizes, ascending (default {DEFAULT_SIZES})")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
-                        help=f"PostgreSQL URL (default {DEFAULT_DATABASE_URL}; created if "
-                             f"missing, filled, kept)")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
-                        help=f"Redis URL, FLUSHED (default {DEFAULT_REDIS_URL})")
+    add_common_flags(parser, database_url=DEFAULT_DATABASE_URL,
+                     database_note="created if missing, filled, kept",
+                     redis_url=DEFAULT_REDIS_URL, runs=3)
     parser.add_argument("--keep", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the database at the end, so a rerun reuses the fills "
                              "(default); --no-keep drops it")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the database first and fill from nothing")
-    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20, help="sequential requests per run")
     parser.add_argument("--warmup", type=int, default=5,
                         help="rounds of every request before timing")
@@ -1664,21 +1634,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
-
-    pg_url = urlsplit(args.database_url)._replace(scheme="postgresql").geturl()
+    pg_url = libpq_url(args.database_url)
     say(f"history benchmark: sizes {', '.join(label(s) for s in args.size_list)}; database "
         f"{args.database_url}; redis {args.redis_url} (flushed); {os.cpu_count()} CPUs")
     if args.fresh:
         say("  --fresh: dropping the database")
-        drop_database(args.database_url)
+        drop_database(args.database_url, DROP_GUARD)
     try:
         sa_url = prepare_database(args.database_url, fresh=False)
     except Exception as exc:  # noqa: BLE001 - psycopg or alembic: say which server
         raise SystemExit(f"cannot prepare {args.database_url}: {exc}") from None
-    r = redis.Redis.from_url(args.redis_url)
-    r.flushdb()
-    r.close()
+    flush_redis(args.redis_url)
     import psycopg
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -1714,20 +1680,13 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(instance, ignore_errors=True)
         if not args.keep:
             say("--no-keep: dropping the database")
-            drop_database(args.database_url)
+            drop_database(args.database_url, DROP_GUARD)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    received: list[int] = []
-
-    def _terminate(signum: int, _frame: Any) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    received = interrupt_on()
     started = time.monotonic()
     with open(LOG_DIR / "history.log", "w") as log:
         sys.stdout = Tee(sys.__stdout__, log)  # type: ignore[assignment]
@@ -1740,8 +1699,7 @@ def main(argv: list[str] | None = None) -> int:
             say("\ninterrupted; server stopped (the fill so far is kept)")
             return 128 + (received[0] if received else signal.SIGINT)
         finally:
-            for service in list(_services):
-                service.stop()
+            stop_servers()
             sys.stdout = sys.__stdout__
 
 

@@ -4,44 +4,29 @@
     .venv/bin/python benchmarks/intake.py --quick    # short phases, about 50 s
     .venv/bin/python benchmarks/intake.py --help     # server settings, durations, URLs
 
-What it does:
+Each endpoint runs under gunicorn with the service's own settings (listener/gunicorn.conf.py:
+gevent, 2 workers; `--worker-class gthread` measures the earlier setting), on a loopback port:
+- service: the real service (`listener.wsgi:app`);
+- floor: the least verify → store → enqueue can cost (`benchmarks/floor_app.py`);
+- bare: a Flask app with one POST route answering 200 JSON (`benchmarks/bare_app.py`);
+- unstored (unless --no-ceiling): the service with its insert and enqueue switched off
+  (`benchmarks/intake_unstored.py`): what the rest of intake costs.
 
-1. Prepares PostgreSQL (benchmarks/harness.py prepare_database: creates the database if
-   missing, runs the migrations; then empties its inbox tables) and Redis (FLUSHES the given
-   Redis database), then starts, under gunicorn with the same settings, each on its own
-   loopback port:
-   - service: the real service (`listener.wsgi:app`);
-   - floor: the least verify → store → enqueue can cost (`benchmarks/floor_app.py`: the bare
-     endpoint plus stripe-python's verify_header, json.loads, a raw psycopg insert of the same
-     row and one RQ enqueue of the same job);
-   - bare: a Flask app with one POST route answering 200 JSON (`benchmarks/bare_app.py`);
-   - unstored (unless --no-ceiling): the service with its insert and enqueue switched off
-     (`benchmarks/intake_unstored.py`): what the rest of intake costs.
-2. Drives signed, unique Stripe-shaped events (`customer.subscription.created` from a
-   connected account, signed with stripe-python's own signing) at each from an asyncio load
-   generator in this process, on persistent (keep-alive) connections (harness.Conn):
-   - phase A, peak: closed loop, N connections, fixed duration;
-   - phase B, latency: open loop at half of each endpoint's own peak (bare, floor, service).
-     Latency is measured from each request's scheduled send time, so a stalled server cannot
-     hide its queueing delay.
-   Within each phase the endpoints take turns in --rounds slices, so a neighbour's load
-   spike lands on all of them rather than on one.
-3. Prints events/s, p50, p99 and the server's own CPU per event (web µs/ev) per endpoint, the
-   service/floor ratios of CPU per event and of throughput, service/bare and floor/bare, and
-   PASS/MISS against the targets (web CPU per event within 1.5x of the floor's; throughput at
-   least 2/3 of the floor's; p99 < 50 ms at half the service's own peak); with more than one
-   round, min / median / max over the rounds. `--strict` exits 1 on a MISS.
-4. Verifies that every event the service accepted is exactly one row in stripe_events and one
-   job in the RQ queue 'mismatch' (exit 2 if not).
+An asyncio load generator in this process sends signed, unique `customer.subscription.created`
+Connect events on keep-alive connections: phase A (peak) a closed loop of N connections;
+phase B (latency) an open loop at half each endpoint's own peak, latency counted from each
+request's scheduled time so a stalled server cannot hide its queueing. The endpoints take
+turns in --rounds slices, so a neighbour's load spike lands on all of them. Then each app is
+called in-process (no server, one thread) for the CPU its code costs alone.
 
-The load generator shares the machine's cores with the servers, PostgreSQL and Redis; that
-is why the service is compared with endpoints measured the same way in the same run. For each
-peak phase it prints the CPU used per process group (servers, load generator, PostgreSQL,
-Redis, anything else on the machine) and per event. CPU per event is the noise-robust figure:
-throughput on two shared cores moves with whatever else runs; the CPU an event costs does not.
-
-Server settings default to the Procfile's (listener/gunicorn.conf.py: gevent, 2 workers);
-`--worker-class gthread` (2 threads each unless --threads) measures the earlier setting.
+It prints events/s, p50, p99 and the server's own CPU per event per endpoint, the ratios to
+the floor and the bare endpoint (min / median / max over the rounds), the CPU used by every
+process group, and PASS/MISS against the targets: web CPU per event within 1.5x of the
+floor's; throughput at least 2/3 of the floor's; p99 < 50 ms at half the service's own peak
+(`--strict` exits 1 on a MISS). CPU per event is the noise-robust figure: throughput on two
+shared cores moves with whatever else runs; the CPU an event costs does not. Last it checks
+that every accepted event is one row in stripe_events and one job in the RQ queue 'mismatch'
+(exit 2 if not).
 
 Never point --database-url or --redis-url at data you care about: the Redis database is
 flushed, and a database whose name starts with "bench" has its inbox tables truncated.
@@ -57,34 +42,42 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/intake.py
 
 from benchmarks.harness import (
     ROOT,
     Conn,
+    CpuMeter,
+    CpuUse,
+    Server,
     Spread,
-    die_with_parent,
-    machine_cpu,
+    Targets,
+    add_common_flags,
+    database_name,
+    empty_inbox,
+    environment,
+    flush_redis,
+    interrupt_on,
+    log_lines,
+    percentile_ms,
     prepare_database,
-    processes,
     ratio,
     signed_request,
+    start_gunicorn,
+    stop_servers,
     tail,
-    verdict,
+    wait_ready,
 )
-from standins.localstripe import free_port
-
-BIN = Path(sys.executable).parent
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/bench_intake"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -96,16 +89,16 @@ P99_TARGET_MS = 50.0
 CPU_RATIO_TARGET = 1.5  # service web CPU per event / the floor's
 FLOOR_SHARE_TARGET = 2 / 3  # service throughput / the floor's
 REQUEST_TIMEOUT = 30.0
+# Every endpoint of the run, in the order they take turns (unstored: unless --no-ceiling).
+APPS = {"bare": "benchmarks.bare_app:app", "floor": "benchmarks.floor_app:app",
+        "service": "listener.wsgi:app", "unstored": "benchmarks.intake_unstored:app"}
 
 
 # --------------------------------------------------------------------------- events
 
 
-def _subscription_event_template() -> str:
-    """A Stripe-shaped customer.subscription.created event (pretty-printed, like Stripe
-    sends it), with %-placeholders for what changes per delivery."""
-    now = int(time.time())
-    price = {
+def _price(now: int) -> dict[str, Any]:
+    return {
         "id": "price_1BenchMonthly00000000", "object": "price", "active": True,
         "billing_scheme": "per_unit", "created": now - 86400, "currency": "eur",
         "custom_unit_amount": None, "livemode": False, "lookup_key": None, "metadata": {},
@@ -115,15 +108,23 @@ def _subscription_event_template() -> str:
         "tax_behavior": "unspecified", "tiers_mode": None, "transform_quantity": None,
         "type": "recurring", "unit_amount": 4900, "unit_amount_decimal": "4900",
     }
-    plan = {
-        "id": price["id"], "object": "plan", "active": True, "aggregate_usage": None,
+
+
+def _plan(price_id: str, now: int) -> dict[str, Any]:
+    return {
+        "id": price_id, "object": "plan", "active": True, "aggregate_usage": None,
         "amount": 4900, "amount_decimal": "4900", "billing_scheme": "per_unit",
         "created": now - 86400, "currency": "eur", "interval": "month", "interval_count": 1,
         "livemode": False, "metadata": {}, "meter": None, "nickname": "Monthly membership",
         "product": "prod_BenchMembership0", "tiers_mode": None, "transform_usage": None,
         "trial_period_days": None, "usage_type": "licensed",
     }
-    subscription = {
+
+
+def _subscription(now: int) -> dict[str, Any]:
+    price = _price(now)
+    plan = _plan(price["id"], now)
+    return {
         "id": "%(sub)s", "object": "subscription", "application": None,
         "application_fee_percent": None,
         "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
@@ -157,10 +158,16 @@ def _subscription_event_template() -> str:
         "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
         "trial_start": None,
     }
+
+
+def _subscription_event_template() -> str:
+    """A Stripe-shaped customer.subscription.created event (pretty-printed, like Stripe
+    sends it), with %-placeholders for what changes per delivery."""
     event = {
         "id": "%(evt)s", "object": "event", "account": "%(acct)s", "api_version": "2024-06-20",
-        "created": "%(created)s", "data": {"object": subscription}, "livemode": False,
-        "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
+        "created": "%(created)s", "data": {"object": _subscription(int(time.time()))},
+        "livemode": False, "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
         "type": "customer.subscription.created",
     }
     text = json.dumps(event, indent=2)
@@ -207,7 +214,7 @@ class Stats:
     offered_rate: float = 0.0
     max_lag: float = 0.0  # open loop: worst delay between scheduled and actual send
     connects: int = 0
-    cpu_seconds: Counter = field(default_factory=Counter)  # by process group, see CpuMeter
+    cpu_seconds: Counter = field(default_factory=Counter)  # by process group (CpuMeter)
     cpu_wall: float = 0.0
     cpu_other: Counter = field(default_factory=Counter)  # "other" CPU seconds by command
     # One entry per round (slice) run: (answered, seconds, latencies[start:end]).
@@ -227,7 +234,7 @@ class Stats:
         return [n / dt if dt else 0.0 for n, dt, _, _ in self.rounds]
 
     def round_pct(self, q: float) -> list[float]:
-        return [percentile(self.latencies[a:b], q) for _, _, a, b in self.rounds]
+        return [percentile_ms(self.latencies[a:b], q) for _, _, a, b in self.rounds]
 
     def record(self, latency: float, status: int, body: bytes) -> None:
         if status == 200:
@@ -249,16 +256,13 @@ class Stats:
         return self.ok / self.elapsed if self.elapsed else 0.0
 
     def pct(self, q: float) -> float:
-        return percentile(self.latencies, q)
+        return percentile_ms(self.latencies, q)
 
-
-def percentile(latencies: list[float], q: float) -> float:
-    """Nearest-rank percentile in milliseconds (nan when nothing succeeded)."""
-    if not latencies:
-        return float("nan")
-    data = sorted(latencies)
-    index = min(len(data) - 1, max(0, int(round(q / 100 * len(data) + 0.5)) - 1))
-    return data[index] * 1000
+    def add_cpu(self, use: CpuUse) -> None:
+        """Add a phase's CPU (harness.CpuMeter) to this endpoint's."""
+        self.cpu_wall += use.wall
+        self.cpu_seconds.update(use.seconds)
+        self.cpu_other.update(use.other_by_command)
 
 
 async def exchange(conn: Conn, data: bytes, since: float, stats: Stats) -> bool:
@@ -341,153 +345,31 @@ async def open_loop(port: int, factory: EventFactory, rate: float, duration: flo
         conn.close()
 
 
-# --------------------------------------------------------------------------- CPU accounting
-
-
-class CpuMeter:
-    """CPU seconds used between start() and stop(), by group: the service's gunicorn, the bare
-    gunicorn, this load generator, PostgreSQL, Redis, everything else."""
-
-    def __init__(self, groups: dict[int, str]) -> None:
-        self.groups = groups  # process group id -> label
-
-    def _label(self, pid: int, comm: str, pgid: int) -> str:
-        if pid == os.getpid():
-            return "loadgen"
-        if pgid in self.groups:
-            return self.groups[pgid]
-        if comm.startswith("postgres"):
-            return "postgres"
-        if comm.startswith("redis-server"):
-            return "redis"
-        return "other"
-
-    def start(self) -> None:
-        self._before, self._machine = processes(), machine_cpu()
-        self._t0 = time.perf_counter()
-
-    def stop(self, stats: Stats) -> None:
-        """Add the CPU seconds used since start() to `stats`, by group. "other" is the machine's
-        busy time minus our groups, so it includes processes that exited meanwhile."""
-        after, machine = processes(), machine_cpu()
-        stats.cpu_wall += time.perf_counter() - self._t0
-        ours: Counter = Counter()
-        listed = 0.0
-        for pid, info in after.items():
-            before = self._before.get(pid)  # (kernel threads rename themselves: match on pid)
-            delta = info.cpu - before.cpu if before else info.cpu
-            label = self._label(pid, info.comm, info.pgid)
-            if label == "other":
-                stats.cpu_other[info.comm.split("/")[0]] += delta
-                listed += delta
-            else:
-                ours[label] += delta
-        busy = machine[0] - self._machine[0]
-        total = machine[1] - self._machine[1]
-        other = max(0.0, busy - sum(ours.values()))
-        stats.cpu_seconds.update(ours)
-        stats.cpu_seconds["other"] += other
-        stats.cpu_seconds["idle"] += max(0.0, total - busy)
-        if other - listed > 0:
-            stats.cpu_other["(exited, irq)"] += other - listed
-
-
 # --------------------------------------------------------------------------- servers
 
 
-_children: list[subprocess.Popen] = []
-
-
-def stop_children() -> None:
-    """Stop every gunicorn this script started (each is its own process group)."""
-    for proc in _children:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 10
-    for proc in _children:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    _children.clear()
-
-
-@dataclass
-class Server:
-    name: str
-    port: int
-    proc: subprocess.Popen
-    log: Path
-
-
-def gunicorn_args(args: argparse.Namespace, port: int) -> list[str]:
+def gunicorn_options(args: argparse.Namespace) -> list[str]:
     """The service's own gunicorn settings (listener/gunicorn.conf.py), for every endpoint,
     with this run's overrides."""
-    cmd = [str(BIN / "gunicorn"), "--config", str(ROOT / "listener" / "gunicorn.conf.py"),
-           "--bind", f"127.0.0.1:{port}",
-           "--workers", str(args.workers), "--worker-class", args.worker_class,
-           "--backlog", "2048", "--timeout", "60", "--graceful-timeout", "5",
-           "--keep-alive", str(args.keep_alive)]
+    options = ["--workers", str(args.workers), "--worker-class", args.worker_class,
+               "--backlog", "2048", "--timeout", "60", "--graceful-timeout", "5",
+               "--keep-alive", str(args.keep_alive)]
     if args.worker_class == "gthread":
-        cmd += ["--threads", str(args.threads)]
-    return cmd
+        options += ["--threads", str(args.threads)]
+    return options
 
 
-def start_server(name: str, app: str, args: argparse.Namespace, env: dict[str, str],
-                 logdir: Path) -> Server:
-    port = free_port()
-    log = logdir / f"{name}.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [*gunicorn_args(args, port), app], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    _children.append(proc)
-    return Server(name, port, proc, log)
-
-
-def wait_ready(server: Server, timeout: float = 60.0) -> None:
-    """Ready when the endpoint answers (a GET: 405, nothing stored)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise SystemExit(f"{server.name}: gunicorn exited ({server.proc.returncode}):\n"
-                             + tail(server.log))
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
-                s.sendall(f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                          "Connection: close\r\n\r\n".encode())
-                if s.recv(64).startswith(b"HTTP/1."):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{server.name}: not answering on port {server.port} after {timeout}s:\n"
-                     + tail(server.log))
-
-
-# --------------------------------------------------------------------------- PostgreSQL, Redis
-
-
-def clean_inbox(sa_url: str, url: str) -> None:
-    """Empty the inbox tables of a PostgreSQL database whose name starts with "bench", so
-    each run starts from an empty inbox (verify_intake counts this run's events anyway)."""
-    from sqlalchemy import create_engine, text
-
-    if not (sa_url.startswith("postgresql") and urlsplit(url).path.lstrip("/").startswith("bench")):
-        return
-    engine = create_engine(sa_url)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE stripe_events, rejected_deliveries"))
-    engine.dispose()
+def start_servers(args: argparse.Namespace, env: dict[str, str], logdir: Path
+                  ) -> dict[str, Server]:
+    """Every endpoint of the run, in the order they take turns, ready (a GET of the webhook
+    path is answered: 405, nothing stored)."""
+    apps = {name: app for name, app in APPS.items() if args.ceiling or name != "unstored"}
+    servers = {name: start_gunicorn(name, app, env, logdir / f"{name}.log",
+                                    *gunicorn_options(args))
+               for name, app in apps.items()}
+    for server in servers.values():
+        wait_ready(server, PATH, b"HTTP/1.")
+    return servers
 
 
 def verify_intake(sa_url: str, redis_url: str, prefix: str, stats: list[Stats]) -> tuple[bool, str]:
@@ -559,54 +441,106 @@ def _fmt_cpu(stats: Stats) -> str:
     return line
 
 
-def run(args: argparse.Namespace) -> int:
-    import redis
+def prepare_stores(args: argparse.Namespace) -> str:
+    """The database migrated, its inbox empty (a bench… database only), Redis flushed; the
+    database's SQLAlchemy URL."""
+    print(f"database {args.database_url}; redis {args.redis_url} (flushed)")
+    try:
+        sa_url = prepare_database(args.database_url, fresh=False)
+    except Exception as exc:  # noqa: BLE001 - psycopg or SQLAlchemy: say which server
+        raise SystemExit(f"cannot prepare {args.database_url}: {exc}") from None
+    if not sa_url.startswith("postgresql"):
+        raise SystemExit("the intake benchmark measures PostgreSQL (its floor endpoint "
+                         "writes with psycopg): give a postgresql:// --database-url")
+    if database_name(args.database_url).startswith("bench"):
+        empty_inbox(args.database_url)  # verify_intake counts this run's events anyway
+    flush_redis(args.redis_url)
+    return sa_url
 
+
+def server_settings(args: argparse.Namespace) -> str:
+    import gunicorn
+
+    threads = f", threads {args.threads}" if args.worker_class == "gthread" else ""
+    return (f"gunicorn {gunicorn.__version__}, worker class {args.worker_class}, "
+            f"workers {args.workers}{threads}, keep-alive {args.keep_alive}s, bind 127.0.0.1")
+
+
+@dataclass
+class Phases:
+    """The endpoints driven in turns, each phase's CPU measured (harness.CpuMeter)."""
+
+    servers: dict[str, Server]
+    events: dict[str, EventFactory]
+    meter: CpuMeter
+    rounds: int
+
+    def go(self, label: str, coro: Coroutine[Any, Any, None], stats: Stats) -> None:
+        mark = stats.mark()
+        self.meter.start()
+        asyncio.run(coro)
+        stats.add_cpu(self.meter.stop())
+        n, dt = stats.end_round(mark)
+        print(f" {label} {n / dt if dt else 0:.0f}/s", end="", flush=True)
+
+    def closed(self, name: str, connections: int, seconds: float, stats: Stats) -> None:
+        self.go(name, closed_loop(self.servers[name].port, self.events[name], connections,
+                                  seconds, stats), stats)
+
+    def warm_up(self, connections: int, seconds: float) -> dict[str, Stats]:
+        """Every worker connects to PostgreSQL and Redis and imports lazily."""
+        warm = {name: Stats(name) for name in self.servers}
+        print("  warm-up:", end="")
+        for name in self.servers:
+            self.closed(name, connections, seconds, warm[name])
+        print()
+        return warm
+
+    def peak(self, connections: int, seconds: float) -> dict[str, Stats]:
+        peak = {name: Stats(name) for name in self.servers}
+        order = list(self.servers)
+        for i in range(self.rounds):
+            print(f"  peak round {i + 1}/{self.rounds}:", end="")
+            for name in order[:: 1 if i % 2 == 0 else -1]:
+                self.closed(name, connections, seconds / self.rounds, peak[name])
+            print()
+        return peak
+
+    def half_peak(self, peak: dict[str, Stats], max_connections: int, seconds: float
+                  ) -> dict[str, Stats]:
+        """Latency at half of each one's own peak (the unstored variant only shows a
+        ceiling)."""
+        half = {name: Stats(name) for name in ("bare", "floor", "service")}
+        rates = {name: peak[name].rate / 2 for name in half}
+        for i in range(self.rounds):
+            print(f"  open-loop round {i + 1}/{self.rounds}:", end="")
+            for name in list(half)[:: 1 if i % 2 == 0 else -1]:
+                self.go(f"{name}@{rates[name]:.0f}",
+                        open_loop(self.servers[name].port, self.events[name], rates[name],
+                                  seconds / self.rounds, max_connections, half[name]),
+                        half[name])
+            print()
+        return half
+
+
+def run(args: argparse.Namespace) -> int:
     if args.quick:
         warmup, peak_s, open_s, rounds = 1.0, 4.0, 4.0, 2
     else:
         warmup, peak_s, open_s, rounds = 2.0, args.duration, args.open_duration, args.rounds
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-intake-"))
     try:
-        print(f"database {args.database_url}; redis {args.redis_url} (flushed)")
-        try:
-            sa_url = prepare_database(args.database_url, fresh=False)
-        except Exception as exc:  # noqa: BLE001 - psycopg or SQLAlchemy: say which server
-            raise SystemExit(f"cannot prepare {args.database_url}: {exc}") from None
-        if not sa_url.startswith("postgresql"):
-            raise SystemExit("the intake benchmark measures PostgreSQL (its floor endpoint "
-                             "writes with psycopg): give a postgresql:// --database-url")
-        clean_inbox(sa_url, args.database_url)
-        r = redis.Redis.from_url(args.redis_url)
-        r.flushdb()
-        r.close()
-
-        env = dict(os.environ)
-        for var in ("RQ_QUEUE", "PROMETHEUS_MULTIPROC_DIR", "FLASK_ENV", "MISMATCH_ENV"):
-            env.pop(var, None)
-        env.update(
+        sa_url = prepare_stores(args)
+        env = environment(
+            without=("RQ_QUEUE", "PROMETHEUS_MULTIPROC_DIR", "FLASK_ENV", "MISMATCH_ENV"),
             DATABASE_URL=args.database_url, REDIS_URL=args.redis_url,
             STRIPE_WEBHOOK_SECRETS=PLATFORM_SECRET, STRIPE_CONNECT_WEBHOOK_SECRETS=CONNECT_SECRET,
             INSTANCE_PATH=str(tmp / "instance"), SECRET_KEY="bench-secret-key",
-            PYTHONUNBUFFERED="1",
-        )
-        # Every endpoint of the run, in the order they take turns; each its own events.
-        apps = {"bare": "benchmarks.bare_app:app", "floor": "benchmarks.floor_app:app",
-                "service": "listener.wsgi:app"}
-        if args.ceiling:
-            apps["unstored"] = "benchmarks.intake_unstored:app"
-        servers = {name: start_server(name, app, args, env, tmp) for name, app in apps.items()}
-        for server in servers.values():
-            wait_ready(server)
-        meter = CpuMeter({server.proc.pid: name for name, server in servers.items()})
-
+            PYTHONUNBUFFERED="1")
+        servers = start_servers(args, env, tmp)
         run_id = secrets.token_hex(4)
         events = {name: EventFactory(run_id + name[0], CONNECT_SECRET) for name in servers}
-        threads = f", threads {args.threads}" if args.worker_class == "gthread" else ""
-        settings = (f"gunicorn {_gunicorn_version()}, worker class {args.worker_class}, "
-                    f"workers {args.workers}{threads}, keep-alive {args.keep_alive}s, "
-                    f"bind 127.0.0.1")
+        settings = server_settings(args)
         ports = ", ".join(f"{name} :{server.port}" for name, server in servers.items())
         print(f"server: {settings} ({ports}); {os.cpu_count()} CPUs")
         print(f"events: customer.subscription.created from a connected account, "
@@ -615,57 +549,24 @@ def run(args: argparse.Namespace) -> int:
               f"connections, {peak_s:g}s per endpoint. Latency: open loop, {open_s:g}s per "
               f"series, ≤{args.max_connections} in flight. Endpoints alternate in {rounds} "
               f"rounds so a noisy neighbour hits all alike.\n")
-
-        def go(label: str, coro, stats: Stats) -> None:
-            mark = stats.mark()
-            meter.start()
-            asyncio.run(coro)
-            meter.stop(stats)
-            n, dt = stats.end_round(mark)
-            print(f" {label} {n / dt if dt else 0:.0f}/s", end="", flush=True)
-
-        # Warm-up: every worker connects to PostgreSQL and Redis and imports lazily.
-        warm = {name: Stats(name) for name in servers}
-        print("  warm-up:", end="")
-        for name, server in servers.items():
-            go(name, closed_loop(server.port, events[name], args.connections, warmup,
-                                 warm[name]), warm[name])
-        print()
-
-        peak = {name: Stats(name) for name in servers}
-        order = list(servers)
-        for i in range(rounds):
-            print(f"  peak round {i + 1}/{rounds}:", end="")
-            for name in order[:: 1 if i % 2 == 0 else -1]:
-                go(name, closed_loop(servers[name].port, events[name], args.connections,
-                                     peak_s / rounds, peak[name]), peak[name])
-            print()
-
-        # Latency at half of each one's own peak (the unstored variant only shows a ceiling).
-        half = {name: Stats(name) for name in ("bare", "floor", "service")}
-        rates = {name: peak[name].rate / 2 for name in half}
-        for i in range(rounds):
-            print(f"  open-loop round {i + 1}/{rounds}:", end="")
-            for name in list(half)[:: 1 if i % 2 == 0 else -1]:
-                go(f"{name}@{rates[name]:.0f}",
-                   open_loop(servers[name].port, events[name], rates[name], open_s / rounds,
-                             args.max_connections, half[name]), half[name])
-            print()
-
+        phases = Phases(servers, events,
+                        CpuMeter({server.proc.pid: name for name, server in servers.items()}),
+                        rounds)
+        warm = phases.warm_up(args.connections, warmup)
+        peak = phases.peak(args.connections, peak_s)
+        half = phases.half_peak(peak, args.max_connections, open_s)
         print("  in-process (no server, one thread): bare, floor, service", flush=True)
         # Its own queue, so verify_intake below counts the served run's jobs only.
-        direct = in_process({name: apps[name] for name in ("bare", "floor", "service")},
+        direct = in_process({name: APPS[name] for name in ("bare", "floor", "service")},
                             {**env, "RQ_QUEUE": "mismatch-in-process"}, tmp)
-
         ok, verification = verify_intake(
             sa_url, args.redis_url, events["service"].prefix,
             [warm["service"], peak["service"], half["service"]])
-        log_lines = servers["service"].log.read_text(errors="replace").splitlines()
-        problems = [line for line in log_lines
-                    if " ERROR " in line or " WARNING " in line or "[ERROR]" in line]
-        return report(args, settings, rounds, peak, half, direct, ok, verification, problems)
+        problems = log_lines(servers["service"].log, (" ERROR ", " WARNING ", "[ERROR]"))
+        return report(args, settings, rounds, Results(peak, half, direct), ok, verification,
+                      problems)
     finally:
-        stop_children()
+        stop_servers(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -674,50 +575,61 @@ def _server_cpu(stats: Stats) -> float:
     return stats.cpu_seconds.get(stats.name, 0.0) / stats.ok * 1e6 if stats.ok else 0.0
 
 
-def report(args: argparse.Namespace, settings: str, rounds: int, peak: dict[str, Stats],
-           half: dict[str, Stats], direct: dict[str, Spread], ok: bool, verification: str,
-           problems: list[str]) -> int:
-    results: list[bool] = []
+@dataclass
+class Results:
+    peak: dict[str, Stats]  # closed loop, by endpoint
+    half: dict[str, Stats]  # open loop at half each one's peak
+    direct: dict[str, Spread]  # in-process CPU µs per event
 
-    def target(name: str, value: str, met: bool) -> None:
-        results.append(met)
-        print(f"  {name:<52} {value:>10}   {verdict(met)}")
+    def share(self, name: str, against: str) -> float:
+        """Throughput of `name` as a share of `against`'s."""
+        rate = self.peak[against].rate
+        return self.peak[name].rate / rate if rate else 0.0
 
-    def share(name: str, against: str) -> float:
-        return peak[name].rate / peak[against].rate if peak[against].rate else 0.0
+    @property
+    def cpu_ratio(self) -> float:
+        floor = _server_cpu(self.peak["floor"])
+        return _server_cpu(self.peak["service"]) / floor if floor else float("inf")
 
-    print("\n" + "=" * 80)
-    print(f"server: {settings}; {os.cpu_count()} CPUs shared with the load generator")
+    def rows(self) -> list[tuple[str, Stats]]:
+        rows = [(f"peak (closed loop), {name}", s) for name, s in self.peak.items()]
+        return rows + [(f"open loop @ {s.offered_rate:.0f}/s (½ own peak), {name}", s)
+                       for name, s in self.half.items()]
+
+
+def _print_table(results: Results) -> None:
     print(f"\n{'':40}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'web µs/ev':>11}")
-    rows = [(f"peak (closed loop), {name}", s) for name, s in peak.items()]
-    rows += [(f"open loop @ {s.offered_rate:.0f}/s (½ own peak), {name}", s)
-             for name, s in half.items()]
-    for label, s in rows:
+    for label, s in results.rows():
         errs = sum(s.errors.values()) + s.unsent
         cpu = f"{_server_cpu(s):>11.0f}" if label.startswith("peak") else ""
         print(f"{label:<40}{s.rate:>10.0f}{s.pct(50):>9.1f}{s.pct(99):>9.1f}{errs:>8}{cpu}")
     print("  (web µs/ev: the server's own CPU per answered event, all its processes)")
-    cpu_ratio = (_server_cpu(peak["service"]) / _server_cpu(peak["floor"])
-                 if _server_cpu(peak["floor"]) else float("inf"))
+    share = results.share
     print(f"\n{'throughput service / floor':<40}{share('service', 'floor'):>10.1%}")
-    print(f"{'web CPU per event service / floor':<40}{cpu_ratio:>10.2f}×")
+    print(f"{'web CPU per event service / floor':<40}{results.cpu_ratio:>10.2f}×")
     print(f"{'throughput service / bare':<40}{share('service', 'bare'):>10.1%}")
     print(f"{'throughput floor / bare':<40}{share('floor', 'bare'):>10.1%}   (what verify, "
           f"store and enqueue cost at the least)")
-    if "unstored" in peak:
+    if "unstored" in results.peak:
         print(f"{'throughput unstored / bare':<40}{share('unstored', 'bare'):>10.1%}   (the "
               f"service with its insert and enqueue\n{'':40}switched off: what the rest of "
               f"intake costs)")
-    if rounds > 1:
-        print(f"\nper round, min / median / max over {rounds} rounds")
-        print(f"{'':40}{'events/s':>24}{'p99 ms':>24}")
-        for label, s in rows:
-            print(f"{label:<40}{Spread.of(s.round_rates()).show():>24}"
-                  f"{Spread.of(s.round_pct(99)).show('.1f'):>24}")
-        for name, against in (("service", "floor"), ("service", "bare"), ("floor", "bare")):
-            if all(peak[against].round_rates()):
-                spread = ratio(peak[name].round_rates(), peak[against].round_rates())
-                print(f"{f'throughput {name} / {against}':<40}{spread.show('.1%'):>24}")
+
+
+def _print_rounds(results: Results, rounds: int) -> None:
+    print(f"\nper round, min / median / max over {rounds} rounds")
+    print(f"{'':40}{'events/s':>24}{'p99 ms':>24}")
+    for label, s in results.rows():
+        print(f"{label:<40}{Spread.of(s.round_rates()).show():>24}"
+              f"{Spread.of(s.round_pct(99)).show('.1f'):>24}")
+    peak = results.peak
+    for name, against in (("service", "floor"), ("service", "bare"), ("floor", "bare")):
+        if all(peak[against].round_rates()):
+            spread = ratio(peak[name].round_rates(), peak[against].round_rates())
+            print(f"{f'throughput {name} / {against}':<40}{spread.show('.1%'):>24}")
+
+
+def _print_in_process(direct: dict[str, Spread]) -> None:
     print(f"\nin-process, no server, one thread: CPU µs per event, min / median / max of 3 x "
           f"{IN_PROCESS_EVENTS}")
     for name, spread in direct.items():
@@ -725,33 +637,53 @@ def report(args: argparse.Namespace, settings: str, rounds: int, peak: dict[str,
     in_ratio = ratio(direct["service"].values, direct["floor"].values).show(".2f")
     print(f"  {'service / floor':<38}{in_ratio:>24}   (our Python above the floor's, "
           f"without the server's share)")
-    print("\ntargets")
-    target("web CPU per event within 1.5× of the floor's", f"{cpu_ratio:.2f}×",
-           cpu_ratio <= CPU_RATIO_TARGET)
-    target("throughput ≥ 2/3 of the floor endpoint's", f"{share('service', 'floor'):.1%}",
-           share("service", "floor") >= FLOOR_SHARE_TARGET)
-    service_half = half["service"]
-    target(f"service p99 < 50 ms at ½ own peak ({service_half.offered_rate:.0f}/s)",
-           f"{service_half.pct(99):.1f} ms",
-           service_half.pct(99) < P99_TARGET_MS and not service_half.errors
-           and not service_half.unsent)
 
+
+def _check_targets(results: Results) -> bool:
+    print("\ntargets")
+    targets = Targets("  {name:<52} {value:>10}   {verdict}")
+    targets.check("web CPU per event within 1.5× of the floor's", f"{results.cpu_ratio:.2f}×",
+                  results.cpu_ratio <= CPU_RATIO_TARGET)
+    share = results.share("service", "floor")
+    targets.check("throughput ≥ 2/3 of the floor endpoint's", f"{share:.1%}",
+                  share >= FLOOR_SHARE_TARGET)
+    half = results.half["service"]
+    targets.check(f"service p99 < 50 ms at ½ own peak ({half.offered_rate:.0f}/s)",
+                  f"{half.pct(99):.1f} ms",
+                  half.pct(99) < P99_TARGET_MS and not half.errors and not half.unsent)
+    return targets.all_met
+
+
+def _print_cpu(results: Results, max_connections: int) -> None:
     print(f"\nCPU during the peak phases ({os.cpu_count()} cores in all)")
-    for name, s in peak.items():
+    for name, s in results.peak.items():
         print(f"  {name + ':':<9} {_fmt_cpu(s)}")
-    noisy = max(s.cpu_seconds.get("other", 0.0) / (s.cpu_wall or 1.0) for s in peak.values())
+    noisy = max(s.cpu_seconds.get("other", 0.0) / (s.cpu_wall or 1.0)
+                for s in results.peak.values())
     if noisy > 0.15:
         print(f"  WARNING: unrelated processes used up to {noisy:.2f} cores during the "
               "peak phases: figures are disturbed; rerun on an idle machine")
-    for s in half.values():
+    for s in results.half.values():
         if s.unsent:
             print(f"  note: open loop {s.name} @ {s.offered_rate:.0f}/s: {s.unsent} "
-                  f"deliveries never sent (all {args.max_connections} connections stayed "
+                  f"deliveries never sent (all {max_connections} connections stayed "
                   f"busy: the server cannot sustain this rate); counted as errors")
         elif s.max_lag > 0.01:
             print(f"  note: open loop {s.name} @ {s.offered_rate:.0f}/s: the load generator "
                   f"sent up to {s.max_lag * 1000:.0f} ms late (CPU starved); latency "
                   f"still counts from the scheduled time")
+
+
+def report(args: argparse.Namespace, settings: str, rounds: int, results: Results, ok: bool,
+           verification: str, problems: list[str]) -> int:
+    print("\n" + "=" * 80)
+    print(f"server: {settings}; {os.cpu_count()} CPUs shared with the load generator")
+    _print_table(results)
+    if rounds > 1:
+        _print_rounds(results, rounds)
+    _print_in_process(results.direct)
+    met = _check_targets(results)
+    _print_cpu(results, args.max_connections)
     print(f"\nverification (service): {verification}")
     if problems:
         print(f"  service log: {len(problems)} warning/error lines, first ones:")
@@ -759,7 +691,7 @@ def report(args: argparse.Namespace, settings: str, rounds: int, peak: dict[str,
     print("=" * 80)
     if not ok:
         return 2
-    return 1 if args.strict and not all(results) else 0
+    return 1 if args.strict and not met else 0
 
 
 IN_PROCESS_EVENTS = 900  # per repetition; 3 repetitions each, after 300 to warm up
@@ -839,19 +771,12 @@ def in_process(names: dict[str, str], env: dict[str, str], logdir: Path) -> dict
     return {name: Spread.of(values) for name, values in figures.items()}
 
 
-def _gunicorn_version() -> str:
-    import gunicorn
-
-    return gunicorn.__version__
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark webhook intake (real service vs bare Flask, same gunicorn).")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
-                        help=f"PostgreSQL URL (default {DEFAULT_DATABASE_URL}; created if missing)")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
-                        help=f"Redis URL, FLUSHED first (default {DEFAULT_REDIS_URL})")
+    add_common_flags(parser, database_url=DEFAULT_DATABASE_URL, redis_url=DEFAULT_REDIS_URL,
+                     redis_note="FLUSHED first",
+                     quick="short phases, 2 rounds (about 40 s in all)", strict=True)
     parser.add_argument("--worker-class", default="gevent", choices=("gevent", "gthread", "sync"),
                         help="default: the Procfile's (listener/gunicorn.conf.py)")
     parser.add_argument("--workers", type=int, default=2)
@@ -869,31 +794,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="open-loop phase seconds")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternate the endpoints this many times within each phase")
-    parser.add_argument("--quick", action="store_true",
-                        help="short phases, 2 rounds (about 40 s in all)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--in-process", metavar="APP", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.in_process:
         return in_process_child(args.in_process)
 
-    received: list[int] = []
-
-    def _terminate(signum, _frame):  # type: ignore[no-untyped-def]
-        # Turn SIGTERM/SIGHUP into Ctrl-C, which asyncio.run turns into a clean cancellation.
-        received.append(signum)
-        signal.raise_signal(signal.SIGINT)
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    received = interrupt_on(via_sigint=True)
     try:
         return run(args)
     except KeyboardInterrupt:
         print("\ninterrupted; servers stopped", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
     finally:
-        stop_children()
+        stop_servers(10)
 
 
 if __name__ == "__main__":

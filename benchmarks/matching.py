@@ -8,80 +8,53 @@ same database work as raw set-based SQL).
     .venv/bin/python benchmarks/matching.py --sqlite     # SQLite files instead of PostgreSQL
     .venv/bin/python benchmarks/matching.py --help
 
-Data. Each size N gets its own schema bench_<N> in the benchmark database (the database is
-made by benchmarks.harness.prepare_database when missing; SQLite: one file per size),
-migrated with db.upgrade, bulk-loaded (COPY; executemany on SQLite) with N members over
---venues venues (70% with a Stripe customer ID, each of those mirrored in stripe_customers),
-then ANALYZEd. K `customer.subscription.created` Connect events per size are made as the
-intake stores them (a quarter each: linked customer, case 1, case 2, case 3; every customer
-mirrored; emails differing in case and spaces; case-3 emails that belong to a member of
-another venue, or to nobody). Venues have no admin emails: the figures measure matching, not
-mail (no notices are owed).
+Data. Each size N gets its own schema bench_<N> (SQLite: its own file), migrated and
+bulk-loaded with N members over --venues venues (70% with a Stripe customer ID, each of those
+mirrored in stripe_customers), then ANALYZEd. K `customer.subscription.created` Connect events
+per size are stored as the intake stores them (a quarter each: linked customer, case 1, 2, 3;
+every customer mirrored; emails differing in case and spaces; case-3 emails of another
+venue's member or of nobody). Venues have no admin emails: the figures measure matching, not
+mail.
 
-Rounds (--rounds, default 3). Each round runs every method below over all K events of every
-size, in chunks of --chunk events that alternate between the sizes (so a change in the
-host's load hits every size alike). Before a chunk its events are inserted into the inbox, so
-the inbox holds that chunk's fresh events, the ones already handled and a few warm-up events
-marked as waiting (which the workers' query for fresh events skips), nothing else.
+Rounds (--rounds). Each round runs every method over all K events of every size, in chunks of
+--chunk events that alternate between the sizes (so a change in the host's load hits every
+size alike); before a chunk its events are inserted into the inbox.
 
-- worker: the chunk's events are enqueued with workers.queue.enqueue (the EVENT kind) and ONE worker
-  process of the class `mismatch worker` runs (workers.service.MismatchWorker, an
-  rq.SimpleWorker, in burst mode without scheduler, logging set up as
-  workers.service.run_worker does: a line per job and per event) drains the queue, with
-  EVENTS_PER_BATCH as the service has it (default 100): each job
-  (workers.jobs.process_event -> workers.matching.inbox.run) locks its own event and up to
-  EVENTS_PER_BATCH - 1 other fresh inbox rows, handles them in one transaction and takes
-  their jobs off the queue (workers.queue.discard_jobs). A fresh worker process first
-  handles 4 warm-up events of its own with the job function (untimed, then undone), as a
-  worker that has been running has compiled its statements; the chunk's events are held
-  (marked as waiting) until it is warm. Events/s is the events of the chunk the worker
-  handled (inbox rows processed or ignored, counted by the worker process; not jobs) over
-  the wall time from the start of its first job to the end of its last (Python's and RQ's
-  start-up and teardown are left out). With it: the jobs it ran; its time inside
-  workers.matching.inbox.run and inside discard_jobs (the rest is RQ's); the statements and
-  round trips it sent to the database; its CPU and its PostgreSQL backend's CPU.
-- baseline: the same worker with EVENTS_PER_BATCH=1: one event per job and per transaction,
-  what the service did before batching.
+- worker: the chunk's events enqueued (workers.queue.enqueue) and ONE worker process of the
+  class `mismatch worker` (workers.service.MismatchWorker, burst mode) drains the queue with
+  the service's EVENTS_PER_BATCH: each job handles its event and up to EVENTS_PER_BATCH - 1
+  other fresh ones in one transaction and takes their jobs off the queue. A fresh worker
+  first handles 4 warm-up events of its own (untimed, then undone), as a running worker has
+  compiled its statements. Events/s is the chunk's events handled over the wall time from
+  the start of its first job to the end of its last; with it, its jobs, its time in
+  workers.matching.inbox.run and in discard_jobs, its statements and round trips, its CPU
+  and its PostgreSQL backend's CPU.
+- baseline: the same worker with EVENTS_PER_BATCH=1: what the service did before batching.
 - floor (PostgreSQL only): floor_batch, the same reads and writes as set-based statements on
-  one raw psycopg connection, one transaction per --batch events (no ORM, no RQ): the least
-  the same database work can cost on this machine. Its docstring says what it does and
-  does not do.
-- RQ alone: the same worker class draining --noop-jobs jobs that do nothing, enqueued with
-  the options of an EVENT's enqueue: RQ's own cost per job, the RQ-side floor.
+  one raw psycopg connection, one transaction per --batch events (no ORM, no RQ).
+- RQ alone: the same worker class draining --noop-jobs jobs that do nothing: RQ's own cost.
 
-After every pass, every event's outcome, subscription and mismatch is checked against what
-the generated data implies (verify) and RQ's failed registry must be empty; the floor's
-writes are checked the same way.
+After every pass every event's outcome, subscription and mismatch is checked against what the
+generated data implies (verify) and RQ's failed registry must be empty. After the rounds, per
+size: TWO workers drain the same chunks at once (same end state, no failed job, no deadlock
+or error in their logs); then workers.matching.inbox.handle_events in this process, one event
+and --batch events at a time, counting SQL statements and EXPLAINing them to show whether the
+member and mirror lookups use their indexes.
 
-After the rounds, once per size: TWO worker processes drain the same queue at once, chunk by
-chunk (the same chunks; both warm and ready before either takes a job); the end state must
-equal the expected one (verify), RQ's failed registry must be empty, both must have run jobs
-and no worker log line may mention a deadlock, an error or a failure. Then, in this process
-(no RQ; one engine per size, warmed up), workers.matching.inbox.handle_events is called on one event
-at a time and on --batch events at a time, counting SQL statements and EXPLAINing the
-statements of one event of each kind and of one batch to show whether the member and
-mirror lookups use their indexes (the plans of the floor's first batch are shown too).
-
-Stripe API calls are counted with workers.stripe_side.api.StripeApi.calls against a local fake
-Stripe (localstripe, started by standins.localstripe.LocalStripe, state in the work dir), so an
-API read would be made and counted if matching wanted one: the target is 0 per event with
-the customer mirrored. A last set of platform events (localstripe has no Connect) whose
-customers are NOT mirrored, each handled alone with handle_events, must cost at most 1 call
-per event: the first sighting reads the customer by ID and mirrors it, the repeat reads
-nothing, except for a customer Stripe does not know, which is read again and waits
-(`customer_unknown`, rule 3) instead of becoming case 3.
+Stripe API calls are counted (workers.stripe_side.api.StripeApi.calls) against localstripe
+(standins.localstripe), so an API read would be made and counted if matching wanted one: 0
+per event with the customer mirrored. Platform events whose customers are NOT mirrored, each
+handled alone, must cost at most 1 call: the first sighting reads and mirrors the customer,
+the repeat reads nothing, except for a customer Stripe does not know (read again; it waits as
+`customer_unknown`).
 
 Figures are min / median / max over the rounds; worker/baseline and worker/floor are ratios
-taken round by round (benchmarks.harness). Targets: >= 300 events/s for the worker at every
-size, in its lowest round; <= 20% slower at the largest size than at the smallest (medians);
-two workers reach the expected end state without deadlocks; the lookups use indexes; the
-Stripe calls above.
-
-Exit status: 0; 1 with --strict when a target is missed; 1 whenever the matching results are
-wrong (the figures would mean nothing). The schemas / files are dropped at the end unless
---keep-data. Redis is used through the queue named --queue (emptied, with its registries),
-short-lived handshake keys (bench-matching:…) and, for the events that read Stripe, the
-shared Stripe rate limit.
+taken round by round. Targets: >= 300 events/s for the worker at every size in its lowest
+round; <= 20% slower at the largest size than at the smallest (medians); two workers reach
+the expected end state; the lookups use indexes; the Stripe calls above. Exit 1 with
+--strict when a target is missed, and whenever the results are wrong (the figures would mean
+nothing). The schemas / files are dropped at the end unless --keep-data; the RQ queue
+--queue is emptied, with its registries.
 """
 
 from __future__ import annotations
@@ -98,7 +71,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -107,11 +80,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from standins.localstripe import LocalStripe
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # standins/ (payload builders) is not an installed package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/matching.py
 
-from benchmarks.harness import Spread, prepare_database, processes, ratio, verdict  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    ROOT,
+    Spread,
+    Targets,
+    add_common_flags,
+    environment,
+    prepare_database,
+    processes,
+    ratio,
+)
 from standins import events as payloads  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/bench_matching"
@@ -301,7 +281,7 @@ class BenchDb:
             conn.execute(text(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
         engine.dispose()
 
-    def database(self):  # type: ignore[no-untyped-def]
+    def database(self) -> Any:
         from db import Database
 
         return Database(self.url)
@@ -330,7 +310,8 @@ class BenchDb:
         for account, customer, email in batch.customers:
             yield ("c", account, customer, email, "Bench Customer")
 
-    def _load_postgres(self, database, size, venues, venue_rows, batch) -> None:  # type: ignore[no-untyped-def]
+    def _load_postgres(self, database: Any, size: int, venues: int,
+                       venue_rows: list[tuple[str, str]], batch: Batch) -> None:
         raw = database.engine.raw_connection()
         try:
             conn = raw.driver_connection
@@ -372,7 +353,8 @@ class BenchDb:
         finally:
             raw.close()
 
-    def _load_sqlite(self, database, size, venues, venue_rows, batch) -> None:  # type: ignore[no-untyped-def]
+    def _load_sqlite(self, database: Any, size: int, venues: int,
+                     venue_rows: list[tuple[str, str]], batch: Batch) -> None:
         raw = database.engine.raw_connection()
         try:
             conn = raw.driver_connection
@@ -474,7 +456,7 @@ class BenchDb:
             hide_password=False)
 
 
-def events_done(database, event_ids: list[str]) -> int:  # type: ignore[no-untyped-def]
+def events_done(database: Any, event_ids: list[str]) -> int:
     """How many of these inbox events are handled (processed or ignored)."""
     from sqlalchemy import func, select
 
@@ -486,7 +468,7 @@ def events_done(database, event_ids: list[str]) -> int:  # type: ignore[no-untyp
             StripeEvent.status.in_((EventStatus.PROCESSED, EventStatus.IGNORED)))).scalar_one()
 
 
-def forget_warm_up(database, event_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
+def forget_warm_up(database: Any, event_ids: list[str]) -> None:
     """Undo what handling the warm-up events wrote, and hold them again for the next worker
     process (they are named evt_warm… / sub_warm…)."""
     from sqlalchemy import delete, update
@@ -506,15 +488,23 @@ def forget_warm_up(database, event_ids: list[str]) -> None:  # type: ignore[no-u
 # --- checking results -------------------------------------------------------------------
 
 
-def verify(db_url: str, expected: dict[str, Expected]) -> tuple[bool, str]:
-    """Compare every event's outcome, subscription and mismatch with what the data implies."""
+@dataclass
+class Stored:
+    """What processing left in the database for the generated events."""
+
+    events: dict[str, tuple[Any, Any, Any]]  # event_id -> (status, outcome, attempts)
+    mismatches: dict[tuple[str, str], tuple]  # (account, subscription) -> case, status, ...
+    subscriptions: dict[tuple[str, str], tuple[Any, Any]]  # -> (state, member_ref)
+    notices: int
+
+
+def read_stored(db_url: str, expected: dict[str, Expected]) -> Stored:
     from sqlalchemy import func, select
     from sqlalchemy.orm import aliased
 
     from db import Database, Member, Mismatch, Notification, StripeEvent, Subscription
 
     database = Database(db_url)
-    problems: list[str] = []
     try:
         with database.session() as s:
             events = {e: (st, out, att) for e, st, out, att in s.execute(
@@ -523,8 +513,7 @@ def verify(db_url: str, expected: dict[str, Expected]) -> tuple[bool, str]:
                 .where(StripeEvent.event_id.in_(list(expected))))}
             m = aliased(Member)
             subs_wanted = [e.subscription_id for e in expected.values()]
-            mismatches = {(a, sub): (case, status, ref, linked, note) for a, sub, case, status,
-                          ref, linked, note in s.execute(
+            mismatches = {(a, sub): rest for a, sub, *rest in s.execute(
                 select(Mismatch.account_id, Mismatch.subscription_id, Mismatch.case,
                        Mismatch.status, m.member_ref, Mismatch.linked_customer_id,
                        Mismatch.note)
@@ -537,43 +526,58 @@ def verify(db_url: str, expected: dict[str, Expected]) -> tuple[bool, str]:
             notices = s.scalar(select(func.count()).select_from(Notification))
     finally:
         database.dispose()
+    return Stored(events, {k: tuple(v) for k, v in mismatches.items()}, subs, notices or 0)
 
+
+def check_event(exp: Expected, stored: Stored) -> str | None:
+    """What is wrong with one event's results, or None."""
+    status, outcome, attempts = stored.events.get(exp.event_id, (None, None, None))
+    if status != exp.status or outcome != exp.outcome or attempts != 1:
+        return (f"{exp.event_id}: status={status} outcome={outcome} "
+                f"attempts={attempts}, expected {exp.status}/{exp.outcome}/1")
+    key = (exp.account_id, exp.subscription_id)
+    state, sub_member = stored.subscriptions.get(key, (None, None))
+    mismatch = stored.mismatches.get(key)
+    if exp.outcome == CUSTOMER_UNKNOWN:  # waits: nothing of the event is applied
+        if mismatch is not None or state not in (None, "pending"):
+            return (f"{exp.subscription_id}: state={state} mismatch={mismatch}, "
+                    f"expected nothing applied ({CUSTOMER_UNKNOWN})")
+        return None
+    if exp.outcome == "linked":
+        if state != "linked" or sub_member != exp.member_ref or mismatch is not None:
+            return (f"{exp.subscription_id}: state={state} member={sub_member} "
+                    f"mismatch={mismatch}, expected linked to {exp.member_ref}")
+        return None
+    want = (int(exp.outcome[-1]), "open", exp.member_ref, exp.linked_customer_id)
+    if state != "mismatch" or mismatch is None or mismatch[:4] != want or (
+            exp.note is not None and mismatch[4] != exp.note):
+        return (f"{exp.subscription_id}: state={state} mismatch={mismatch}, "
+                f"expected {want} note={exp.note}")
+    return None
+
+
+def verify(db_url: str, expected: dict[str, Expected]) -> tuple[bool, str]:
+    """Compare every event's outcome, subscription and mismatch with what the data implies."""
+    stored = read_stored(db_url, expected)
+    problems: list[str] = []
     outcomes: Counter[str] = Counter()
     cases: Counter[int] = Counter()
     for exp in expected.values():
-        status, outcome, attempts = events.get(exp.event_id, (None, None, None))
+        status, outcome, _attempts = stored.events.get(exp.event_id, (None, None, None))
         outcomes[outcome or str(status)] += 1
-        if status != exp.status or outcome != exp.outcome or attempts != 1:
-            problems.append(f"{exp.event_id}: status={status} outcome={outcome} "
-                            f"attempts={attempts}, expected {exp.status}/{exp.outcome}/1")
-            continue
-        key = (exp.account_id, exp.subscription_id)
-        state, sub_member = subs.get(key, (None, None))
-        mismatch = mismatches.get(key)
-        if exp.outcome == CUSTOMER_UNKNOWN:  # waits: nothing of the event is applied
-            if mismatch is not None or state not in (None, "pending"):
-                problems.append(f"{exp.subscription_id}: state={state} mismatch={mismatch}, "
-                                f"expected nothing applied ({CUSTOMER_UNKNOWN})")
-            continue
-        if exp.outcome == "linked":
-            if state != "linked" or sub_member != exp.member_ref or mismatch is not None:
-                problems.append(f"{exp.subscription_id}: state={state} member={sub_member} "
-                                f"mismatch={mismatch}, expected linked to {exp.member_ref}")
-            continue
-        want = (int(exp.outcome[-1]), "open", exp.member_ref, exp.linked_customer_id)
-        if state != "mismatch" or mismatch is None or mismatch[:4] != want or (
-                exp.note is not None and mismatch[4] != exp.note):
-            problems.append(f"{exp.subscription_id}: state={state} mismatch={mismatch}, "
-                            f"expected {want} note={exp.note}")
-            continue
-        cases[mismatch[0]] += 1
-    extra = len(mismatches) - sum(1 for e in expected.values()
-                                  if e.outcome.startswith("case_"))
+        problem = check_event(exp, stored)
+        if problem is not None:
+            problems.append(problem)
+        elif exp.outcome.startswith("case_"):
+            cases[stored.mismatches[(exp.account_id, exp.subscription_id)][0]] += 1
+    extra = len(stored.mismatches) - sum(1 for e in expected.values()
+                                         if e.outcome.startswith("case_"))
     if extra > 0:
         problems.append(f"{extra} mismatches that no event implies")
-    if notices:
-        problems.append(f"{notices} notices owed, expected none (venues have no admins)")
-    summary = (f"{len(events)} events: " + ", ".join(f"{k} {outcomes[k]}" for k in sorted(outcomes))
+    if stored.notices:
+        problems.append(f"{stored.notices} notices owed, expected none (venues have no admins)")
+    summary = (f"{len(stored.events)} events: "
+               + ", ".join(f"{k} {outcomes[k]}" for k in sorted(outcomes))
                + "; open mismatches by case " + ", ".join(f"{c}: {cases[c]}" for c in (1, 2, 3)))
     if problems:
         return False, summary + f"\n    WRONG ({len(problems)}): " + "\n    ".join(problems[:5])
@@ -588,21 +592,185 @@ def _columns(rows: list[tuple], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
 
 
-def floor_batch(conn, event_ids: list[str],  # type: ignore[no-untyped-def]
+class _FloorStatements:
+    """The statements of one floor_batch transaction, counted, and kept in `capture` (with
+    their parameters, to EXPLAIN them) when it is a list."""
+
+    def __init__(self, cur: Any, capture: list[tuple[str, Any]] | None) -> None:
+        self.cur, self.capture, self.sent = cur, capture, 0
+
+    def run(self, sql: str, params: Any = ()) -> Any:
+        self.sent += 1
+        if self.capture is not None:
+            self.capture.append((sql, params))
+        return self.cur.execute(sql, params)
+
+
+_PAIRS = "(SELECT * FROM unnest(%s::text[], %s::text[]))"
+
+
+def _floor_read(sql: _FloorStatements, event_ids: list[str]
+                ) -> tuple[list[tuple], dict[str, tuple[int, bool]]]:
+    """Lock the inbox rows in id order and read their payloads; load their venues."""
+    events = []
+    for row_id, account, livemode, created, payload in sql.run(
+            "SELECT id, account_id, livemode, created, payload FROM stripe_events"
+            " WHERE event_id = ANY(%s) ORDER BY id FOR UPDATE", (event_ids,)):
+        obj = json.loads(payload)["data"]["object"]
+        events.append((row_id, account, livemode, created, obj["id"], obj["customer"],
+                       obj.get("status")))
+    venues = {account: (venue_id, livemode) for account, venue_id, livemode in sql.run(
+        "SELECT account_id, id, livemode FROM venues WHERE account_id = ANY(%s)",
+        (sorted({e[1] for e in events}),))}
+    if any(venues.get(e[1], (None, None))[1] != e[2] for e in events):
+        raise ValueError("floor_batch handles events of known venues in their mode only")
+    return events, venues
+
+
+def _floor_subscriptions(sql: _FloorStatements, events: list[tuple],
+                         venues: dict[str, tuple[int, bool]]) -> dict[tuple[str, str], int]:
+    """Insert the missing subscription rows, lock them all in key order, and lock (and
+    refuse) existing mismatches; subscription row ids by (account, subscription)."""
+    first = {(e[1], e[4]): e for e in reversed(events)}
+    new = [(a, e[2], s, e[5], venues[a][0]) for (a, s), e in sorted(first.items())]
+    sql.run("INSERT INTO subscriptions (account_id, livemode, subscription_id, customer_id,"
+            " venue_id, canceled, state, last_event_created, updated_at)"
+            " SELECT a, l, s, c, v, false, 'pending', 0, now() FROM unnest(%s::text[],"
+            " %s::bool[], %s::text[], %s::text[], %s::int[]) AS t(a, l, s, c, v)"
+            " ON CONFLICT (account_id, subscription_id) DO NOTHING", _columns(new, 5))
+    keys = [[a for a, _s in sorted(first)], [s for _a, s in sorted(first)]]
+    subs = {(a, s): sub_id for sub_id, a, s in sql.run(
+        "SELECT id, account_id, subscription_id FROM subscriptions WHERE"
+        f" (account_id, subscription_id) IN {_PAIRS}"
+        " ORDER BY account_id, subscription_id FOR UPDATE", keys)}
+    if sql.run(f"SELECT id FROM mismatches WHERE (account_id, subscription_id) IN {_PAIRS}"
+               " FOR UPDATE", keys).fetchall():
+        raise ValueError("floor_batch only opens new mismatches")
+    return subs
+
+
+@dataclass
+class _FloorLookups:
+    linked: dict[tuple[int, str], int]  # (venue, customer) -> member id
+    mirrored: dict[tuple[str, bool, str], str | None]  # (account, livemode, customer) -> email
+    by_email: dict[tuple[int, str], list[tuple]]  # (venue, normalized) -> members
+
+
+def _floor_lookups(sql: _FloorStatements, events: list[tuple],
+                   venues: dict[str, tuple[int, bool]]) -> _FloorLookups:
+    """Members linked by (venue, customer); the mirrored customers of the others; members
+    by (venue, normalized email)."""
+    from db import normalize_email
+
+    pairs = sorted({(venues[e[1]][0], e[5]) for e in events})
+    linked = {(v, c): m for v, c, m in sql.run(
+        "SELECT venue_id, stripe_customer_id, id FROM members WHERE"
+        " (venue_id, stripe_customer_id) IN"
+        " (SELECT * FROM unnest(%s::int[], %s::text[]))", _columns(pairs, 2))}
+    unlinked = sorted({(e[1], e[2], e[5]) for e in events
+                       if (venues[e[1]][0], e[5]) not in linked})
+    mirrored: dict[tuple[str, bool, str], str | None] = {}
+    if unlinked:
+        mirrored = {(a, lm, c): email for a, lm, c, email in sql.run(
+            "SELECT account_id, livemode, customer_id, email FROM stripe_customers"
+            " WHERE (account_id, livemode, customer_id) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::bool[], %s::text[]))",
+            _columns(unlinked, 3))}
+    wanted = sorted({(venues[a][0], normalized) for (a, _lm, _c), email in mirrored.items()
+                     if (normalized := normalize_email(email))})
+    by_email: dict[tuple[int, str], list[tuple]] = defaultdict(list)
+    if wanted:
+        for venue_id, normalized, *member in sql.run(
+                "SELECT venue_id, email_normalized, id, member_ref, email,"
+                " stripe_customer_id FROM members WHERE (venue_id, email_normalized)"
+                " IN (SELECT * FROM unnest(%s::int[], %s::text[]))"
+                " ORDER BY member_ref", _columns(wanted, 2)):
+            by_email[(venue_id, normalized)].append(tuple(member))
+    return _FloorLookups(linked, mirrored, by_email)
+
+
+def _floor_mismatch(event: tuple, venue_id: int, found: list[tuple], email: str | None,
+                    normalized: str | None) -> tuple[int, int | None, tuple]:
+    """A first sighting's case, its single candidate and its mismatch row."""
+    _row_id, account, livemode, _created, sub_id, customer, _status = event
+    with_customer = [m for m in found if m[3]]
+    case = 1 if with_customer else 2 if found else 3
+    single = found[0][0] if len(found) == 1 else None
+    candidates = [{"member_ref": ref, "email": member_email_, "stripe_customer_id": cus}
+                  for _id, ref, member_email_, cus in found]
+    return case, single, (account, livemode, sub_id, venue_id, case, customer, email,
+                          with_customer[0][3] if with_customer else None, single,
+                          json.dumps(candidates), None if normalized else NO_EMAIL_NOTE)
+
+
+def _floor_classify(events: list[tuple], venues: dict[str, tuple[int, bool]],
+                    subs: dict[tuple[str, str], int], found: _FloorLookups
+                    ) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """Linked, case 1, 2 or 3 for each event, in Python: the subscription rows, the new
+    mismatches and the inbox outcomes to write."""
+    from db import normalize_email
+
+    sub_rows, mismatch_rows, outcomes = [], [], []
+    for event in events:
+        row_id, account, livemode, created, sub_id, customer, status = event
+        venue_id = venues[account][0]
+        member = found.linked.get((venue_id, customer))
+        if member is not None:
+            sub_rows.append((subs[(account, sub_id)], "linked", member, status, created,
+                             venue_id))
+            outcomes.append((row_id, "linked"))
+            continue
+        if (account, livemode, customer) not in found.mirrored:
+            raise ValueError(f"floor_batch reads no customer from Stripe ({customer})")
+        email = found.mirrored[(account, livemode, customer)]
+        normalized = normalize_email(email)
+        members = found.by_email.get((venue_id, normalized), []) if normalized else []
+        case, single, mismatch = _floor_mismatch(event, venue_id, members, email, normalized)
+        sub_rows.append((subs[(account, sub_id)], "mismatch", single, status, created,
+                         venue_id))
+        mismatch_rows.append(mismatch)
+        outcomes.append((row_id, f"case_{case}"))
+    return sub_rows, mismatch_rows, outcomes
+
+
+def _floor_write(sql: _FloorStatements, sub_rows: list[tuple], mismatch_rows: list[tuple],
+                 outcomes: list[tuple]) -> None:
+    sql.run("UPDATE subscriptions AS s SET state = u.state, member_id = u.member_id,"
+            " status = u.status, last_event_created = GREATEST(s.last_event_created,"
+            " u.created), venue_id = u.venue_id, updated_at = now()"
+            " FROM unnest(%s::int[], %s::text[], %s::int[], %s::text[], %s::bigint[],"
+            " %s::int[]) AS u(id, state, member_id, status, created, venue_id)"
+            " WHERE s.id = u.id", _columns(sub_rows, 6))
+    if mismatch_rows:
+        sql.run('INSERT INTO mismatches (account_id, livemode, subscription_id, venue_id,'
+                ' "case", customer_id, customer_email, linked_customer_id, member_id,'
+                ' candidates, note, status, notified_case, opened_at, updated_at)'
+                " SELECT a, l, s, v, c, cus, email, linked, m, cand::json, note, 'open',"
+                " c, now(), now() FROM unnest(%s::text[], %s::bool[], %s::text[],"
+                " %s::int[], %s::int[], %s::text[], %s::text[], %s::text[], %s::int[],"
+                " %s::text[], %s::text[])"
+                " AS t(a, l, s, v, c, cus, email, linked, m, cand, note)",
+                _columns(mismatch_rows, 11))
+    sql.run("UPDATE stripe_events AS e SET status = 'processed', outcome = u.outcome,"
+            " attempts = e.attempts + 1, last_error = NULL, waiting_for = NULL,"
+            " processed_at = now() FROM unnest(%s::int[], %s::text[]) AS u(id, outcome)"
+            " WHERE e.id = u.id", _columns(outcomes, 2))
+
+
+def floor_batch(conn: Any, event_ids: list[str],
                 capture: list[tuple[str, Any]] | None = None) -> tuple[int, int]:
     """The floor: the database work of handling these events, as set-based statements on one
     raw psycopg connection in ONE transaction. Returns (events handled, statements sent).
 
-    What it does, one statement each for the whole batch: lock the inbox rows
-    (SELECT … FOR UPDATE, in id order) and read their payloads (json.loads, for the
-    subscription, customer and status); load the venues; insert the missing subscription rows
+    One statement each for the whole batch: lock the inbox rows (SELECT … FOR UPDATE, in id
+    order) and read their payloads; load the venues; insert the missing subscription rows
     (INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING) and lock them all in key order;
     lock their mismatches; read members linked by (venue, customer); read the mirrored
-    customers of the others; read members by (venue, normalized email). Then it classifies in
-    Python (linked, case 1, case 2, case 3, with candidates, as workers.matching.classify does for a
-    first sighting) and writes: every subscription's state, member, status,
-    last_event_created, venue and updated_at (one UPDATE … FROM unnest); every new mismatch
-    (one INSERT, notified_case set as after a notice); every inbox row's status, outcome,
+    customers of the others; read members by (venue, normalized email). Then it classifies
+    in Python (linked, case 1, 2, 3, with candidates, as workers.matching.classify does for
+    a first sighting) and writes every subscription's state, member, status,
+    last_event_created, venue and updated_at (one UPDATE … FROM unnest), every new mismatch
+    (one INSERT, notified_case set as after a notice) and every inbox row's status, outcome,
     attempts, processed_at (one UPDATE); COMMIT. 11 statements per batch (10 when there is
     no mismatch to open).
 
@@ -612,118 +780,14 @@ def floor_batch(conn, event_ids: list[str],  # type: ignore[no-untyped-def]
     owed: the venues have no admins), logging, retries, RQ or Redis. It is the least the
     same database reads and writes can cost, not a second implementation of the rules.
     `capture` receives the statements and their parameters (to EXPLAIN them)."""
-    from db import normalize_email
-
-    sent = 0
-
-    def run(cur, sql: str, params: Any = ()):  # type: ignore[no-untyped-def]
-        nonlocal sent
-        sent += 1
-        if capture is not None:
-            capture.append((sql, params))
-        return cur.execute(sql, params)
-
-    lookup = "(SELECT * FROM unnest(%s::text[], %s::text[]))"
     with conn.cursor() as cur:
-        events = []
-        for row_id, account, livemode, created, payload in run(
-                cur, "SELECT id, account_id, livemode, created, payload FROM stripe_events"
-                     " WHERE event_id = ANY(%s) ORDER BY id FOR UPDATE", (event_ids,)):
-            obj = json.loads(payload)["data"]["object"]
-            events.append((row_id, account, livemode, created, obj["id"], obj["customer"],
-                           obj.get("status")))
-        venues = {account: (venue_id, livemode) for account, venue_id, livemode in run(
-            cur, "SELECT account_id, id, livemode FROM venues WHERE account_id = ANY(%s)",
-            (sorted({e[1] for e in events}),))}
-        if any(venues.get(e[1], (None, None))[1] != e[2] for e in events):
-            raise ValueError("floor_batch handles events of known venues in their mode only")
-        first = {(e[1], e[4]): e for e in reversed(events)}
-        new = [(a, e[2], s, e[5], venues[a][0]) for (a, s), e in sorted(first.items())]
-        run(cur, "INSERT INTO subscriptions (account_id, livemode, subscription_id, customer_id,"
-                 " venue_id, canceled, state, last_event_created, updated_at)"
-                 " SELECT a, l, s, c, v, false, 'pending', 0, now() FROM unnest(%s::text[],"
-                 " %s::bool[], %s::text[], %s::text[], %s::int[]) AS t(a, l, s, c, v)"
-                 " ON CONFLICT (account_id, subscription_id) DO NOTHING", _columns(new, 5))
-        keys = [[a for a, _s in sorted(first)], [s for _a, s in sorted(first)]]
-        subs = {(a, s): sub_id for sub_id, a, s in run(
-            cur, "SELECT id, account_id, subscription_id FROM subscriptions WHERE"
-                 f" (account_id, subscription_id) IN {lookup}"
-                 " ORDER BY account_id, subscription_id FOR UPDATE", keys)}
-        if run(cur, f"SELECT id FROM mismatches WHERE (account_id, subscription_id) IN {lookup}"
-                    " FOR UPDATE", keys).fetchall():
-            raise ValueError("floor_batch only opens new mismatches")
-        pairs = sorted({(venues[e[1]][0], e[5]) for e in events})
-        linked = {(v, c): m for v, c, m in run(
-            cur, "SELECT venue_id, stripe_customer_id, id FROM members WHERE"
-                 " (venue_id, stripe_customer_id) IN"
-                 " (SELECT * FROM unnest(%s::int[], %s::text[]))", _columns(pairs, 2))}
-        unlinked = sorted({(e[1], e[2], e[5]) for e in events
-                           if (venues[e[1]][0], e[5]) not in linked})
-        mirrored: dict[tuple[str, bool, str], str | None] = {}
-        if unlinked:
-            mirrored = {(a, lm, c): email for a, lm, c, email in run(
-                cur, "SELECT account_id, livemode, customer_id, email FROM stripe_customers"
-                     " WHERE (account_id, livemode, customer_id) IN"
-                     " (SELECT * FROM unnest(%s::text[], %s::bool[], %s::text[]))",
-                _columns(unlinked, 3))}
-        wanted = sorted({(venues[a][0], normalized) for (a, _lm, _c), email in mirrored.items()
-                         if (normalized := normalize_email(email))})
-        by_email: dict[tuple[int, str], list[tuple]] = defaultdict(list)
-        if wanted:
-            for venue_id, normalized, *member in run(
-                    cur, "SELECT venue_id, email_normalized, id, member_ref, email,"
-                         " stripe_customer_id FROM members WHERE (venue_id, email_normalized)"
-                         " IN (SELECT * FROM unnest(%s::int[], %s::text[]))"
-                         " ORDER BY member_ref", _columns(wanted, 2)):
-                by_email[(venue_id, normalized)].append(tuple(member))
-
-        sub_rows, mismatch_rows, outcomes = [], [], []
-        for row_id, account, livemode, created, sub_id, customer, status in events:
-            venue_id = venues[account][0]
-            member = linked.get((venue_id, customer))
-            if member is not None:
-                sub_rows.append((subs[(account, sub_id)], "linked", member, status, created,
-                                 venue_id))
-                outcomes.append((row_id, "linked"))
-                continue
-            if (account, livemode, customer) not in mirrored:
-                raise ValueError(f"floor_batch reads no customer from Stripe ({customer})")
-            email = mirrored[(account, livemode, customer)]
-            normalized = normalize_email(email)
-            found = by_email.get((venue_id, normalized), []) if normalized else []
-            with_customer = [m for m in found if m[3]]
-            case = 1 if with_customer else 2 if found else 3
-            single = found[0][0] if len(found) == 1 else None
-            candidates = [{"member_ref": ref, "email": member_email_, "stripe_customer_id": cus}
-                          for _id, ref, member_email_, cus in found]
-            sub_rows.append((subs[(account, sub_id)], "mismatch", single, status, created,
-                             venue_id))
-            mismatch_rows.append((account, livemode, sub_id, venue_id, case, customer, email,
-                                  with_customer[0][3] if with_customer else None, single,
-                                  json.dumps(candidates), None if normalized else NO_EMAIL_NOTE))
-            outcomes.append((row_id, f"case_{case}"))
-        run(cur, "UPDATE subscriptions AS s SET state = u.state, member_id = u.member_id,"
-                 " status = u.status, last_event_created = GREATEST(s.last_event_created,"
-                 " u.created), venue_id = u.venue_id, updated_at = now()"
-                 " FROM unnest(%s::int[], %s::text[], %s::int[], %s::text[], %s::bigint[],"
-                 " %s::int[]) AS u(id, state, member_id, status, created, venue_id)"
-                 " WHERE s.id = u.id", _columns(sub_rows, 6))
-        if mismatch_rows:
-            run(cur, 'INSERT INTO mismatches (account_id, livemode, subscription_id, venue_id,'
-                     ' "case", customer_id, customer_email, linked_customer_id, member_id,'
-                     ' candidates, note, status, notified_case, opened_at, updated_at)'
-                     " SELECT a, l, s, v, c, cus, email, linked, m, cand::json, note, 'open',"
-                     " c, now(), now() FROM unnest(%s::text[], %s::bool[], %s::text[],"
-                     " %s::int[], %s::int[], %s::text[], %s::text[], %s::text[], %s::int[],"
-                     " %s::text[], %s::text[])"
-                     " AS t(a, l, s, v, c, cus, email, linked, m, cand, note)",
-                _columns(mismatch_rows, 11))
-        run(cur, "UPDATE stripe_events AS e SET status = 'processed', outcome = u.outcome,"
-                 " attempts = e.attempts + 1, last_error = NULL, waiting_for = NULL,"
-                 " processed_at = now() FROM unnest(%s::int[], %s::text[]) AS u(id, outcome)"
-                 " WHERE e.id = u.id", _columns(outcomes, 2))
+        sql = _FloorStatements(cur, capture)
+        events, venues = _floor_read(sql, event_ids)
+        subs = _floor_subscriptions(sql, events, venues)
+        found = _floor_lookups(sql, events, venues)
+        _floor_write(sql, *_floor_classify(events, venues, subs, found))
     conn.commit()
-    return len(events), sent
+    return len(events), sql.sent
 
 
 # --- EXPLAIN: do the lookups use the indexes? --------------------------------------------
@@ -746,7 +810,7 @@ class StatementLog:
     """Counts the statements (statements_sent) and commits of handle_events; keeps the
     statements of the calls holding a sample."""
 
-    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, engine: Any) -> None:
         from sqlalchemy import event
 
         self.engine = engine
@@ -758,7 +822,8 @@ class StatementLog:
         event.listen(engine, "before_cursor_execute", self._execute)
         event.listen(engine, "commit", self._commit)
 
-    def _execute(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def _execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                 executemany: bool) -> None:
         rows = statements_sent(parameters, executemany, context)
         self.calls += 1
         self.count += rows
@@ -766,7 +831,7 @@ class StatementLog:
         if self.capture is not None:
             self.capture.append((statement, parameters))
 
-    def _commit(self, conn) -> None:  # type: ignore[no-untyped-def]
+    def _commit(self, conn: Any) -> None:
         self.commits += 1
 
     def close(self) -> None:
@@ -776,13 +841,13 @@ class StatementLog:
         event.remove(self.engine, "commit", self._commit)
 
 
-def _plan_nodes(plan: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from _plan_nodes(child)
 
 
-def explain(engine, statements: list[tuple[str, Any]]  # type: ignore[no-untyped-def]
+def explain(engine: Any, statements: list[tuple[str, Any]]
             ) -> tuple[dict[str, set[str]], list[int]]:
     """How the statements on the scaling tables read them: ({table: {plan node}}, [pages]).
 
@@ -841,34 +906,12 @@ def uses_indexes(access: dict[str, set[str]]) -> bool:
 # --- the worker (child processes) and in-process runs ----------------------------------------
 
 
-def drain_child() -> None:
-    """Run in the child: one worker of the class `mismatch worker` runs
-    (workers.service.MismatchWorker) drains the queue in burst mode, without scheduler, with
-    the environment's EVENTS_PER_BATCH; prints (JSON) the wall and CPU time from the start of
-    its first job to the end of its last, the jobs it ran, how many events of the chunk
-    (BENCH_EVENTS, a JSON file of event ids) are handled, its statements and commits, its
-    PostgreSQL backends' CPU and its Stripe calls.
-
-    First, untimed: it handles its warm-up events (BENCH_WARMUP) with the job function, as a
-    worker that has been running has handled events before (statements compiled, mappers
-    configured, connection open), and forgets them again; then it tells the parent it is
-    ready (BENCH_READY) and waits for the go (BENCH_GO), which comes once the parent has
-    released the chunk's events and every worker of the run is ready."""
-    # As workers.service.run_worker sets logging up (an INFO line per job and per event).
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("stripe").setLevel(logging.WARNING)
+def _count_database_work(database: Any, counts: Counter[str]) -> set[int]:
+    """Count the statements, round trips, commits and pool checkouts of `database` into
+    `counts`; the PostgreSQL backends it connects to are added to the set returned."""
     from sqlalchemy import event
 
-    from workers.jobs import process_event
-    from workers.queue import get_queue, get_redis
-    from workers.runtime import runtime
-    from workers.service import MAINTENANCE_SECONDS, MismatchWorker
-    from workers.stripe_side.api import StripeApi
-
-    config, database = runtime()
     backends: set[int] = set()
-    counts: Counter[str] = Counter()
     if not database.is_sqlite:
         event.listen(database.engine, "connect",
                      lambda dbapi, _record: backends.add(dbapi.info.backend_pid))
@@ -877,8 +920,13 @@ def drain_child() -> None:
                      statements=statements_sent(params, many, ctx), calls=1))
     event.listen(database.engine, "commit", lambda *_args: counts.update(["commits"]))
     event.listen(database.engine.pool, "checkout", lambda *_args: counts.update(["checkouts"]))
-    # Where a job's time goes: handling its events (workers.matching.inbox.run: the transaction and
-    # the ORM) and taking the handled events' jobs off the queue; the rest is RQ's.
+    return backends
+
+
+def _time_job_parts(counts: Counter[str]) -> None:
+    """Where a job's time goes: handling its events (workers.matching.inbox.run: the
+    transaction and the ORM) and taking the handled events' jobs off the queue; the rest is
+    RQ's."""
     import workers.jobs
     import workers.matching.inbox
 
@@ -894,6 +942,97 @@ def drain_child() -> None:
     workers.matching.inbox.run = timed("handle_s", workers.matching.inbox.run)  # type: ignore[assignment]
     workers.jobs.discard_jobs = timed(  # type: ignore[assignment]
         "discard_s", workers.jobs.discard_jobs)
+
+
+class _JobClock:
+    """From the start of a worker's first job to the end of its last: wall and CPU time,
+    the database work counted meanwhile, its backends' CPU and its Stripe calls."""
+
+    def __init__(self, counts: Counter[str], backends: set[int]) -> None:
+        self.counts, self.backends = counts, backends
+        self.timing: dict[str, Any] = {}
+        self.jobs: list[float] = []
+
+    def backend_cpu(self) -> dict[int, float]:
+        table = processes() if self.backends else {}
+        return {pid: table[pid].cpu for pid in self.backends if pid in table}
+
+    def job_starts(self) -> float:
+        from workers.stripe_side.api import StripeApi
+
+        timing = self.timing
+        if not timing:
+            timing["db_cpu_start"] = self.backend_cpu()
+            timing["api_calls_start"] = StripeApi.calls
+            self.counts.clear()
+            timing["start"], timing["wall_start"] = time.perf_counter(), time.time()
+            timing["cpu_start"] = time.process_time()
+        return time.perf_counter()
+
+    def job_ends(self, started: float) -> None:
+        timing = self.timing
+        timing["end"], timing["wall_end"] = time.perf_counter(), time.time()
+        timing["cpu_end"] = time.process_time()
+        timing["counts"] = dict(self.counts)
+        self.jobs.append(timing["end"] - started)
+
+    def report(self, events: int, db_cpu_end: dict[int, float], events_per_batch: int
+               ) -> dict[str, Any]:
+        from workers.stripe_side.api import StripeApi
+
+        timing, jobs = self.timing, self.jobs
+        db_start = timing.get("db_cpu_start", {})
+        counted = timing.get("counts", {})
+        return {
+            "jobs": len(jobs), "events": events,
+            "seconds": timing["end"] - timing["start"] if jobs else 0.0,
+            "wall_start": timing.get("wall_start"), "wall_end": timing.get("wall_end"),
+            "cpu": timing["cpu_end"] - timing["cpu_start"] if jobs else 0.0,
+            "db_cpu": sum(cpu - db_start.get(pid, 0.0) for pid, cpu in db_cpu_end.items()),
+            "statements": counted.get("statements", 0), "commits": counted.get("commits", 0),
+            "round_trips": (counted.get("calls", 0) + 2 * counted.get("commits", 0)
+                            + counted.get("checkouts", 0)),
+            "handle_s": counted.get("handle_s", 0.0),
+            "discard_s": counted.get("discard_s", 0.0),
+            "api_calls": StripeApi.calls - timing.get("api_calls_start", StripeApi.calls),
+            "events_per_batch": events_per_batch, "first_job": jobs[0] if jobs else 0.0,
+        }
+
+
+def _wait_for_go(redis: Any) -> None:
+    """Tell the parent this worker is warm (BENCH_READY); wait for its go (BENCH_GO)."""
+    redis.rpush(os.environ["BENCH_READY"], os.getpid())
+    deadline = time.monotonic() + 120
+    while not redis.blpop([os.environ["BENCH_GO"]], timeout=1):
+        if time.monotonic() > deadline:
+            raise SystemExit("no go from the benchmark")
+
+
+def drain_child() -> None:
+    """Run in the child: one worker of the class `mismatch worker` runs
+    (workers.service.MismatchWorker) drains the queue in burst mode, without scheduler, with
+    the environment's EVENTS_PER_BATCH; prints (JSON, _JobClock.report) its timing, the jobs
+    it ran, how many events of the chunk (BENCH_EVENTS, a JSON file of event ids) are
+    handled, its statements and commits, its PostgreSQL backends' CPU and its Stripe calls.
+
+    First, untimed: it handles its warm-up events (BENCH_WARMUP) with the job function, as a
+    worker that has been running has handled events before (statements compiled, mappers
+    configured, connection open), and forgets them again; then it tells the parent it is
+    ready and waits for the go, which comes once the parent has released the chunk's events
+    and every worker of the run is ready."""
+    # As workers.service.run_worker sets logging up (an INFO line per job and per event).
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("stripe").setLevel(logging.WARNING)
+    from workers.jobs import process_event
+    from workers.queue import get_queue, get_redis
+    from workers.runtime import runtime
+    from workers.service import MAINTENANCE_SECONDS, MismatchWorker
+
+    config, database = runtime()
+    counts: Counter[str] = Counter()
+    clock = _JobClock(counts, _count_database_work(database, counts))
+    _time_job_parts(counts)
     database.ping()
     warm_up = [e for e in os.environ.get("BENCH_WARMUP", "").split(",") if e]
     for event_id in warm_up:
@@ -901,55 +1040,22 @@ def drain_child() -> None:
     if warm_up:
         forget_warm_up(database, warm_up)
 
-    def backend_cpu() -> dict[int, float]:
-        table = processes() if backends else {}
-        return {pid: table[pid].cpu for pid in backends if pid in table}
-
-    timing: dict[str, Any] = {}
-    jobs: list[float] = []
-
     class TimedWorker(MismatchWorker):
         def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
-            if not timing:
-                timing["db_cpu_start"] = backend_cpu()
-                timing["api_calls_start"] = StripeApi.calls
-                counts.clear()
-                timing["start"], timing["wall_start"] = time.perf_counter(), time.time()
-                timing["cpu_start"] = time.process_time()
-            started = time.perf_counter()
+            started = clock.job_starts()
             super().execute_job(job, queue)
-            timing["end"], timing["wall_end"] = time.perf_counter(), time.time()
-            timing["cpu_end"] = time.process_time()
-            timing["counts"] = dict(counts)
-            jobs.append(timing["end"] - started)
+            clock.job_ends(started)
 
     redis = get_redis(config)
-    redis.rpush(os.environ["BENCH_READY"], os.getpid())
-    deadline = time.monotonic() + 120
-    while not redis.blpop([os.environ["BENCH_GO"]], timeout=1):
-        if time.monotonic() > deadline:
-            raise SystemExit("no go from the benchmark")
+    _wait_for_go(redis)
     worker = TimedWorker([get_queue(config)], connection=redis,
                          maintenance_interval=MAINTENANCE_SECONDS)
     worker.work(burst=True, with_scheduler=False)
-    db_cpu_end = backend_cpu()
+    db_cpu_end = clock.backend_cpu()
     ids_file = os.environ.get("BENCH_EVENTS")
     ids = json.loads(Path(ids_file).read_text()) if ids_file else []
-    db_start = timing.get("db_cpu_start", {})
-    counted = timing.get("counts", {})
-    print(json.dumps({
-        "jobs": len(jobs), "events": events_done(database, ids) if ids else 0,
-        "seconds": timing["end"] - timing["start"] if jobs else 0.0,
-        "wall_start": timing.get("wall_start"), "wall_end": timing.get("wall_end"),
-        "cpu": timing["cpu_end"] - timing["cpu_start"] if jobs else 0.0,
-        "db_cpu": sum(cpu - db_start.get(pid, 0.0) for pid, cpu in db_cpu_end.items()),
-        "statements": counted.get("statements", 0), "commits": counted.get("commits", 0),
-        "round_trips": (counted.get("calls", 0) + 2 * counted.get("commits", 0)
-                        + counted.get("checkouts", 0)),
-        "handle_s": counted.get("handle_s", 0.0), "discard_s": counted.get("discard_s", 0.0),
-        "api_calls": StripeApi.calls - timing.get("api_calls_start", StripeApi.calls),
-        "events_per_batch": config.events_per_batch, "first_job": jobs[0] if jobs else 0.0,
-    }), flush=True)
+    events = events_done(database, ids) if ids else 0
+    print(json.dumps(clock.report(events, db_cpu_end, config.events_per_batch)), flush=True)
 
 
 def drain(env: dict[str, str], log_path: Path, event_ids: list[str] | None = None,
@@ -997,7 +1103,7 @@ def drain(env: dict[str, str], log_path: Path, event_ids: list[str] | None = Non
     return [json.loads(out.decode().strip().splitlines()[-1]) for out in outputs]
 
 
-def enqueue_all(config, event_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
+def enqueue_all(config: Any, event_ids: list[str]) -> None:
     from workers.jobs import EVENT
     from workers.queue import enqueue
 
@@ -1005,7 +1111,7 @@ def enqueue_all(config, event_ids: list[str]) -> None:  # type: ignore[no-untype
         enqueue(config, EVENT, event_id)
 
 
-def rq_noop_rate(env: dict[str, str], config, jobs: int, log_path: Path) -> float:  # type: ignore[no-untyped-def]
+def rq_noop_rate(env: dict[str, str], config: Any, jobs: int, log_path: Path) -> float:
     """Jobs/s of the same worker on jobs that do nothing: RQ's own per-job cost."""
     from rq import Retry
 
@@ -1021,7 +1127,7 @@ def rq_noop_rate(env: dict[str, str], config, jobs: int, log_path: Path) -> floa
     return drained["jobs"] / drained["seconds"]
 
 
-def clear_queue(config) -> None:  # type: ignore[no-untyped-def]
+def clear_queue(config: Any) -> None:
     """An empty queue, failed registry and intermediate queue.
 
     RQ's intermediate queue (where a worker's dequeue puts a job until it is registered as
@@ -1048,7 +1154,7 @@ def clear_queue(config) -> None:  # type: ignore[no-untyped-def]
                             *queue.connection.scan_iter(f"{intermediate}:first_seen:*"))
 
 
-def failed_jobs(config) -> int:  # type: ignore[no-untyped-def]
+def failed_jobs(config: Any) -> int:
     from rq.registry import FailedJobRegistry
 
     from workers.queue import get_queue
@@ -1097,7 +1203,7 @@ class Pass:
         self.batch_sizes.add(drained["events_per_batch"])
 
 
-def run_floor(bench: BenchDb, conn, event_ids: list[str], per_txn: int, into: Pass,  # type: ignore[no-untyped-def]
+def run_floor(bench: BenchDb, conn: Any, event_ids: list[str], per_txn: int, into: Pass,
               capture: list[tuple[str, Any]] | None = None) -> None:
     """floor_batch over these events, per_txn at a time, on an open psycopg connection."""
     pid = conn.info.backend_pid
@@ -1138,7 +1244,7 @@ class Tally:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def run_in_process(config, database, event_ids: list[str], samples: set[str], batch: int,  # type: ignore[no-untyped-def]
+def run_in_process(config: Any, database: Any, event_ids: list[str], samples: set[str], batch: int,
                    tally: Tally) -> None:
     """workers.matching.inbox.handle_events in a loop in this process, into `tally`: `batch` events
     per call (1: one event per transaction). Statements counted; the calls holding a sample
@@ -1351,7 +1457,7 @@ class SizeRun:
         return ok
 
 
-def load_size(args, env: dict[str, str], size: int,  # type: ignore[no-untyped-def]
+def load_size(args: argparse.Namespace, env: dict[str, str], size: int,
               created: list[BenchDb]) -> SizeRun:
     bench = BenchDb(env["DATABASE_URL"], size, env)
     created.append(bench)  # dropped at the end, even when loading fails
@@ -1370,62 +1476,77 @@ def methods_for(runs: list[SizeRun]) -> list[str]:
     return [m for m in METHODS if m != "floor" or not runs[0].bench.is_sqlite]
 
 
-def measure_round(args, env: dict[str, str], config, runs: list[SizeRun], rnd: int,  # type: ignore[no-untyped-def]
-                  workdir: Path, per_txn: int) -> float | None:
-    """Every method over all events of every size, chunk by chunk, alternating between the
-    sizes; then RQ's no-op rate. Returns that rate."""
-    worker_log = workdir / "worker.log"
-    for method in methods_for(runs):
-        for run in runs:
-            run.reset()
-            run.passes[method].append(Pass())
-        conns: dict[int, Any] = {}
-        if method == "floor":
-            import psycopg
-
-            conns = {run.size: psycopg.connect(run.bench.psycopg_url) for run in runs}
+def _floor_chunk(run: SizeRun, conn: Any, ids: list[str], per_txn: int, first: bool) -> None:
+    """The floor over one chunk; the plans of the first batch of the first round kept."""
+    capture: list[tuple[str, Any]] | None = [] if first else None
+    run_floor(run.bench, conn, ids, per_txn, run.passes["floor"][-1], capture)
+    if capture:
+        database = run.bench.database()
         try:
-            for start in range(0, args.events, args.chunk):
-                for run in runs:
-                    ids = run.chunk(start, args.chunk, held=method != "floor")
-                    into = run.passes[method][-1]
-                    if method == "floor":
-                        capture: list[tuple[str, Any]] | None = [] if not (rnd or start) else None
-                        run_floor(run.bench, conns[run.size], ids, per_txn, into, capture)
-                        if capture:
-                            database = run.bench.database()
-                            try:
-                                run.floor_access, pages = explain(database.engine, capture)
-                            finally:
-                                database.dispose()
-                            run.floor_pages = [p / min(per_txn, len(ids)) for p in pages]
-                        continue
-                    child_env = {**env, "DATABASE_URL": run.bench.url}
-                    if method == "baseline":
-                        child_env["EVENTS_PER_BATCH"] = "1"
-                    clear_queue(config)
-                    enqueue_all(config, ids)
-                    [drained] = drain(child_env, worker_log, ids, run.warm_ups(1),
-                                      run.bench.release_held)
-                    into.add(drained)
-                    into.failed_jobs += failed_jobs(config)
-                    if drained["events"] != len(ids) or not drained["jobs"]:
-                        run.problems.append(
-                            f"{method} round {rnd + 1} at {run.size:,}: the worker handled "
+            run.floor_access, pages = explain(database.engine, capture)
+        finally:
+            database.dispose()
+        run.floor_pages = [p / min(per_txn, len(ids)) for p in pages]
+
+
+def _worker_chunk(env: dict[str, str], config: Any, run: SizeRun, method: str, ids: list[str],
+                  label: str, worker_log: Path) -> None:
+    """One worker process (EVENTS_PER_BATCH=1 for the baseline) drains one chunk's jobs."""
+    child_env = {**env, "DATABASE_URL": run.bench.url}
+    if method == "baseline":
+        child_env["EVENTS_PER_BATCH"] = "1"
+    clear_queue(config)
+    enqueue_all(config, ids)
+    [drained] = drain(child_env, worker_log, ids, run.warm_ups(1), run.bench.release_held)
+    into = run.passes[method][-1]
+    into.add(drained)
+    into.failed_jobs += failed_jobs(config)
+    if drained["events"] != len(ids) or not drained["jobs"]:
+        run.problems.append(f"{label} at {run.size:,}: the worker handled "
                             f"{drained['events']} of {len(ids)} events in {drained['jobs']} "
                             f"jobs")
-        finally:
-            for conn in conns.values():
-                conn.close()
-        for run in runs:
-            failed = run.passes[method][-1].failed_jobs
-            if run.check(f"{method} round {rnd + 1}") and failed:
-                run.problems.append(f"{method} round {rnd + 1} at {run.size:,}: {failed} "
-                                    f"failed RQ jobs")
+
+
+def measure_pass(args: argparse.Namespace, env: dict[str, str], config: Any, runs: list[SizeRun],
+                 method: str, rnd: int, workdir: Path, per_txn: int) -> None:
+    """One method over all events of every size, chunk by chunk, alternating between the
+    sizes; then every size's results are checked."""
+    label = f"{method} round {rnd + 1}"
+    for run in runs:
+        run.reset()
+        run.passes[method].append(Pass())
+    conns: dict[int, Any] = {}
+    if method == "floor":
+        import psycopg
+
+        conns = {run.size: psycopg.connect(run.bench.psycopg_url) for run in runs}
+    try:
+        for start in range(0, args.events, args.chunk):
+            for run in runs:
+                ids = run.chunk(start, args.chunk, held=method != "floor")
+                if method == "floor":
+                    _floor_chunk(run, conns[run.size], ids, per_txn, not (rnd or start))
+                else:
+                    _worker_chunk(env, config, run, method, ids, label, workdir / "worker.log")
+    finally:
+        for conn in conns.values():
+            conn.close()
+    for run in runs:
+        failed = run.passes[method][-1].failed_jobs
+        if run.check(label) and failed:
+            run.problems.append(f"{label} at {run.size:,}: {failed} failed RQ jobs")
+
+
+def measure_round(args: argparse.Namespace, env: dict[str, str], config: Any, runs: list[SizeRun],
+                  rnd: int, workdir: Path, per_txn: int) -> float | None:
+    """Every method over all events of every size; then RQ's no-op rate. Returns that
+    rate."""
+    for method in methods_for(runs):
+        measure_pass(args, env, config, runs, method, rnd, workdir, per_txn)
     noop = None
     if args.noop_jobs:
         noop = rq_noop_rate({**env, "DATABASE_URL": runs[0].bench.url}, config,
-                            args.noop_jobs, worker_log)
+                            args.noop_jobs, workdir / "worker.log")
     for run in runs:
         w, b = run.passes["worker"][-1], run.passes["baseline"][-1]
         line = (f"  round {rnd + 1}: {run.size:>10,} members: worker {w.eps:,.0f} ev/s "
@@ -1438,8 +1559,8 @@ def measure_round(args, env: dict[str, str], config, runs: list[SizeRun], rnd: i
     return noop
 
 
-def measure_two_workers(args, env: dict[str, str], config, runs: list[SizeRun],  # type: ignore[no-untyped-def]
-                        workdir: Path) -> None:
+def measure_two_workers(args: argparse.Namespace, env: dict[str, str], config: Any,
+                        runs: list[SizeRun], workdir: Path) -> None:
     """Two worker processes on the same queue at once, chunk by chunk; then the end state,
     RQ's failed registry and the workers' logs."""
     logs = {run.size: workdir / f"two-workers-{run.size}.log" for run in runs}
@@ -1476,7 +1597,7 @@ def measure_two_workers(args, env: dict[str, str], config, runs: list[SizeRun], 
               f"{'; '.join(run.two_problems) or 'OK'}", flush=True)
 
 
-def measure_in_process(args, runs: list[SizeRun], per_txn: int) -> None:
+def measure_in_process(args: argparse.Namespace, runs: list[SizeRun], per_txn: int) -> None:
     """handle_events in this process, one event at a time, then per_txn at a time; one
     engine per size for the whole pass, warmed up on the warm-up events first (untimed)."""
     from config import load_config
@@ -1529,15 +1650,9 @@ def _total(passes: list[Pass]) -> Pass:
     return total
 
 
-def _spread(values: list[float], fmt: str = ",.0f") -> str:
-    return Spread.of(values).show(fmt) if values else "n/a"
-
-
-def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  # type: ignore[no-untyped-def]
-                 backend: str, noop: list[float], per_txn: int) -> bool:
-    """The tables and the targets; returns True when every target is met."""
-    first, last = runs[0], runs[-1]
-    has_floor = bool(first.passes["floor"])
+def _print_header(args: argparse.Namespace, runs: list[SizeRun], backend: str,
+                  per_txn: int) -> None:
+    has_floor = bool(runs[0].passes["floor"])
     sizes = sorted({s for r in runs for s in _total(r.passes["worker"]).batch_sizes})
     print(f"\nMatching benchmark - {backend}\n{args.events:,} customer.subscription.created "
           f"Connect events per size ({', '.join(KINDS)} in equal parts, every customer "
@@ -1549,19 +1664,43 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
           f"as raw set-based SQL on one psycopg connection"
           + ("" if has_floor else " (PostgreSQL only: not measured)") + "\n")
 
+
+def _print_rates(args: argparse.Namespace, runs: list[SizeRun]) -> None:
     print(f"events/s, min / median / max of {args.rounds} round(s); ratios round by round")
     header = (f"{'members':>10} {'load s':>7} {'worker':>19} {'vs smallest':>11} "
               f"{'baseline':>16} {'floor':>23} {'worker/baseline':>18} {'worker/floor':>18}")
     print(header)
     print("-" * len(header))
-    smallest = Spread.of(first.eps("worker")).median
+    smallest = Spread.of(runs[0].eps("worker")).median
     for r in runs:
         w, b, f = r.eps("worker"), r.eps("baseline"), r.eps("floor")
-        print(f"{r.size:>10,} {r.load_s:>7.1f} {_spread(w):>19} "
-              f"{Spread.of(w).median / smallest:>11.2f} {_spread(b):>16} {_spread(f):>23} "
-              f"{ratio(w, b).show('.1f'):>18} "
+        print(f"{r.size:>10,} {r.load_s:>7.1f} {Spread.of(w).show():>19} "
+              f"{Spread.of(w).median / smallest:>11.2f} {Spread.of(b).show():>16} "
+              f"{Spread.of(f).show():>23} {ratio(w, b).show('.1f'):>18} "
               f"{ratio(w, f).show('.2f') if f else 'n/a':>18}")
 
+
+def _time_split_row(r: SizeRun, method: str) -> str | None:
+    """One size and method of the where-the-time-goes table, per event (None: no events)."""
+    t = _total(r.passes[method])
+    if not t.events:
+        return None
+    n = t.events
+    ms = {k: 1000 * v / n for k, v in (("wall", t.seconds), ("handle", t.handle_s),
+                                       ("discard", t.discard_s), ("cpu", t.cpu),
+                                       ("db", t.db_cpu))}
+    db_cpu = f"{ms['db']:.2f}" if not r.bench.is_sqlite else "-"
+    jobs = f"{t.jobs / n:.3f}" if method != "floor" else "-"
+    first_job = f"{1000 * t.first_jobs / t.drains:.0f}" if t.drains else "-"
+    rest = f"{ms['wall'] - ms['handle'] - ms['discard']:.2f}" if method != "floor" else "-"
+    off_queue = f"{ms['discard']:.2f}" if method != "floor" else "-"
+    return (f"{r.size:>10,} {method:>9} {ms['wall']:>8.2f} {ms['handle']:>9.2f} "
+            f"{off_queue:>10} {rest:>9} "
+            f"{ms['cpu']:>11.2f} {db_cpu:>7} {t.statements / n:>11.2f} "
+            f"{t.round_trips / n:>12.2f} {t.commits / n:>6.3f} {jobs:>8} {first_job:>11}")
+
+
+def _print_time_split(runs: list[SizeRun]) -> None:
     print("\nWhere the time goes, per event, all rounds. Wall time, split into handling the "
           "events (inbox.run: the transaction and the ORM; the floor: floor_batch), "
           "taking the handled events' jobs off the queue (workers.queue.discard_jobs) "
@@ -1574,35 +1713,24 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
     print("-" * len(header))
     for r in runs:
         for method in methods_for(runs):
-            t = _total(r.passes[method])
-            if not t.events:
-                continue
-            n = t.events
-            ms = {k: 1000 * v / n for k, v in (("wall", t.seconds), ("handle", t.handle_s),
-                                               ("discard", t.discard_s), ("cpu", t.cpu),
-                                               ("db", t.db_cpu))}
-            db_cpu = f"{ms['db']:.2f}" if not r.bench.is_sqlite else "-"
-            jobs = f"{t.jobs / n:.3f}" if method != "floor" else "-"
-            first_job = f"{1000 * t.first_jobs / t.drains:.0f}" if t.drains else "-"
-            rest = (f"{ms['wall'] - ms['handle'] - ms['discard']:.2f}" if method != "floor"
-                    else "-")
-            off_queue = f"{ms['discard']:.2f}" if method != "floor" else "-"
-            print(f"{r.size:>10,} {method:>9} {ms['wall']:>8.2f} {ms['handle']:>9.2f} "
-                  f"{off_queue:>10} {rest:>9} "
-                  f"{ms['cpu']:>11.2f} {db_cpu:>7} {t.statements / n:>11.2f} "
-                  f"{t.round_trips / n:>12.2f} {t.commits / n:>6.3f} {jobs:>8} {first_job:>11}")
+            row = _time_split_row(r, method)
+            if row is not None:
+                print(row)
     print("(statements: what the database runs, an executemany counted per row, BEGIN and "
           "COMMIT not included; round trips: cursor calls (an executemany is pipelined: one), "
           "BEGIN, COMMIT and the pool's pre-ping; txns: transactions. 1st job ms: the first "
           "timed job of each worker process, after its untimed warm-up on 4 events of its "
           "own)")
+
+
+def _print_rq_and_two(args: argparse.Namespace, runs: list[SizeRun], noop: list[float],
+                      per_txn: int) -> None:
     if noop:
         med = Spread.of(noop).median
         print(f"\nRQ alone (the RQ-side floor): the same worker drains no-op jobs at "
-              f"{_spread(noop)} jobs/s = {1000 / med:.1f} ms per job (median). The baseline "
-              f"pays that per event (at most {med:,.0f} events/s); the worker per job, once "
-              f"per up to {per_txn} events")
-
+              f"{Spread.of(noop).show()} jobs/s = {1000 / med:.1f} ms per job (median). The "
+              f"baseline pays that per event (at most {med:,.0f} events/s); the worker per "
+              f"job, once per up to {per_txn} events")
     print(f"\nTwo workers at once on the same queue (the same chunks of {args.chunk}), once "
           f"per size after the rounds")
     for r in runs:
@@ -1611,6 +1739,8 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
               f"worker's median), jobs {' + '.join(str(j) for j in r.two_jobs)}; "
               f"{'; '.join(r.two_problems) or 'end state as expected, no failed job, clean logs'}")
 
+
+def _print_in_process(runs: list[SizeRun], per_txn: int) -> None:
     print("\nIn this process, no RQ (workers.matching.inbox.handle_events), once after the rounds")
     for r in runs:
         one, many = r.inproc, r.batched
@@ -1622,6 +1752,7 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
               f"{many.statements / many.events:.2f} statements and "
               f"{many.calls / many.events:.2f} cursor calls/ev; pages per event and "
               f"lookup {pages}")
+    first = runs[0]
     n = first.inproc.events
     verbs = {k: v for k, v in first.inproc.by_verb.items() if k != "BEGIN"}
     statements = sum(verbs.values())
@@ -1639,6 +1770,9 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
         print("pages per event and lookup: buffers EXPLAIN ANALYZE reads for the member and "
               "mirror lookups (one at a time | per event of a batch): how the lookups scale, "
               "whatever the host's load")
+
+
+def _print_stripe_and_plans(runs: list[SizeRun], unmirrored: dict[str, Any] | None) -> None:
     if unmirrored:
         first_calls, repeat_calls = unmirrored["first"], unmirrored["repeat"]
         print(f"\ncustomer NOT mirrored (platform events, localstripe, each handled alone): "
@@ -1647,7 +1781,7 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
               f"calls/event (max {max(repeat_calls)}; the one repeat that calls is a customer "
               f"Stripe does not know: it waits as {CUSTOMER_UNKNOWN}); HTTP reads seen by "
               f"localstripe {unmirrored['http_reads']} = counted {unmirrored['counted']}")
-    if has_floor:
+    if runs[0].passes["floor"]:
         print("floor plans (EXPLAIN of its first batch; PostgreSQL's own choice, so a hash join "
               "over a sequential scan where that is cheaper): " + "; ".join(
                   f"{r.size:,}: " + ", ".join(f"{t} {'/'.join(sorted(r.floor_access.get(t, ())))}"
@@ -1656,32 +1790,39 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
     print(f"host: {os.cpu_count()} CPUs, load average now {os.getloadavg()[0]:.1f} (1 min), "
           f"{os.getloadavg()[2]:.1f} (15 min)\n")
 
-    checks: list[tuple[str, bool, str]] = []
+
+def _check_scaling(args: argparse.Namespace, runs: list[SizeRun], targets: Targets) -> None:
+    first, last = runs[0], runs[-1]
     lows = {r.size: min(r.eps("worker")) for r in runs}
-    checks.append((f"worker >= {TARGET_EVENTS_PER_S:.0f} events/s at every size (lowest of "
-                   f"{args.rounds} rounds)", min(lows.values()) >= TARGET_EVENTS_PER_S,
-                   ", ".join(f"{size:,}: {low:,.0f}" for size, low in lows.items())))
-    if len(runs) > 1:
-        medians = {r.size: Spread.of(r.eps("worker")).median for r in runs}
-        slowdown = 1 - medians[last.size] / medians[first.size]
-        a, z = _total(first.passes["worker"]), _total(last.passes["worker"])
-        detail = (f"{slowdown:+.0%} (medians {medians[first.size]:,.0f} -> "
-                  f"{medians[last.size]:,.0f} ev/s; worker CPU per event "
-                  f"{(z.cpu / z.events) / (a.cpu / a.events) - 1:+.0%}")
-        if a.db_cpu:
-            detail += (f", PostgreSQL CPU per event "
-                       f"{(z.db_cpu / z.events) / (a.db_cpu / a.events) - 1:+.0%}")
-        if first.inproc.pages:
-            detail += (f", pages per batched lookup {_mean(last.batched.pages):.2f} vs "
-                       f"{_mean(first.batched.pages):.2f}")
-        checks.append((f"<= {TARGET_MAX_SLOWDOWN:.0%} slower at {last.size:,} than at "
-                       f"{first.size:,} members (worker, medians)",
-                       slowdown <= TARGET_MAX_SLOWDOWN, detail + ")"))
-    checks.append(("two workers reach the same end state as one, no deadlocks (every size)",
-                   not any(r.two_problems for r in runs),
-                   "; ".join(f"{r.size:,}: {r.two.eps:,.0f} ev/s, jobs "
-                             f"{'+'.join(str(j) for j in r.two_jobs)}, "
-                             f"{', '.join(r.two_problems) or 'OK'}" for r in runs)))
+    targets.check(f"worker >= {TARGET_EVENTS_PER_S:.0f} events/s at every size (lowest of "
+                  f"{args.rounds} rounds)",
+                  ", ".join(f"{size:,}: {low:,.0f}" for size, low in lows.items()),
+                  min(lows.values()) >= TARGET_EVENTS_PER_S)
+    if len(runs) == 1:
+        return
+    medians = {r.size: Spread.of(r.eps("worker")).median for r in runs}
+    slowdown = 1 - medians[last.size] / medians[first.size]
+    a, z = _total(first.passes["worker"]), _total(last.passes["worker"])
+    detail = (f"{slowdown:+.0%} (medians {medians[first.size]:,.0f} -> "
+              f"{medians[last.size]:,.0f} ev/s; worker CPU per event "
+              f"{(z.cpu / z.events) / (a.cpu / a.events) - 1:+.0%}")
+    if a.db_cpu:
+        detail += (f", PostgreSQL CPU per event "
+                   f"{(z.db_cpu / z.events) / (a.db_cpu / a.events) - 1:+.0%}")
+    if first.inproc.pages:
+        detail += (f", pages per batched lookup {_mean(last.batched.pages):.2f} vs "
+                   f"{_mean(first.batched.pages):.2f}")
+    targets.check(f"<= {TARGET_MAX_SLOWDOWN:.0%} slower at {last.size:,} than at "
+                  f"{first.size:,} members (worker, medians)", detail + ")",
+                  slowdown <= TARGET_MAX_SLOWDOWN)
+
+
+def _check_lookups(runs: list[SizeRun], targets: Targets) -> None:
+    targets.check("two workers reach the same end state as one, no deadlocks (every size)",
+                  "; ".join(f"{r.size:,}: {r.two.eps:,.0f} ev/s, jobs "
+                            f"{'+'.join(str(j) for j in r.two_jobs)}, "
+                            f"{', '.join(r.two_problems) or 'OK'}" for r in runs),
+                  not any(r.two_problems for r in runs))
     lookups = [("member and mirror lookups use indexes (EXPLAIN, one event at a time)",
                 [r.inproc.access for r in runs]),
                ("batched lookups use indexes (EXPLAIN of one batch, every size)",
@@ -1691,56 +1832,70 @@ def print_report(args, runs: list[SizeRun], unmirrored: dict[str, Any] | None,  
         shown = [(runs[-1].size, accesses[-1])] + [
             (r.size, a) for r, a in zip(runs[:-1], accesses[:-1], strict=True)
             if a != accesses[-1]]
-        checks.append((name, all(uses_indexes(a) for a in accesses), " | ".join(
+        targets.check(name, " | ".join(
             f"{size:,}: " + "; ".join(f"{t}: {', '.join(sorted(a.get(t, ())))}"
                                       for t in SCALING_TABLES)
-            for size, a in shown)))
-    mirrored_events = sum(_total(r.passes[m]).events for r in runs for m in ("worker",
-                                                                              "baseline"))
+            for size, a in shown), all(uses_indexes(a) for a in accesses))
+
+
+def _check_stripe_calls(runs: list[SizeRun], unmirrored: dict[str, Any] | None,
+                        targets: Targets) -> None:
+    mirrored_events = sum(_total(r.passes[m]).events for r in runs
+                          for m in ("worker", "baseline"))
     mirrored_events += sum(r.two.events + r.inproc.events + r.batched.events for r in runs)
     mirrored_calls = sum(_total(r.passes[m]).api_calls for r in runs
                          for m in ("worker", "baseline"))
     mirrored_calls += sum(r.two.api_calls + r.inproc.api_calls + r.batched.api_calls
                           for r in runs)
-    checks.append(("0 Stripe API calls per event with the customer mirrored",
-                   mirrored_calls == 0 and unmirrored is not None,
-                   f"{mirrored_calls} calls in {mirrored_events:,} events"
-                   if unmirrored is not None else "not measured (--no-stripe: no API to call)"))
+    targets.check("0 Stripe API calls per event with the customer mirrored",
+                  f"{mirrored_calls} calls in {mirrored_events:,} events"
+                  if unmirrored is not None else "not measured (--no-stripe: no API to call)",
+                  mirrored_calls == 0 and unmirrored is not None)
     if unmirrored:
         worst_calls = max(unmirrored["first"] + unmirrored["repeat"])
-        checks.append(("<= 1 Stripe API call per event without the mirror",
-                       worst_calls <= 1 and not unmirrored["wrong_calls"],
-                       f"max {worst_calls}"))
+        targets.check("<= 1 Stripe API call per event without the mirror", f"max {worst_calls}",
+                      worst_calls <= 1 and not unmirrored["wrong_calls"])
     else:
-        checks.append(("<= 1 Stripe API call per event without the mirror", False,
-                       "not measured (--no-stripe)"))
+        targets.check("<= 1 Stripe API call per event without the mirror",
+                      "not measured (--no-stripe)", False)
+
+
+def print_report(args: argparse.Namespace, runs: list[SizeRun], unmirrored: dict[str, Any] | None,
+                 backend: str, noop: list[float], per_txn: int) -> bool:
+    """The tables and the targets; returns True when every target is met."""
+    _print_header(args, runs, backend, per_txn)
+    _print_rates(args, runs)
+    _print_time_split(runs)
+    _print_rq_and_two(args, runs, noop, per_txn)
+    _print_in_process(runs, per_txn)
+    _print_stripe_and_plans(runs, unmirrored)
+    targets = Targets("{verdict}  {name}: {value}")
+    _check_scaling(args, runs, targets)
+    _check_lookups(runs, targets)
+    _check_stripe_calls(runs, unmirrored, targets)
     problems = [p for r in runs for p in r.problems]
     if unmirrored and not unmirrored["ok"]:
         problems.append(f"not mirrored: {unmirrored['summary']}")
-    checks.append(("results match the generated data (every event, subscription, mismatch; "
-                   "every method and round)", not problems,
-                   first.summary if not problems else "\n    ".join(problems)))
-    for name, passed, detail in checks:
-        print(f"{verdict(passed)}  {name}: {detail}")
-    return all(passed for _, passed, _ in checks)
+    targets.check("results match the generated data (every event, subscription, mismatch; "
+                  "every method and round)",
+                  runs[0].summary if not problems else "\n    ".join(problems), not problems)
+    return targets.all_met
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", default=DEFAULT_PG,
-                        help=f"PostgreSQL URL; the database is created if missing; each size "
-                             f"gets a schema bench_<size>, dropped at the end (default "
-                             f"{DEFAULT_PG})")
+    add_common_flags(parser, database_url=DEFAULT_PG,
+                     database_note="created if missing; each size gets a schema "
+                                   "bench_<size>, dropped at the end",
+                     redis_url=DEFAULT_REDIS, redis_note="for RQ",
+                     quick=f"sizes {','.join(str(s) for s in QUICK_SIZES)} and 600 events",
+                     strict=True)
     parser.add_argument("--sqlite", nargs="?", const="", metavar="PATH",
                         help="use SQLite files PATH-<size> instead (default: temporary ones)")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS,
-                        help=f"Redis for RQ (default {DEFAULT_REDIS})")
     parser.add_argument("--queue", default="mismatch-bench", help="RQ queue name (emptied)")
     parser.add_argument("--sizes", help="comma-separated member counts (default "
                         f"{','.join(str(s) for s in DEFAULT_SIZES)})")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"sizes {','.join(str(s) for s in QUICK_SIZES)} and 600 events")
     parser.add_argument("--events", type=int, help="subscription events per size (default 2000)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="times every event is processed per method (default 3)")
@@ -1759,7 +1914,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="skip localstripe (API calls are then not possible nor counted)")
     parser.add_argument("--keep-data", action="store_true",
                         help="leave the loaded schemas / SQLite files in place")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--drain-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sizes:
@@ -1778,13 +1932,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def child_environment(args: argparse.Namespace, db_url: str, workdir: Path,
+                      stripe: Any) -> dict[str, str]:
+    """What the workers (and, through os.environ, the in-process runs) are configured by."""
+    env = environment(
+        without=("SMTP_URL", "SUPPORT_EMAIL", "PROMETHEUS_MULTIPROC_DIR", "STRIPE_SECRET_KEY",
+                 "STRIPE_API_BASE", "EVENTS_PER_BATCH"),
+        DATABASE_URL=db_url, REDIS_URL=args.redis_url, RQ_QUEUE=args.queue,
+        INSTANCE_PATH=str(workdir / "instance"), SECRET_KEY="benchmark-secret-key",
+        JOB_RETRY_INTERVALS="0", STRIPE_PLATFORM_ACCOUNT=PLATFORM_ACCOUNT,
+        PUBLIC_BASE_URL="http://localhost:5000")
+    if args.batch is not None:  # otherwise the worker runs with the service's default
+        env["EVENTS_PER_BATCH"] = str(args.batch)
+    if stripe is not None:
+        # Every run can reach (fake) Stripe, so a mirrored event that still called the
+        # API would be counted, not silently skipped for want of a key.
+        env.update({"STRIPE_SECRET_KEY": "sk_test_benchmark", "STRIPE_API_BASE": stripe.url})
+    return env
+
+
+def prepare_backend(config: Any, db_url: str) -> str:
+    """The database ready (PostgreSQL: created and migrated); how the report names it."""
+    if config.database_url.startswith("sqlite"):
+        return f"SQLite {config.database_url.split('///', 1)[1]} (one file per size)"
+    prepare_database(db_url, fresh=False)
+    return f"PostgreSQL {config.database_url.split('@')[-1]} (schema bench_<size> per size)"
+
+
+def measure_all(args: argparse.Namespace, env: dict[str, str], config: Any, runs: list[SizeRun],
+                workdir: Path, stripe: Any) -> tuple[list[float], dict[str, Any] | None]:
+    """The rounds, two workers, the in-process runs and the unmirrored events: RQ's no-op
+    rates and the unmirrored results."""
+    per_txn = config.events_per_batch
+    noop: list[float] = []
+    for rnd in range(args.rounds):
+        rate = measure_round(args, env, config, runs, rnd, workdir, per_txn)
+        if rate:
+            noop.append(rate)
+    measure_two_workers(args, env, config, runs, workdir)
+    measure_in_process(args, runs, per_txn)
+    unmirrored = None
+    if stripe is not None:
+        unmirrored = run_unmirrored(runs[0].bench, stripe)
+        print(f"  not mirrored: results {'OK' if unmirrored['ok'] else 'WRONG'} - "
+              f"{unmirrored['summary']}")
+        for problem in unmirrored["wrong_calls"][:5]:
+            print(f"    {problem}")
+    return noop, unmirrored
+
+
+def clean_up(args: argparse.Namespace, config: Any, stripe: Any, created: list[BenchDb],
+             workdir: Path) -> None:
+    """Empty and delete the queue, stop localstripe, drop the data (unless --keep-data)."""
+    from workers.runtime import reset_runtime
+
+    reset_runtime()
+    if config is not None:
+        try:
+            from workers.queue import get_queue
+
+            clear_queue(config)
+            get_queue(config).delete(delete_jobs=True)  # and leave no queue registered
+        except Exception as exc:  # noqa: BLE001 - Redis may be what failed
+            print(f"could not empty queue {args.queue}: {type(exc).__name__}")
+    if stripe is not None:
+        stripe.stop()
+    for bench in created:
+        if args.keep_data:
+            print(f"kept {f'schema {bench.schema}' if bench.schema else bench.path}")
+            continue
+        try:
+            bench.drop()
+        except Exception as exc:  # noqa: BLE001
+            print(f"could not drop {bench.schema or bench.path}: {type(exc).__name__}")
+    if not (args.keep_data and args.sqlite == ""):
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.drain_child:
         drain_child()
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-
     workdir = Path(tempfile.mkdtemp(prefix="bench-matching-"))
     stripe: LocalStripe | None = None
     runs: list[SizeRun] = []
@@ -1796,87 +2026,26 @@ def main(argv: list[str] | None = None) -> int:
             db_url = f"sqlite:///{Path(args.sqlite or workdir / 'bench.sqlite3').resolve()}"
         if not args.no_stripe:
             stripe = start_stripe(workdir)
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("SMTP_URL", "SUPPORT_EMAIL", "PROMETHEUS_MULTIPROC_DIR",
-                            "STRIPE_SECRET_KEY", "STRIPE_API_BASE", "EVENTS_PER_BATCH")}
-        env.update({
-            "DATABASE_URL": db_url,
-            "REDIS_URL": args.redis_url,
-            "RQ_QUEUE": args.queue,
-            "INSTANCE_PATH": str(workdir / "instance"),
-            "SECRET_KEY": "benchmark-secret-key",
-            "JOB_RETRY_INTERVALS": "0",
-            "STRIPE_PLATFORM_ACCOUNT": PLATFORM_ACCOUNT,
-            "PUBLIC_BASE_URL": "http://localhost:5000",
-        })
-        if args.batch is not None:  # otherwise the worker runs with the service's default
-            env["EVENTS_PER_BATCH"] = str(args.batch)
-        if stripe is not None:
-            # Every run can reach (fake) Stripe, so a mirrored event that still called the
-            # API would be counted, not silently skipped for want of a key.
-            env.update({"STRIPE_SECRET_KEY": "sk_test_benchmark", "STRIPE_API_BASE": stripe.url})
+        env = child_environment(args, db_url, workdir, stripe)
         os.environ.clear()
         os.environ.update(env)  # the in-process runs read the environment like a worker
-
         from config import load_config
 
         config = load_config(env)
-        per_txn = config.events_per_batch
-        if config.database_url.startswith("sqlite"):
-            backend = f"SQLite {config.database_url.split('///', 1)[1]} (one file per size)"
-        else:
-            prepare_database(db_url, fresh=False)
-            backend = (f"PostgreSQL {config.database_url.split('@')[-1]} (schema bench_<size> "
-                       f"per size)")
+        backend = prepare_backend(config, db_url)
         print(f"database: {backend}\nredis: {args.redis_url} (queue {args.queue}); stripe: "
               f"{stripe.url if stripe else 'none'}; work dir: {workdir}")
         print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
               f"(other work on the host lowers every figure)\n", flush=True)
-
         for size in args.sizes:
             runs.append(load_size(args, env, size, created))
-        noop: list[float] = []
-        for rnd in range(args.rounds):
-            rate = measure_round(args, env, config, runs, rnd, workdir, per_txn)
-            if rate:
-                noop.append(rate)
-        measure_two_workers(args, env, config, runs, workdir)
-        measure_in_process(args, runs, per_txn)
-        unmirrored = None
-        if stripe is not None:
-            unmirrored = run_unmirrored(runs[0].bench, stripe)
-            print(f"  not mirrored: results {'OK' if unmirrored['ok'] else 'WRONG'} - "
-                  f"{unmirrored['summary']}")
-            for problem in unmirrored["wrong_calls"][:5]:
-                print(f"    {problem}")
-        met = print_report(args, runs, unmirrored, backend, noop, per_txn)
+        noop, unmirrored = measure_all(args, env, config, runs, workdir, stripe)
+        met = print_report(args, runs, unmirrored, backend, noop, config.events_per_batch)
         if any(r.problems for r in runs) or (unmirrored is not None and not unmirrored["ok"]):
             return 1  # wrong results: the figures mean nothing
         return 1 if args.strict and not met else 0
     finally:
-        from workers.runtime import reset_runtime
-
-        reset_runtime()
-        if config is not None:
-            try:
-                from workers.queue import get_queue
-
-                clear_queue(config)
-                get_queue(config).delete(delete_jobs=True)  # and leave no queue registered
-            except Exception as exc:  # noqa: BLE001 - Redis may be what failed
-                print(f"could not empty queue {args.queue}: {type(exc).__name__}")
-        if stripe is not None:
-            stripe.stop()
-        for bench in created:
-            if args.keep_data:
-                print(f"kept {f'schema {bench.schema}' if bench.schema else bench.path}")
-                continue
-            try:
-                bench.drop()
-            except Exception as exc:  # noqa: BLE001
-                print(f"could not drop {bench.schema or bench.path}: {type(exc).__name__}")
-        if not (args.keep_data and args.sqlite == ""):
-            shutil.rmtree(workdir, ignore_errors=True)
+        clean_up(args, config, stripe, created, workdir)
 
 
 if __name__ == "__main__":

@@ -65,10 +65,20 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as benchmarks/soak.py
 
-from benchmarks.harness import ROOT, Conn, descendants, prepare_database, signed_request
+from benchmarks.harness import (
+    BIN,
+    ROOT,
+    Conn,
+    add_common_flags,
+    descendants,
+    environment,
+    gunicorn_command,
+    http_answers,
+    interrupt_on,
+    prepare_database,
+    signed_request,
+)
 from standins.localstripe import free_port
-
-BIN = Path(sys.executable).parent
 
 CONNECT_SECRET = "whsec_soak_connect_secret"
 PLATFORM_SECRET = "whsec_soak_platform_secret"
@@ -144,111 +154,108 @@ def _variant(rng: random.Random, address: str) -> str:
     return address
 
 
-def generate(n_events: int, n_venues: int, seed: int) -> World:
-    rng = random.Random(seed)
-    ids = itertools.count(1)
-    base_time = int(time.time()) - 3 * 86400
+class _Generator:
+    """The seeded world: venues and their members first, then subscriptions and their events
+    until there are enough events (the order of the random draws is the world's identity)."""
 
-    def nid() -> int:
-        return next(ids)
+    def __init__(self, n_venues: int, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.ids = itertools.count(1)
+        self.base_time = int(time.time()) - 3 * 86400
+        self.venues = [self._venue(v) for v in range(n_venues)]
+        self.subs: list[Sub] = []
+        self.events: list[dict[str, Any]] = []
+        self.clock = itertools.count(0, 7)
 
-    venues: list[Venue] = []
-    for v in range(n_venues):
+    def nid(self) -> int:
+        return next(self.ids)
+
+    def _venue(self, v: int) -> Venue:
+        """A standing membership: linked members, members not linked yet, and a few
+        households sharing one email (one linked, one not, or neither)."""
+        rng = self.rng
         admins = [f"admin{a}@venue{v:02d}.soak.test" for a in range(rng.choice((1, 1, 2)))]
         venue = Venue(f"acct_1Soak{v:02d}{rng.getrandbits(40):010x}", f"Soak Venue {v:02d}",
                       admins)
-        # A standing membership: linked members, members not linked yet, and a few
-        # households sharing one email (one linked, one not, or neither).
         for _ in range(rng.randint(15, 30)):
-            n = nid()
+            n = self.nid()
             local = f"member{n}" if rng.random() > 0.03 else f"straße{n}"
             venue.members.append(Member(
                 f"m{n}", f"{local}@venue{v:02d}.soak.test",
                 f"cus_SoakOld{n:06d}" if rng.random() < 0.6 else None))
         for _ in range(rng.randint(1, 3)):
-            n = nid()
+            n = self.nid()
             shared = f"household{n}@venue{v:02d}.soak.test"
             venue.members.append(Member(f"m{n}", shared,
                                         f"cus_SoakOld{n:06d}" if rng.random() < 0.5 else None))
-            venue.members.append(Member(f"m{nid()}", shared.upper(), None))
-        venues.append(venue)
+            venue.members.append(Member(f"m{self.nid()}", shared.upper(), None))
+        return venue
 
-    def outsider_email(venue: Venue) -> str:
-        if rng.random() < 0.3:  # a member of ANOTHER venue: never counts here (rule 4)
-            other = rng.choice([v for v in venues if v is not venue] or [venue])
+    def outsider_email(self, venue: Venue) -> str:
+        if self.rng.random() < 0.3:  # a member of ANOTHER venue: never counts here (rule 4)
+            other = self.rng.choice([v for v in self.venues if v is not venue] or [venue])
             if other is not venue:
                 taken = {m.email.strip().casefold() for m in venue.members}
-                address = rng.choice(other.members).email
+                address = self.rng.choice(other.members).email
                 if address.strip().casefold() not in taken:
                     return address
-        return f"walkin{nid()}@elsewhere.soak.test"
+        return f"walkin{self.nid()}@elsewhere.soak.test"
 
-    subs: list[Sub] = []
-    events: list[dict[str, Any]] = []
-    clock = itertools.count(0, 7)
-
-    def add_event(type_: str, obj: dict[str, Any], account: str, created: int) -> None:
-        events.append({
-            "id": f"evt_1Soak{len(events) + 1:08d}", "object": "event",
+    def add_event(self, type_: str, obj: dict[str, Any], account: str, created: int) -> None:
+        self.events.append({
+            "id": f"evt_1Soak{len(self.events) + 1:08d}", "object": "event",
             "api_version": "2024-06-20", "created": created,
             "data": {"object": obj}, "livemode": False, "pending_webhooks": 1,
             "request": {"id": None, "idempotency_key": None}, "type": type_,
             "account": account,
         })
 
-    def customer_obj(cid: str, address: str | None, name: str) -> dict[str, Any]:
+    def customer_obj(self, cid: str, address: str | None, name: str) -> dict[str, Any]:
         return {"id": cid, "object": "customer", "email": address, "name": name,
-                "livemode": False, "metadata": {}, "created": base_time}
+                "livemode": False, "metadata": {}, "created": self.base_time}
 
-    def sub_obj(sid: str, cid: str, status: str) -> dict[str, Any]:
+    def sub_obj(self, sid: str, cid: str, status: str) -> dict[str, Any]:
         return {"id": sid, "object": "subscription", "customer": cid, "status": status,
                 "livemode": False, "items": {"object": "list", "data": []},
-                "created": base_time}
+                "created": self.base_time}
 
-    while len(events) < n_events:
-        remaining = n_events - len(events)
-        if remaining < 2:  # a name change for a customer we already have; same email
-            sub = rng.choice(subs)
-            add_event("customer.updated",
-                      customer_obj(sub.customer_id, sub.email, f"Renamed {nid()}"),
-                      sub.account_id, base_time + next(clock))
-            continue
-        venue = rng.choice(venues)
-        intent = rng.choices(("linked", "case1", "case2", "case3"), (35, 20, 20, 25))[0]
-        n = nid()
-        cid, sid = f"cus_Soak{n:06d}", f"sub_Soak{n:06d}"
+    def _member_for(self, venue: Venue, intent: str, n: int) -> Member:
+        """Case 1: a member with a customer ID; case 2: one without; often an existing one."""
+        linked = intent == "case1"
+        pool = [m for m in venue.members if bool(m.customer_id) == linked]
+        if pool and self.rng.random() < (0.7 if linked else 0.5):
+            return self.rng.choice(pool)
+        member = Member(f"m{n}", f"member{n}@venue{self.venues.index(venue):02d}.soak.test",
+                        f"cus_SoakOld{n:06d}" if linked else None)
+        venue.members.append(member)
+        return member
+
+    def customer_email(self, venue: Venue, intent: str, n: int, cid: str) -> str | None:
+        """The email the new customer has, as the intent wants it."""
         if intent == "linked":
-            address = f"member{n}@venue{venues.index(venue):02d}.soak.test"
+            address = f"member{n}@venue{self.venues.index(venue):02d}.soak.test"
             venue.members.append(Member(f"m{n}", address, cid))
-            customer_email: str | None = _variant(rng, address)
-        elif intent == "case1":
-            linked = [m for m in venue.members if m.customer_id]
-            if linked and rng.random() < 0.7:
-                member = rng.choice(linked)
-            else:
-                member = Member(f"m{n}", f"member{n}@venue{venues.index(venue):02d}.soak.test",
-                                f"cus_SoakOld{n:06d}")
-                venue.members.append(member)
-            customer_email = _variant(rng, member.email)
-        elif intent == "case2":
-            unlinked = [m for m in venue.members if not m.customer_id]
-            if unlinked and rng.random() < 0.5:
-                member = rng.choice(unlinked)
-            else:
-                member = Member(f"m{n}", f"member{n}@venue{venues.index(venue):02d}.soak.test",
-                                None)
-                venue.members.append(member)
-            customer_email = _variant(rng, member.email)
-        else:
-            customer_email = None if rng.random() < 0.03 else outsider_email(venue)
+            return _variant(self.rng, address)
+        if intent in ("case1", "case2"):
+            return _variant(self.rng, self._member_for(venue, intent, n).email)
+        return None if self.rng.random() < 0.03 else self.outsider_email(venue)
+
+    def subscription(self, remaining: int) -> None:
+        """A new customer and subscription, sometimes updated, renamed or canceled."""
+        rng = self.rng
+        venue = rng.choice(self.venues)
+        intent = rng.choices(("linked", "case1", "case2", "case3"), (35, 20, 20, 25))[0]
+        n = self.nid()
+        cid, sid = f"cus_Soak{n:06d}", f"sub_Soak{n:06d}"
+        customer_email = self.customer_email(venue, intent, n, cid)
         sub = Sub(sid, venue.account_id, cid, customer_email, intent)
-        subs.append(sub)
-        t = base_time + next(clock)
-        add_event("customer.created", customer_obj(cid, customer_email, f"Customer {n}"),
-                  venue.account_id, t)
-        add_event("customer.subscription.created",
-                  sub_obj(sid, cid, rng.choice(("active", "active", "trialing"))),
-                  venue.account_id, t + 1)
+        self.subs.append(sub)
+        t = self.base_time + next(self.clock)
+        self.add_event("customer.created", self.customer_obj(cid, customer_email, f"Customer {n}"),
+                       venue.account_id, t)
+        self.add_event("customer.subscription.created",
+                       self.sub_obj(sid, cid, rng.choice(("active", "active", "trialing"))),
+                       venue.account_id, t + 1)
         extras = []
         if rng.random() < 0.25:
             extras.append("customer.subscription.updated")
@@ -258,15 +265,34 @@ def generate(n_events: int, n_venues: int, seed: int) -> World:
             extras.append("customer.subscription.deleted")
         for type_ in extras[: max(0, remaining - 2)]:
             if type_ == "customer.subscription.updated":
-                add_event(type_, sub_obj(sid, cid, rng.choice(("active", "past_due"))),
-                          venue.account_id, t + 3)
+                self.add_event(type_, self.sub_obj(sid, cid, rng.choice(("active", "past_due"))),
+                               venue.account_id, t + 3)
             elif type_ == "customer.updated":
-                add_event(type_, customer_obj(cid, customer_email, f"Customer {n} (renamed)"),
-                          venue.account_id, t + 2)
+                self.add_event(type_, self.customer_obj(cid, customer_email,
+                                                        f"Customer {n} (renamed)"),
+                               venue.account_id, t + 2)
             else:
                 sub.canceled = True
-                add_event(type_, sub_obj(sid, cid, "canceled"), venue.account_id, t + 5)
-    return World(venues, subs, events)
+                self.add_event(type_, self.sub_obj(sid, cid, "canceled"), venue.account_id,
+                               t + 5)
+
+    def rename(self) -> None:
+        """A name change for a customer we already have; same email."""
+        sub = self.rng.choice(self.subs)
+        self.add_event("customer.updated",
+                       self.customer_obj(sub.customer_id, sub.email, f"Renamed {self.nid()}"),
+                       sub.account_id, self.base_time + next(self.clock))
+
+
+def generate(n_events: int, n_venues: int, seed: int) -> World:
+    world = _Generator(n_venues, seed)
+    while len(world.events) < n_events:
+        remaining = n_events - len(world.events)
+        if remaining < 2:
+            world.rename()
+        else:
+            world.subscription(remaining)
+    return World(world.venues, world.subs, world.events)
 
 
 def normalize(address: str | None) -> str | None:
@@ -587,6 +613,117 @@ class Fault:
     note: str = ""
 
 
+@dataclass
+class Observed:
+    """The end state: the database's rows and the messages SMTP received."""
+
+    events: dict[str, Any]
+    subs: dict[str, Any]
+    mismatches: dict[str, Any]  # by subscription id
+    notices: list[Any]
+    messages: list[Smtp.Received]
+
+
+@dataclass
+class Emails:
+    resends: int = 0  # messages that repeated a Message-ID
+    canceled_noticed: int = 0
+    expected: int = 0  # for open mismatches
+
+
+@dataclass
+class Report:
+    """The soak's report, from what was sent, found and checked."""
+
+    world: World
+    expected: dict[str, Expected]
+    sender: Sender
+    faults: list[Fault]
+    found: Observed
+    got_kinds: Counter
+    emails: Emails
+
+    def counts(self, seed: int, refused: int, exits: list[str]) -> None:
+        world, sender, found, emails = self.world, self.sender, self.found, self.emails
+        mismatches, messages = found.mismatches, found.messages
+        print(f"soak: {len(world.events)} events, {len(world.subs)} subscriptions, "
+              f"{len(world.venues)} venues, seed {seed}")
+        print(f"  deliveries     {sender.statuses[200]} x 200 of "
+              f"{len(sender.bodies)} ({len(sender.bodies) - len(world.events)} duplicates); "
+              f"webhook said duplicate {sender.duplicates_seen}; retried {sender.retries} "
+              f"({', '.join(f'{k}: {v}' for k, v in sender.statuses.items() if k != 200) or '-'})")
+        statuses = Counter(r.status for r in found.events.values())
+        print(f"  inbox          {dict(statuses)} of {len(world.events)} sent")
+        print("  subscriptions  expected "
+              + ", ".join(f"{k} {v}" for k, v in sorted(Counter(
+                  e.state if e.state == 'linked' else f'case {e.case}'
+                  for e in self.expected.values()).items()))
+              + "; got " + ", ".join(f"{k} {v}" for k, v in sorted(self.got_kinds.items())))
+        print(f"  mismatches     {len(mismatches)}: "
+              f"{sum(1 for m in mismatches.values() if m.status == 'open')} open, "
+              f"{sum(1 for m in mismatches.values() if m.status == 'resolved')} resolved "
+              f"(canceled)")
+        first_copy = self.first_copies()
+        resent_after = [m.at - first_copy[m.message_id] for m in messages
+                        if m.at > first_copy[m.message_id]]
+        print(f"  emails         {len(messages)} messages, {len(first_copy)} distinct "
+              f"Message-IDs; {emails.expected} expected for open mismatches, "
+              f"{emails.canceled_noticed} for canceled ones (0 or 1 each); same Message-ID "
+              f"again: {emails.resends}"
+              + (f" (after {', '.join(f'{g:.0f} s' for g in resent_after)})"
+                 if resent_after else ""))
+        notices = found.notices
+        slowest = max((n for n in notices if n.took is not None), key=lambda n: n.took,
+                      default=None)
+        print(f"  outbox         {dict(Counter(n.status for n in notices))}"
+              + (f"; slowest: notification {slowest.id}, {float(slowest.took):.0f} s from "
+                 f"queued to sent, {slowest.attempts} attempts" if slowest else ""))
+        print("  faults         " + "; ".join(
+            f"{f.note} at {f.at:.0%} of the {f.of}" if f.fired_at else f"{f.kind} NOT fired"
+            for f in self.faults) + f"; SMTP 451 replies: {refused}")
+        if exits:
+            print(f"  worker exits   {len(exits)} on their own (restarted): " + "; ".join(exits))
+
+    def first_copies(self) -> dict[str | None, float]:
+        """When each Message-ID was first received."""
+        first_copy: dict[str | None, float] = {}
+        for m in sorted(self.found.messages, key=lambda m: m.at):
+            first_copy.setdefault(m.message_id, m.at)
+        return first_copy
+
+    def timing(self, send_started: float, drained_at: float | None, t0: float) -> None:
+        sender = self.sender
+        last_email = max((m.at for m in self.found.messages), default=None)
+        last_new = max(self.first_copies().values(), default=None)
+        sent_for = (sender.last_sent - send_started) if sender.last_sent else 0.0
+        tail = (last_email - sender.last_sent) if last_email and sender.last_sent else None
+        print(f"  timing         sending {sent_for:.1f} s "
+              f"({len(sender.bodies) / max(sent_for, 1e-9):.0f}/s); last event sent -> last "
+              f"email received {'-' if tail is None else f'{tail:.1f} s'}"
+              + (f" (last new Message-ID {last_new - sender.last_sent:.1f} s)"
+                 if last_new and sender.last_sent and last_new != last_email else "")
+              + "; drained "
+              f"{'NOT' if drained_at is None else f'{drained_at - send_started:.1f} s'} after "
+              f"the first delivery; whole run {time.monotonic() - t0:.1f} s")
+
+
+def announce(world: World, expected: dict[str, Expected], order: list[int]) -> int:
+    """Log what is about to be delivered and expected; the emails expected for open
+    mismatches (one per admin)."""
+    kinds = Counter(e.state if e.state == "linked" else f"case {e.case}"
+                    for e in expected.values())
+    admins = {v.account_id: len(v.admins) for v in world.venues}
+    expected_emails = sum(admins[s.account_id] for s in world.subs
+                          if expected[s.subscription_id].state == "mismatch"
+                          and not s.canceled)
+    log(f"{len(world.events)} events for {len(world.subs)} subscriptions in "
+        f"{len(world.venues)} venues ({sum(len(v.members) for v in world.venues)} members); "
+        f"{len(order)} deliveries ({len(order) - len(world.events)} duplicates); expected "
+        + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
+        + f"; {expected_emails} emails for open mismatches")
+    return expected_emails
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -604,9 +741,9 @@ class Soak:
 
     def service_env(self, db_url: str) -> dict[str, str]:
         args = self.args
-        env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
-        env.update(
-            DATABASE_URL=db_url, REDIS_URL=self.redis.url if self.redis else "",
+        return environment(
+            without=SERVICE_VARS, DATABASE_URL=db_url,
+            REDIS_URL=self.redis.url if self.redis else "",
             STRIPE_WEBHOOK_SECRETS=PLATFORM_SECRET,
             STRIPE_CONNECT_WEBHOOK_SECRETS=CONNECT_SECRET,
             SMTP_URL=f"smtp://127.0.0.1:{self.smtp.port if self.smtp else 0}",
@@ -618,7 +755,6 @@ class Soak:
             PROMETHEUS_MULTIPROC_DIR=str(self.rundir / "prometheus"),
             PYTHONUNBUFFERED="1",
         )
-        return env
 
     def setup(self, world: World) -> None:
         args = self.args
@@ -641,12 +777,10 @@ class Soak:
         env = self.service_env(db_url)
         self.import_venues(world, env)
         port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.web = Proc("gunicorn", [
-            str(BIN / "gunicorn"), "--config", str(ROOT / "listener" / "gunicorn.conf.py"),
-            "--bind", f"127.0.0.1:{port}", "--workers", str(args.web_workers),
-            "--keep-alive", "30", "--timeout", "60", "--graceful-timeout", "5",
-            "--backlog", "2048", "listener.wsgi:app"], env, self.rundir)
+        self.port, self.base_url = port, f"http://127.0.0.1:{port}"
+        self.web = Proc("gunicorn", gunicorn_command(
+            port, "listener.wsgi:app", "--workers", str(args.web_workers), "--keep-alive", "30",
+            "--timeout", "60", "--graceful-timeout", "5", "--backlog", "2048"), env, self.rundir)
         self.procs.append(self.web)
         self.web.start()
         for n in range(args.workers):
@@ -679,27 +813,11 @@ class Soak:
             log(done.stdout.strip())
 
     def wait_web(self) -> None:
-        parts = urlsplit(self.base_url)
-        request = (f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                   "Connection: close\r\n\r\n").encode()
-
-        async def healthz() -> int:
-            conn = Conn(parts.hostname or "127.0.0.1", parts.port or 80)
-            try:
-                async with asyncio.timeout(2):
-                    return (await conn.request(request))[0]
-            finally:
-                conn.close()
-
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                if asyncio.run(healthz()) == 200:
-                    return
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-                pass
+        while not http_answers(self.port):
             if time.monotonic() > deadline or not (self.web and self.web.alive()):
-                raise SetupFailed(f"gunicorn did not come up; see {self.web and self.web.log_path}")
+                raise SetupFailed("gunicorn did not come up; see "
+                                  f"{self.web and self.web.log_path}")
             time.sleep(0.2)
 
     # --- observing -----------------------------------------------------------------------
@@ -788,64 +906,60 @@ class Soak:
         expected = expectations(world)
         order = deliveries(world, args.seed, args.duplicates, args.shuffle_window)
         bodies = [json.dumps(world.events[i], indent=2).encode() for i in order]
-        kinds = Counter(e.state if e.state == "linked" else f"case {e.case}"
-                        for e in expected.values())
-        admins = {v.account_id: len(v.admins) for v in world.venues}
-        expected_emails = sum(admins[s.account_id] for s in world.subs
-                              if expected[s.subscription_id].state == "mismatch"
-                              and not s.canceled)
-        log(f"{len(world.events)} events for {len(world.subs)} subscriptions in "
-            f"{len(world.venues)} venues ({sum(len(v.members) for v in world.venues)} members); "
-            f"{len(order)} deliveries ({len(order) - len(world.events)} duplicates); expected "
-            + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
-            + f"; {expected_emails} emails for open mismatches")
+        expected_emails = announce(world, expected, order)
         self.setup(world)
         log(f"service up at {self.base_url}; redis {self.redis.url}; "  # type: ignore[union-attr]
             f"smtp 127.0.0.1:{self.smtp.port}; logs in {self.rundir}")  # type: ignore[union-attr]
-
         faults = self.fault_plan()
         sender = Sender(self.base_url + "/webhooks/stripe/connect", bodies, args.connections,
                         args.rate)
         sender.start()
         send_started = time.monotonic()
+        drained_at = self.watch(sender, faults, len(world.events), expected_emails,
+                                send_started)
+        self.settle()
+        ok = self.verify(world, expected, sender, faults, send_started, drained_at, t0)
+        if args.keep:
+            self.keep_up()
+        return 0 if ok else 1
+
+    def watch(self, sender: Sender, faults: list[Fault], total: int, expected_emails: int,
+              send_started: float) -> float | None:
+        """Fire the faults as their moments come, report every 5 s, until the inbox is
+        drained (every delivery sent, every fault fired, nothing pending, SMTP accepting) or
+        --timeout; when it drained (None: it did not)."""
+        assert self.smtp is not None
+        deliveries = len(sender.bodies)
         last_report = 0.0
-        total = len(world.events)
-        drained_at: float | None = None
-        deadline = time.monotonic() + args.timeout
+        deadline = time.monotonic() + self.args.timeout
         send_done_at: float | None = None
         while True:
             time.sleep(0.5)
             self.supervise()
             events, notices = self.counts()
             finished = events["processed"] + events["ignored"] + events["failed"]
-            progress = {"events": finished / total, "deliveries": sender.sent / len(order),
-                        "emails": len(self.smtp.snapshot()) / max(1, expected_emails)}  # type: ignore[union-attr]
+            progress = {"events": finished / total, "deliveries": sender.sent / deliveries,
+                        "emails": len(self.smtp.snapshot()) / max(1, expected_emails)}
             for fault in faults:
                 if fault.fired_at is None and progress[fault.of] >= fault.at:
                     self.fire(fault)
             if send_done_at is None and sender.done():
                 send_done_at = time.monotonic()
-                log(f"all {len(order)} deliveries sent in {send_done_at - send_started:.1f} s")
+                log(f"all {deliveries} deliveries sent in {send_done_at - send_started:.1f} s")
             now = time.monotonic()
             if now - last_report >= 5:
                 last_report = now
-                log(f"sent {sender.sent}/{len(order)}  events {dict(events)}  "
-                    f"notices {dict(notices)}  emails {len(self.smtp.snapshot())}  "  # type: ignore[union-attr]
+                log(f"sent {sender.sent}/{deliveries}  events {dict(events)}  "
+                    f"notices {dict(notices)}  emails {len(self.smtp.snapshot())}  "
                     f"queue {self.queue_length()}")
             busy = events["received"] + events["processing"] + notices["pending"]
             all_fired = all(f.fired_at is not None for f in faults)
             if (send_done_at is not None and all_fired and not busy
-                    and sum(events.values()) >= total and not self.smtp.refusing):  # type: ignore[union-attr]
-                drained_at = now
-                break
+                    and sum(events.values()) >= total and not self.smtp.refusing):
+                return now
             if now > deadline:
-                log(f"!! not drained after {args.timeout:.0f} s")
-                break
-        self.settle()
-        ok = self.verify(world, expected, sender, faults, send_started, drained_at, t0)
-        if args.keep:
-            self.keep_up()
-        return 0 if ok else 1
+                log(f"!! not drained after {self.args.timeout:.0f} s")
+                return None
 
     def fault_plan(self) -> list[Fault]:
         if self.args.no_faults:
@@ -880,9 +994,29 @@ class Soak:
     def verify(self, world: World, expected: dict[str, Expected], sender: Sender,
                faults: list[Fault], send_started: float, drained_at: float | None,
                t0: float) -> bool:
+        """Compare the end state with the independent expectation (self.problems) and print
+        the report; True when nothing is wrong."""
+        assert self.smtp is not None
+        found = self.observe()
+        self.check_events(world, found, sender)
+        got_kinds = self.check_subscriptions(world, expected, found)
+        emails = self.check_emails(world, expected, found, faults)
+        for n in found.notices:
+            if n.status != "sent":
+                self.problem(f"notice {n.status}", f"notification {n.id} to {n.recipient}: "
+                             f"{(n.last_error or '')[:160]}")
+        report = Report(world, expected, sender, faults, found, got_kinds, emails)
+        print()
+        print("=" * 78)
+        report.counts(self.args.seed, self.smtp.refused, self.unexpected_exits)
+        report.timing(send_started, drained_at, t0)
+        self.print_result()
+        print("=" * 78, flush=True)
+        return not self.problems
+
+    def observe(self) -> Observed:
         from sqlalchemy import text
 
-        assert self.smtp is not None
         with self.engine.connect() as conn:
             events = {r.event_id: r for r in conn.execute(text(
                 "SELECT event_id, status, outcome, attempts, last_error FROM stripe_events"))}
@@ -896,11 +1030,13 @@ class Soak:
                 "SELECT id, mismatch_id, recipient, kind, status, attempts, message_id, "
                 "last_error, EXTRACT(EPOCH FROM sent_at - created_at) AS took "
                 "FROM notifications")))
+        assert self.smtp is not None
+        return Observed(events, subs, mismatches, notices, self.smtp.snapshot())
 
-        # Events: all stored, all processed, none failed.
-        statuses = Counter(r.status for r in events.values())
+    def check_events(self, world: World, found: Observed, sender: Sender) -> None:
+        """All stored, all processed, none failed; every delivery answered 200."""
         for event in world.events:
-            row = events.get(event["id"])
+            row = found.events.get(event["id"])
             if row is None:
                 self.problem("event lost", event["id"])
             elif row.status != "processed":
@@ -910,13 +1046,14 @@ class Soak:
         if sender.undelivered:
             self.problem("delivery", f"{sender.undelivered} deliveries never got a 200")
 
-        # Subscriptions and mismatches against the independent expectation.
-        venues = {v.account_id: v for v in world.venues}
+    def check_subscriptions(self, world: World, expected: dict[str, Expected],
+                            found: Observed) -> Counter:
+        """Subscriptions and mismatches against the expectation; the kinds found."""
         by_sub = {s.subscription_id: s for s in world.subs}
         got_kinds: Counter = Counter()
         for sid, want in expected.items():
             sub = by_sub[sid]
-            row, mm = subs.get(sid), mismatches.get(sid)
+            row, mm = found.subs.get(sid), found.mismatches.get(sid)
             if row is None:
                 self.problem("subscription missing", sid)
                 continue
@@ -933,42 +1070,48 @@ class Soak:
                              f"{want.case})")
                 continue
             got_kinds[f"case {mm.case}"] += 1
-            if mm.case != want.case:
-                self.problem("wrong case", f"{sid} ({sub.intent}): case {mm.case}, expected "
-                             f"{want.case}")
-            want_status = ("resolved", "canceled") if sub.canceled else ("open", None)
-            if (mm.status, mm.resolution) != want_status:
-                self.problem("wrong status", f"{sid}: {mm.status}/{mm.resolution}, expected "
-                             f"{want_status[0]}/{want_status[1]}")
-            if mm.customer_id != sub.customer_id or mm.account_id != sub.account_id:
-                self.problem("wrong ids", f"{sid}: {mm.account_id} {mm.customer_id}")
-            if mm.customer_email != sub.email:
-                self.problem("customer email", f"{sid}: {mm.customer_email!r} != {sub.email!r}")
-            refs = frozenset(c.get("member_ref") for c in (mm.candidates or []))
-            if refs != want.candidates:
-                self.problem("candidates", f"{sid}: {sorted(refs)} != {sorted(want.candidates)}")
-            if want.case == 1 and mm.linked_customer_id not in want.linked_ids:
-                self.problem("linked customer", f"{sid}: {mm.linked_customer_id} not in "
-                             f"{sorted(want.linked_ids)}")
-            if want.case != 1 and mm.linked_customer_id is not None:
-                self.problem("linked customer", f"{sid}: {mm.linked_customer_id} on case "
-                             f"{want.case}")
-        extra = set(mismatches) - set(expected)
-        for sid in sorted(extra)[:5]:
+            self.check_mismatch(sub, want, mm)
+        for sid in sorted(set(found.mismatches) - set(expected))[:5]:
             self.problem("unexpected mismatch", sid)
+        return got_kinds
 
-        # Emails: exactly one per open mismatch per admin, at most one for a canceled one.
-        messages = self.smtp.snapshot()
-        mismatch_by_id = {str(m.id): m for m in mismatches.values()}
+    def check_mismatch(self, sub: Sub, want: Expected, mm: Any) -> None:
+        sid = sub.subscription_id
+        if mm.case != want.case:
+            self.problem("wrong case", f"{sid} ({sub.intent}): case {mm.case}, expected "
+                         f"{want.case}")
+        want_status = ("resolved", "canceled") if sub.canceled else ("open", None)
+        if (mm.status, mm.resolution) != want_status:
+            self.problem("wrong status", f"{sid}: {mm.status}/{mm.resolution}, expected "
+                         f"{want_status[0]}/{want_status[1]}")
+        if mm.customer_id != sub.customer_id or mm.account_id != sub.account_id:
+            self.problem("wrong ids", f"{sid}: {mm.account_id} {mm.customer_id}")
+        if mm.customer_email != sub.email:
+            self.problem("customer email", f"{sid}: {mm.customer_email!r} != {sub.email!r}")
+        refs = frozenset(c.get("member_ref") for c in (mm.candidates or []))
+        if refs != want.candidates:
+            self.problem("candidates", f"{sid}: {sorted(refs)} != {sorted(want.candidates)}")
+        if want.case == 1 and mm.linked_customer_id not in want.linked_ids:
+            self.problem("linked customer", f"{sid}: {mm.linked_customer_id} not in "
+                         f"{sorted(want.linked_ids)}")
+        if want.case != 1 and mm.linked_customer_id is not None:
+            self.problem("linked customer", f"{sid}: {mm.linked_customer_id} on case "
+                         f"{want.case}")
+
+    def emails_by_pair(self, world: World, expected: dict[str, Expected], found: Observed
+                       ) -> dict[tuple[str, str], list[Smtp.Received]]:
+        """Every message checked (headers, body, recipients), by (mismatch id, recipient)."""
+        venues = {v.account_id: v for v in world.venues}
+        by_sub = {s.subscription_id: s for s in world.subs}
+        mismatch_by_id = {str(m.id): m for m in found.mismatches.values()}
         per_pair: dict[tuple[str, str], list[Smtp.Received]] = defaultdict(list)
-        for msg in messages:
+        for msg in found.messages:
             mm = mismatch_by_id.get(msg.mismatch_id or "")
             if mm is None:
                 self.problem("unexpected email", f"X-Mismatch-Id {msg.mismatch_id} to "
                              f"{msg.rcpts}")
                 continue
-            want = expected.get(mm.subscription_id)
-            sub = by_sub.get(mm.subscription_id)
+            want, sub = expected.get(mm.subscription_id), by_sub.get(mm.subscription_id)
             if want is None or sub is None:
                 continue
             if msg.case != str(want.case):
@@ -985,104 +1128,52 @@ class Soak:
                 if rcpt not in admins:
                     self.problem("email recipient", f"mismatch {mm.id} to {rcpt}")
                 per_pair[(str(mm.id), rcpt)].append(msg)
-        resends = 0
-        canceled_noticed = 0
-        expected_emails = 0
+        return per_pair
+
+    def check_emails(self, world: World, expected: dict[str, Expected], found: Observed,
+                     faults: list[Fault]) -> Emails:
+        """Exactly one per open mismatch per admin, at most one for a canceled one."""
+        per_pair = self.emails_by_pair(world, expected, found)
+        venues = {v.account_id: v for v in world.venues}
+        by_sub = {s.subscription_id: s for s in world.subs}
+        tally = Emails()
         for sid, want in expected.items():
-            mm = mismatches.get(sid)
+            mm = found.mismatches.get(sid)
             if want.state != "mismatch" or mm is None:
                 continue
             for admin in venues[by_sub[sid].account_id].admins:
-                got = per_pair.get((str(mm.id), admin), [])
-                distinct = {m.message_id for m in got}
-                resends += len(got) - len(distinct)
+                distinct = {m.message_id for m in per_pair.get((str(mm.id), admin), [])}
+                tally.resends += len(per_pair.get((str(mm.id), admin), [])) - len(distinct)
                 if by_sub[sid].canceled:
-                    canceled_noticed += len(distinct)
+                    tally.canceled_noticed += len(distinct)
                     if len(distinct) > 1:
                         self.problem("duplicate email", f"{sid} to {admin}: {len(distinct)}")
                     continue
-                expected_emails += 1
+                tally.expected += 1
                 if len(distinct) != 1:
                     self.problem("email count", f"{sid} (mismatch {mm.id}) to {admin}: "
                                  f"{len(distinct)} distinct messages, expected 1")
         kills = sum(1 for f in faults if f.kind == "kill" and f.fired_at is not None)
-        if resends > kills:
-            self.problem("resent emails", f"{resends} messages repeated a Message-ID "
+        if tally.resends > kills:
+            self.problem("resent emails", f"{tally.resends} messages repeated a Message-ID "
                          f"(at most {kills} expected: one per worker SIGKILL)")
-        notice_status = Counter(n.status for n in notices)
-        for n in notices:
-            if n.status != "sent":
-                self.problem(f"notice {n.status}", f"notification {n.id} to {n.recipient}: "
-                             f"{(n.last_error or '')[:160]}")
+        return tally
 
-        # The report.
-        last_email = max((m.at for m in messages), default=None)
-        first_copy: dict[str | None, float] = {}
-        for m in sorted(messages, key=lambda m: m.at):
-            first_copy.setdefault(m.message_id, m.at)
-        last_new = max(first_copy.values(), default=None)
-        resent_after = [m.at - first_copy[m.message_id] for m in messages
-                        if m.at > first_copy[m.message_id]]
-        distinct_ids = len(first_copy)
-        print()
-        print("=" * 78)
-        print(f"soak: {len(world.events)} events, {len(world.subs)} subscriptions, "
-              f"{len(world.venues)} venues, seed {self.args.seed}")
-        print(f"  deliveries     {sender.statuses[200]} x 200 of "
-              f"{len(sender.bodies)} ({len(sender.bodies) - len(world.events)} duplicates); "
-              f"webhook said duplicate {sender.duplicates_seen}; retried {sender.retries} "
-              f"({', '.join(f'{k}: {v}' for k, v in sender.statuses.items() if k != 200) or '-'})")
-        print(f"  inbox          {dict(statuses)} of {len(world.events)} sent")
-        print("  subscriptions  expected "
-              + ", ".join(f"{k} {v}" for k, v in sorted(Counter(
-                  e.state if e.state == 'linked' else f'case {e.case}'
-                  for e in expected.values()).items()))
-              + "; got " + ", ".join(f"{k} {v}" for k, v in sorted(got_kinds.items())))
-        print(f"  mismatches     {len(mismatches)}: "
-              f"{sum(1 for m in mismatches.values() if m.status == 'open')} open, "
-              f"{sum(1 for m in mismatches.values() if m.status == 'resolved')} resolved "
-              f"(canceled)")
-        print(f"  emails         {len(messages)} messages, {distinct_ids} distinct Message-IDs; "
-              f"{expected_emails} expected for open mismatches, {canceled_noticed} for "
-              f"canceled ones (0 or 1 each); same Message-ID again: {resends}"
-              + (f" (after {', '.join(f'{g:.0f} s' for g in resent_after)})"
-                 if resent_after else ""))
-        slowest = max((n for n in notices if n.took is not None), key=lambda n: n.took,
-                      default=None)
-        print(f"  outbox         {dict(notice_status)}"
-              + (f"; slowest: notification {slowest.id}, {float(slowest.took):.0f} s from "
-                 f"queued to sent, {slowest.attempts} attempts" if slowest else ""))
-        print("  faults         " + "; ".join(
-            f"{f.note} at {f.at:.0%} of the {f.of}" if f.fired_at else f"{f.kind} NOT fired"
-            for f in faults) + f"; SMTP 451 replies: {self.smtp.refused}")
-        if self.unexpected_exits:
-            print(f"  worker exits   {len(self.unexpected_exits)} on their own (restarted): "
-                  + "; ".join(self.unexpected_exits))
-        sent_for = (sender.last_sent - send_started) if sender.last_sent else 0.0
-        tail = (last_email - sender.last_sent) if last_email and sender.last_sent else None
-        print(f"  timing         sending {sent_for:.1f} s "
-              f"({len(sender.bodies) / max(sent_for, 1e-9):.0f}/s); last event sent -> last "
-              f"email received {'-' if tail is None else f'{tail:.1f} s'}"
-              + (f" (last new Message-ID {last_new - sender.last_sent:.1f} s)"
-                 if last_new and sender.last_sent and last_new != last_email else "")
-              + "; drained "
-              f"{'NOT' if drained_at is None else f'{drained_at - send_started:.1f} s'} after "
-              f"the first delivery; whole run {time.monotonic() - t0:.1f} s")
-        if self.problems:
-            kinds = Counter(p.split(":", 1)[0] for p in self.problems)
-            print(f"  RESULT         FAIL: {len(self.problems)} discrepancies "
-                  f"({', '.join(f'{k}: {v}' for k, v in kinds.items())})")
-            shown: Counter = Counter()
-            for p in self.problems:
-                kind = p.split(":", 1)[0]
-                shown[kind] += 1
-                if shown[kind] <= 5:
-                    print(f"    - {p}")
-        else:
+    def print_result(self) -> None:
+        if not self.problems:
             print("  RESULT         PASS: every event processed, every mismatch right, one "
                   "email per mismatch per admin")
-        print("=" * 78, flush=True)
-        return not self.problems
+            return
+        kinds = Counter(p.split(":", 1)[0] for p in self.problems)
+        print(f"  RESULT         FAIL: {len(self.problems)} discrepancies "
+              f"({', '.join(f'{k}: {v}' for k, v in kinds.items())})")
+        shown: Counter = Counter()
+        for p in self.problems:
+            kind = p.split(":", 1)[0]
+            shown[kind] += 1
+            if shown[kind] <= 5:
+                print(f"    - {p}")
+
 
     def keep_up(self) -> None:
         log(f"--keep: service {self.base_url}, redis {self.redis and self.redis.url}, "
@@ -1112,13 +1203,12 @@ class Soak:
             self.engine.dispose()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=None, help="distinct events (10000)")
     parser.add_argument("--venues", type=int, default=20)
-    parser.add_argument("--quick", action="store_true",
-                        help="1,000 events, one of each fault, 10 s SMTP refusal (CI)")
+    add_common_flags(parser, quick="1,000 events, one of each fault, 10 s SMTP refusal (CI)")
     parser.add_argument("--keep", action="store_true",
                         help="leave everything running after the report until Ctrl-C")
     parser.add_argument("--seed", type=int, default=8)
@@ -1156,13 +1246,12 @@ def main(argv: list[str] | None = None) -> int:
         args.smtp_refuse = 10 if args.quick else 30
     if args.timeout is None:
         args.timeout = 150.0 if args.quick else 1200.0
+    return args
 
-    soak = Soak(args)
 
-    def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+def main(argv: list[str] | None = None) -> int:
+    soak = Soak(parse_args(argv))
+    interrupt_on(signal.SIGTERM)
     try:
         return soak.run()
     except SetupFailed as exc:
