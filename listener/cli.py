@@ -158,9 +158,12 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
         # Path only (%(U)s), never the query string: notice links carry signed tokens.
         "--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
         "listener.wsgi:app",
-    ], env=env)]
+    ], env=env, start_new_session=True)]
+    # Sessions of their own: a Ctrl-C reaches serve alone, which stops each child once (a
+    # gunicorn worker signalled by the terminal and then by its master prints a traceback).
     for _ in range(rq_workers):
-        procs.append(subprocess.Popen([str(bin_dir / "mismatch"), "worker"], env=env))
+        procs.append(subprocess.Popen([str(bin_dir / "mismatch"), "worker"], env=env,
+                                      start_new_session=True))
     session = dev_session_path(config)
     if not config.production:
         session.write_text(json.dumps({
@@ -187,8 +190,8 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
     def _stop(*_args: object) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
+        signal.signal(stop_signal, _stop)
     last_check = time.monotonic()
     while not stop.is_set():
         if any(p.poll() is not None for p in procs):

@@ -198,7 +198,7 @@ def test_ctrl_c_on_serve_stops_the_embedded_redis_too(tmp_path):
     env.pop("STRIPE_PLATFORM_ACCOUNT", None)  # the Connect stories only: no localstripe here
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mismatch"), "serve", "--port",
                              str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -218,7 +218,7 @@ def test_ctrl_c_on_serve_stops_the_embedded_redis_too(tmp_path):
                 **{k: v for k, v in env.items() if k not in (
                     "API_TOKEN", "STRIPE_WEBHOOK_SECRETS", "STRIPE_CONNECT_WEBHOOK_SECRETS")},
                 "PYTHONPATH": str(Path(__file__).parent.parent)})
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -229,5 +229,6 @@ def test_ctrl_c_on_serve_stops_the_embedded_redis_too(tmp_path):
     assert "linked (no mismatch" in results
     assert all(f"case {n}" in results for n in (1, 2, 3)), results
     assert "sign in: user support, password" in output  # the development support user
+    assert "Traceback" not in output  # each child stopped once, by serve
     assert not any(_alive(s) for s in sockets)
     assert not (tmp_path / "instance" / "serve.json").exists()
