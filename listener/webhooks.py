@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, make_response, request
+from flask import Blueprint, Response, abort, current_app, jsonify, make_response, request
+from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,9 +27,12 @@ from workers import EVENT, THIN_EVENT, THIN_TYPES, try_enqueue
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
-def secrets_of(config: Config) -> Secrets:
-    return Secrets(config.webhook_secrets, config.connect_webhook_secrets,
-                   config.thin_webhook_secrets)
+@bp.record_once
+def _keep_secrets(state: BlueprintSetupState) -> None:
+    """The signing secrets, gathered once per app rather than on every delivery."""
+    config: Config = state.app.config["MISMATCH"]
+    state.app.extensions["webhook_secrets"] = Secrets(
+        config.webhook_secrets, config.connect_webhook_secrets, config.thin_webhook_secrets)
 
 
 def _record_rejection(endpoint: str, rejected: Rejected, body: bytes) -> None:
@@ -91,17 +95,23 @@ def _read_body(limit: int) -> bytes:
 
 
 Check = Callable[[bytes, str | None, Secrets, int], dict[str, Any]]
+CHECKS: dict[str, Check] = {  # each endpoint's verification (listener/signature.py)
+    PLATFORM: functools.partial(verify, PLATFORM),
+    CONNECT: functools.partial(verify, CONNECT),
+    THIN: verify_thin,
+}
 
 
-def _verified(endpoint: str, started: float, check: Check) -> tuple[bytes, dict[str, Any]]:
-    """The body and what `check` (listener/signature.py) made of it. A refusal is counted
-    and recorded, and ends the request with its status and reason."""
+def _verified(endpoint: str, started: float) -> tuple[bytes, dict[str, Any]]:
+    """The body and what the endpoint's check made of it. A refusal is counted and
+    recorded, and ends the request with its status and reason."""
     config = current_config()
     body = b""
     try:
         body = _read_body(config.max_webhook_bytes)
-        return body, check(body, request.headers.get("Stripe-Signature"), secrets_of(config),
-                           config.webhook_tolerance)
+        return body, CHECKS[endpoint](body, request.headers.get("Stripe-Signature"),
+                                      current_app.extensions["webhook_secrets"],
+                                      config.webhook_tolerance)
     except Rejected as rejected:
         _record_rejection(endpoint, rejected, body)
         REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
@@ -112,7 +122,7 @@ def _verified(endpoint: str, started: float, check: Check) -> tuple[bytes, dict[
 def receive(endpoint: str) -> tuple[Response, int]:
     started = time.perf_counter()
     config = current_config()
-    body, event = _verified(endpoint, started, functools.partial(verify, endpoint))
+    body, event = _verified(endpoint, started)
     event_id = event["id"]
     subscription_id, customer_id = ids_named(event)
     try:
@@ -152,7 +162,7 @@ def receive(endpoint: str) -> tuple[Response, int]:
 def thin() -> ResponseReturnValue:
     started = time.perf_counter()
     config = current_config()
-    body, notification = _verified(THIN, started, verify_thin)
+    body, notification = _verified(THIN, started)
     event_id = notification["id"]
     if notification["type"] not in THIN_TYPES:  # a ping, or a type we do not handle
         DELIVERIES.labels(THIN, "ignored").inc()

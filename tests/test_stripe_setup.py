@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from db import StripeAction
 from tests.stripe_servers import ConnectStripe
-from tests.support import CONNECT_SECRET, PLATFORM_ACCOUNT, sign
+from tests.support import CONNECT_SECRET, PLATFORM_ACCOUNT, run_cli, sign
 from workers.matching.handlers import HANDLERS
 from workers.stripe_side.setup import API_VERSION
 
@@ -31,13 +31,7 @@ def stand_in(env, monkeypatch):
     server.stop()
 
 
-def cli(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
-    """The `mismatch` command itself, in this process, on the test's environment."""
-    from click.testing import CliRunner
-
-    from listener.cli import main
-
-    return CliRunner().invoke(main, list(args), input=input)
+cli = run_cli  # the `mismatch` command itself, in this process, on the test's environment
 
 
 def writes(server: ConnectStripe) -> list[tuple[str, str]]:
