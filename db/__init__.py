@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, CursorResult, Engine, Result
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
+from db import messages
 from db.history import ids_named
 from db.models import (
     CUSTOMER_ACCOUNT,
@@ -26,10 +27,14 @@ from db.models import (
     UNHANDLED_TYPE,
     UNROUTED,
     Base,
+    Delivery,
+    DeliveryStatus,
+    Destination,
     EndedSession,
     EventStatus,
     EventTally,
     Member,
+    Message,
     Mismatch,
     MismatchStatus,
     Notification,
@@ -62,10 +67,14 @@ __all__ = [
     "ROW_ID_MAX",
     "Base",
     "Database",
+    "Delivery",
+    "DeliveryStatus",
+    "Destination",
     "EndedSession",
     "EventStatus",
     "EventTally",
     "Member",
+    "Message",
     "Mismatch",
     "MismatchStatus",
     "Notification",
@@ -139,8 +148,12 @@ _STORE_EVENT = (
 class Database:
     """One engine and session factory per process."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False,
+                 on_deliveries: Callable[[set[int]], None] | None = None) -> None:
+        """`on_deliveries` is called after a commit that gave destinations new deliveries
+        (their ids), to queue their delivery; without it the sweeper queues them."""
         self.url = url
+        self.on_deliveries = on_deliveries
         # Bound values never reach an error's text or the log: they can be emails and names.
         kwargs: dict = {"echo": echo, "future": True, "hide_parameters": True}
         if url.startswith("sqlite"):
@@ -158,6 +171,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin_immediate)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self.sessionmaker, "after_flush", messages.note_flushed)
+        event.listen(self.sessionmaker, "before_commit", messages.publish)
+        event.listen(self.sessionmaker, "after_commit", self._after_commit)
+        event.listen(self.sessionmaker, "after_rollback", messages.forget)
         # For store_event: its own small pool, autocommit (so nothing to reset on return), no
         # pre-ping (it stays on for everything else). It connects on first use: only the web
         # process does.
@@ -224,6 +241,11 @@ class Database:
                                     row).scalar_one_or_none() is not None
         except DBAPIError as exc:
             raise StoreFailed(type(exc.orig).__name__) from None
+
+    def _after_commit(self, session: Session) -> None:
+        destinations = session.info.pop(messages.NEW_DELIVERIES, None)
+        if destinations and self.on_deliveries is not None:
+            self.on_deliveries(destinations)
 
     @property
     def is_sqlite(self) -> bool:

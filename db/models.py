@@ -308,6 +308,12 @@ class Mismatch(Base):
     resolution_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The case the admins were last told about; a notice goes out when `case` differs.
     notified_case: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The outbound log (db/messages.py): the number of the last message about this mismatch,
+    # a digest of what it said, and the status it said, so a commit that changed nothing a
+    # receiver sees sends nothing.
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    published_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    published_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     opened_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
@@ -454,3 +460,76 @@ class EventTally(Base):
     n: Mapped[int] = mapped_column(BigInteger, default=0)
     last_received_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
     last_detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # newest last_error
+
+
+class Message(Base):
+    """The outbound log: one row per change a receiver cares about, written in the same
+    transaction as the change (db/messages.py). Its `id` is the log order and the pull feed's
+    cursor; `message_id` is the `webhook-id` every attempt of every destination sends."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_mismatch", "mismatch_id"),)
+
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    mismatch_id: Mapped[int | None] = mapped_column(
+        RowIdType, ForeignKey("mismatches.id", ondelete="SET NULL"), nullable=True)
+    account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    body: Mapped[str] = mapped_column(Text)  # the JSON body exactly as signed and sent
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+
+
+class Destination(Base):
+    """Where messages are pushed: the operator's BOOKING_WEBHOOK_URL (`from_config`, its
+    secrets read from the configuration) or one made through the API (its secrets here)."""
+
+    __tablename__ = "destinations"
+
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # [{"secret": "whsec_…", "expires_at": ISO-8601 or null}], newest first.
+    secrets: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)  # [] = every type
+    account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a filter
+    from_config: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A worker draining it holds it until then (one drain per destination at a time).
+    draining_until: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    alerted_on: Mapped[str | None] = mapped_column(String(10), nullable=True)  # YYYY-MM-DD
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # due at next_attempt_at
+    DELIVERED = "delivered"
+    FAILED = "failed"  # the retries ran out, or the destination answered 410
+
+
+class Delivery(Base):
+    """One message owed to one destination: attempts, the last answer, the next attempt."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("destination_id", "message_id"),
+        Index("ix_deliveries_due", "destination_id", "status", "next_attempt_at"),
+        Index("ix_deliveries_message", "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(RowIdType, primary_key=True)
+    destination_id: Mapped[int] = mapped_column(
+        RowIdType, ForeignKey("destinations.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(
+        RowIdType, ForeignKey("messages.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)

@@ -243,12 +243,6 @@ class Charge:
                     f"refund the other {money(self.refundable, self.currency)}")
         return f"{paid} — refund it" if self.amount else f"{paid} — nothing to refund"
 
-    def as_json(self) -> dict[str, Any]:
-        return {"invoice_id": self.invoice_id, "charge_id": self.charge_id,
-                "payment_intent_id": self.payment_intent_id, "amount": self.amount,
-                "currency": self.currency, "paid_at": self.paid_at,
-                "amount_refunded": self.amount_refunded, "disputed": self.disputed}
-
 
 def charges_of(session: Session, account_id: str, subscription_id: str) -> list[Charge]:
     return [Charge(p.invoice_id, p.charge_id, p.payment_intent_id, p.amount, p.currency,

@@ -28,6 +28,7 @@ from db import (
     normalize_email,
     utcnow,
 )
+from db.messages import note_change
 from workers.matching.subjects import CustomerKey, Subject, SubscriptionSeen
 from workers.stripe_side.api import CustomerRecord, StripeUnavailable
 
@@ -250,4 +251,5 @@ class Batch:
         insert_ignoring_duplicates(self.session, Mismatch, values)
         found = self.mismatch_for_update(*key)
         assert found is not None
+        note_change(self.session, found.id)  # inserted by a statement, not by the ORM
         return found

@@ -13,9 +13,9 @@ from db import (
     Subscription,
     SubscriptionState,
     insert_ignoring_duplicates,
-    rowcount,
     utcnow,
 )
+from db.messages import note_subscription
 from workers.matching.batch import Batch
 from workers.matching.subjects import PaymentSeen
 
@@ -35,8 +35,11 @@ def record_payment(batch: Batch, seen: PaymentSeen) -> str:
                               if seen.kind == "refunded" else {"disputed": True})
     if seen.charge_id:
         values["charge_id"] = seen.charge_id  # learned from the charge (newer invoices)
-    found = rowcount(batch.session.execute(update(Payment).where(match).values(
-        **values, updated_at=utcnow())))
+    found = batch.session.execute(update(Payment).where(match).values(
+        **values, updated_at=utcnow()).returning(Payment.account_id,
+                                                 Payment.subscription_id)).all()
+    for account_id, subscription_id in found:
+        note_subscription(batch.session, account_id, subscription_id)
     return f"payment_{seen.kind}" if found else "payment_not_tracked"
 
 
@@ -52,6 +55,7 @@ def _paid(batch: Batch, seen: PaymentSeen) -> str:
         charge_id=seen.charge_id, payment_intent_id=seen.payment_intent_id,
         amount=seen.amount, currency=seen.currency, paid_at=seen.at, amount_refunded=0,
         disputed=False, updated_at=utcnow()), returning=Payment.id)
+    note_subscription(batch.session, seen.account_id or "", seen.subscription_id or "")
     if inserted is None and (seen.charge_id or seen.payment_intent_id):
         batch.session.execute(update(Payment).where(
             Payment.account_id == seen.account_id, Payment.invoice_id == seen.invoice_id)

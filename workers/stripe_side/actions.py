@@ -31,6 +31,7 @@ from db import (
     insert_ignoring_duplicates,
     utcnow,
 )
+from db.messages import ACTION_FAILED, ACTION_SUCCEEDED, note_change
 from notifications.view import charges_of
 from workers.matching.batch import Batch
 from workers.matching.classify import mirror_customer
@@ -116,6 +117,7 @@ def request_action(config: Config, session: Session, m: Mismatch, kind: str, act
             amount=amount, currency=currency,
             idempotency_key=idempotency_key(m.id, kind, target),
             status=ActionStatus.QUEUED.value, actor=actor[:200], requested_at=utcnow()))
+        note_change(session, m.id)
     return [a for a in actions_of(session, m.id) if a.kind == kind]
 
 
@@ -142,7 +144,7 @@ def carry_out(config: Config, db: Database, action_id: int) -> str:
         if action is None or action.status != ActionStatus.QUEUED:
             return action.status if action is not None else "missing"
         kind, target, key = action.kind, action.target, action.idempotency_key
-        account, amount = action.account_id, action.amount
+        account, amount, mismatch_id = action.account_id, action.amount, action.mismatch_id
         payment = (s.scalar(select(Payment).where(Payment.account_id == account,
                                                   Payment.invoice_id == target))
                    if kind == REFUND else None)
@@ -168,6 +170,10 @@ def carry_out(config: Config, db: Database, action_id: int) -> str:
         status, request_id = ActionStatus.FAILED, exc.request_id
         error = f"{type(exc).__name__}: {exc.user_message or 'refused'}"[:500]
     with db.session() as s:
+        if mismatch_id is not None:  # locked first, as every change to what it shows does
+            s.get(Mismatch, mismatch_id, with_for_update=True)
+            note_change(s, mismatch_id, ACTION_SUCCEEDED if status == ActionStatus.SUCCEEDED
+                        else ACTION_FAILED)
         s.execute(update(StripeAction).where(StripeAction.id == action_id).values(
             status=status.value, finished_at=utcnow(), stripe_request_id=request_id,
             result=result, error=error))
