@@ -6,6 +6,8 @@ surfacing later as a confusing error inside a webhook request or a worker job.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import secrets
@@ -35,6 +37,10 @@ _SUPPORT_USER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 class ConfigError(ValueError):
     """A setting in the environment is missing or malformed."""
+
+
+# Standard Webhooks' schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+OUTBOUND_RETRY_DEFAULT = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,57 @@ class Config:
     # Support-console sign-in: user name -> werkzeug password hash (never a plain password).
     support_users: Mapping[str, str] = field(default_factory=dict)
     mismatch_link_max_age: int = MISMATCH_LINK_MAX_AGE_DEFAULT
+    # The booking product's webhook (workers/outbound): the operator's, trusted as given;
+    # every listed secret signs (rotation).
+    booking_webhook_url: str | None = None
+    booking_webhook_secrets: tuple[str, ...] = ()
+    outbound_retry_seconds: tuple[int, ...] = OUTBOUND_RETRY_DEFAULT
+    outbound_timeout: float = 10.0  # seconds per delivery attempt
+    # Development only: API-made destinations may be http:// and reach private addresses.
+    allow_private_destinations: bool = False
+
+
+def _booking_webhook(env: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
+    url = env.get("BOOKING_WEBHOOK_URL", "").strip() or None
+    given = tuple(s.strip() for s in env.get("BOOKING_WEBHOOK_SECRET", "").split(",")
+                  if s.strip())
+    if url is None:
+        return None, given
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("BOOKING_WEBHOOK_URL: expected an http:// or https:// URL")
+    if not given:
+        raise ConfigError("BOOKING_WEBHOOK_SECRET: required with BOOKING_WEBHOOK_URL (whsec_ "
+                          "and base64, e.g. mismatch outbound new-secret)")
+    for secret in given:
+        if not is_signing_secret(secret):
+            raise ConfigError("BOOKING_WEBHOOK_SECRET: every secret must be 'whsec_' and the "
+                              "base64 of at least 24 bytes")
+    return url, given
+
+
+def is_signing_secret(value: str) -> bool:
+    """A Standard Webhooks secret: whsec_ and the base64 of at least 24 bytes."""
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(value[len("whsec_"):], validate=True)) >= 24
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _seconds_list(env: Mapping[str, str], name: str, default: tuple[int, ...]
+                  ) -> tuple[int, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(int(x) for x in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{name}: expected comma-separated whole seconds, got {raw!r}"
+                          ) from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{name}: seconds must not be negative")
+    return values
 
 
 def _secrets(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -311,6 +368,8 @@ def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool =
     except ValueError:
         raise ConfigError("JOB_RETRY_INTERVALS: expected comma-separated seconds") from None
 
+    booking_url, booking_secrets = _booking_webhook(env)
+
     public = (env.get("PUBLIC_BASE_URL") or "http://localhost:5000").rstrip("/")
     if not public.startswith(("http://", "https://")):
         raise ConfigError("PUBLIC_BASE_URL: expected an http:// or https:// URL")
@@ -353,4 +412,11 @@ def load_config(env: Mapping[str, str] | None = None, *, create_instance: bool =
         support_users=_support_users(env),
         mismatch_link_max_age=_int(env, "MISMATCH_LINK_MAX_AGE", MISMATCH_LINK_MAX_AGE_DEFAULT,
                                    minimum=60),
+        booking_webhook_url=booking_url,
+        booking_webhook_secrets=booking_secrets,
+        outbound_retry_seconds=_seconds_list(env, "OUTBOUND_RETRY_SECONDS",
+                                             OUTBOUND_RETRY_DEFAULT),
+        outbound_timeout=_float(env, "OUTBOUND_TIMEOUT", 10.0) or 10.0,
+        allow_private_destinations=env.get("ALLOW_PRIVATE_DESTINATIONS", "").strip().lower()
+        in ("1", "true", "yes"),
     )

@@ -3,6 +3,7 @@ assembled from the blueprints."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
 import templates
+import workers
 from config import Config, load_config
 from db import ROW_ID_MAX, Database
 from db.errors import scrub_logs
@@ -40,7 +42,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     if config.proxy_hops:  # the client's address, as the load balancer saw it
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops,  # type: ignore[method-assign]  # as above
                                 x_proto=config.proxy_hops)
-    app.extensions["db"] = Database(config.database_url)
+    app.extensions["db"] = Database(config.database_url, on_deliveries=functools.partial(
+        workers.queue_deliveries, config))
+    workers.sync_destinations(app.extensions["db"], config)
     app.extensions["throttle"] = Throttle(config)
 
     metrics.init_app(app)

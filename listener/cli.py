@@ -124,7 +124,10 @@ def _port_free(host: str, port: int) -> bool:
               help="Also from PORT (make run PORT=5001).")
 @click.option("--web-workers", default=2, show_default=True, type=int)
 @click.option("--workers", "rq_workers", default=1, show_default=True, type=int)
-def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
+@click.option("--outbound-workers", default=2, show_default=True, type=int,
+              help="Workers delivering outbound messages (one per destination at a time).")
+def serve(host: str, port: int, web_workers: int, rq_workers: int,
+          outbound_workers: int) -> None:
     """Run web + worker(s) together; starts the embedded Redis when REDIS_URL is unset."""
     try:
         config = load_config()
@@ -164,6 +167,9 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
     for _ in range(rq_workers):
         procs.append(subprocess.Popen([str(bin_dir / "mismatch"), "worker"], env=env,
                                       start_new_session=True))
+    for _ in range(outbound_workers):
+        procs.append(subprocess.Popen([str(bin_dir / "mismatch"), "worker", "--outbound"],
+                                      env=env, start_new_session=True))
     session = dev_session_path(config)
     if not config.production:
         session.write_text(json.dumps({
@@ -182,6 +188,7 @@ def serve(host: str, port: int, web_workers: int, rq_workers: int) -> None:
   database    {config.database_url}
   redis       {env['REDIS_URL']}
   mail        {mail}
+  outbound    {config.booking_webhook_url or "no BOOKING_WEBHOOK_URL"}; feed GET {base}/api/messages
   Ctrl-C stops everything.
 """)
     stop = threading.Event()

@@ -7,7 +7,22 @@ from __future__ import annotations
 import click
 
 from workers.cli import digest_cmd, members_group, retry_notices_cmd, venues_group
-from workers.jobs import ACTION, EVENT, MISMATCH_RECHECK, NOTICE, THIN_EVENT, VENUE_RECHECK
+from workers.jobs import (
+    ACTION,
+    EVENT,
+    MISMATCH_RECHECK,
+    NOTICE,
+    OUTBOUND,
+    THIN_EVENT,
+    VENUE_RECHECK,
+    queue_deliveries,
+)
+from workers.outbound.cli import outbound_group
+from workers.outbound.destinations import (
+    LATENCY_BUCKETS_MS,
+    delivery_figures,
+    sync_destinations,
+)
 from workers.queue import (
     get_redis,
     last_reconcile,
@@ -44,12 +59,16 @@ from workers.upkeep.retention import prune_cmd
 from workers.upkeep.sweep import sweep_cmd
 
 __all__ = [
+    "queue_deliveries",
+    "sync_destinations",
     "ACTION",
     "CANCEL",
+    "LATENCY_BUCKETS_MS",
     "CREATE_CUSTOMER",
     "EVENT",
     "MISMATCH_RECHECK",
     "NOTICE",
+    "OUTBOUND",
     "REFUND",
     "THIN_EVENT",
     "THIN_TYPES",
@@ -60,6 +79,7 @@ __all__ = [
     "StripeApi",
     "StripeUnavailable",
     "actions_of",
+    "delivery_figures",
     "diagnose",
     "get_redis",
     "init_cli",
@@ -84,5 +104,5 @@ def init_cli(cli: click.Group) -> None:
     stripe.add_command(stripe_setup_cmd, "setup")
     stripe.add_command(stripe_check_cmd, "check")
     for command in (worker, sweep_cmd, venues_group, members_group, replay_cmd, reconcile_cmd,
-                    diagnose_cmd, digest_cmd, retry_notices_cmd, stripe, prune_cmd):
+                    diagnose_cmd, digest_cmd, retry_notices_cmd, stripe, prune_cmd, outbound_group):
         cli.add_command(command)

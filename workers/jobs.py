@@ -13,10 +13,13 @@ from typing import Any, TypeVar, cast
 
 from redis.exceptions import RedisError
 from rq import get_current_job
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 
 from config import Config
 from db import (
+    Delivery,
+    DeliveryStatus,
+    Destination,
     EventStatus,
     Mismatch,
     MismatchStatus,
@@ -26,12 +29,15 @@ from db import (
     StripeEvent,
     ThinEvent,
     Venue,
+    utcnow,
 )
 from db.errors import scrubbed
 from notifications.send import deliver
 from workers.matching import inbox
 from workers.matching.batch import Batch
 from workers.matching.classify import recheck_open_mismatches
+from workers.outbound.drain import drain
+from workers.outbound.post import Sender
 from workers.queue import Kind, discard_jobs, get_redis, try_enqueue
 from workers.runtime import runtime
 from workers.stripe_side import thin
@@ -169,6 +175,36 @@ def act_on_stripe(action_id: int) -> str:
     return carry_out(config, db, action_id)
 
 
+@functools.cache
+def _sender(timeout: float) -> Sender:
+    return Sender(timeout)
+
+
+@told_safely
+def deliver_messages(destination_id: int) -> str:
+    """One turn of a destination's deliveries (workers/outbound/drain.py), then the next
+    turn queued: now if more is due, else when its next retry is."""
+    config, db = runtime()
+    done = drain(config, db, destination_id, _sender(config.outbound_timeout))
+    for notification_id in done.alerts:
+        try_enqueue(config, NOTICE, notification_id)
+    if done.busy:
+        return "busy"  # its holder looks again once it lets go
+    # As a job of its own id: this job's id is deleted when it returns, with anything queued
+    # under it meanwhile.
+    if done.more or (done.next_due is not None and done.next_due <= utcnow()):
+        try_enqueue(config, OUTBOUND_TURN, destination_id)
+    elif done.next_due is not None:
+        try_enqueue(config, OUTBOUND_TURN, destination_id, at=done.next_due)
+    return f"{done.delivered} delivered, {done.retrying} retrying, {done.failed} failed"
+
+
+def queue_deliveries(config: Config, destination_ids: set[int]) -> None:
+    """After a commit that gave destinations new deliveries (Database's on_deliveries)."""
+    for destination_id in sorted(destination_ids):
+        try_enqueue(config, OUTBOUND, destination_id)
+
+
 # --- the table of durable work ----------------------------------------------------------------
 # Each stale query: the keys of rows stored before the cutoff whose work is not done. Sweeping
 # is always safe: a second run of a job finds its row done.
@@ -203,6 +239,17 @@ def _stale_actions(cutoff: datetime) -> Select[Any]:
                                          StripeAction.requested_at <= cutoff)
 
 
+def _stale_deliveries(cutoff: datetime) -> Select[Any]:
+    """Destinations with deliveries overdue and nobody draining them (a killed worker's
+    lease runs out; Redis lost the job)."""
+    return (select(Delivery.destination_id).distinct()
+            .join(Destination, Destination.id == Delivery.destination_id)
+            .where(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= cutoff,
+                   Destination.enabled,
+                   or_(Destination.draining_until.is_(None),
+                       Destination.draining_until <= utcnow())))
+
+
 WEEK = 7 * 24 * 3600
 EVENT = Kind("event", process_event, "events", _stale_events, failure_ttl=WEEK)
 THIN_EVENT = Kind("thin", fetch_thin_event, "thin_events", _stale_thin_events,
@@ -211,4 +258,9 @@ VENUE_RECHECK = Kind("recheck", recheck_venue, "rechecks", _stale_rechecks, uniq
 MISMATCH_RECHECK = Kind("recheck-mismatch", recheck_mismatch, unique=False)  # on request only
 NOTICE = Kind("notice", send_notification, "notifications", _stale_notices)
 ACTION = Kind("action", act_on_stripe, "actions", _stale_actions)
-WORK = (EVENT, THIN_EVENT, VENUE_RECHECK, MISMATCH_RECHECK, NOTICE, ACTION)
+OUTBOUND = Kind("outbound", deliver_messages, "outbound", _stale_deliveries, queue="outbound",
+                retried=False)
+OUTBOUND_TURN = Kind("outbound-turn", deliver_messages, queue="outbound", unique=False,
+                     retried=False)  # a destination's next turn, queued by its last one
+WORK = (EVENT, THIN_EVENT, VENUE_RECHECK, MISMATCH_RECHECK, NOTICE, ACTION, OUTBOUND,
+        OUTBOUND_TURN)

@@ -51,8 +51,12 @@ def limits_storage(connection: redis.Redis, prefix: str) -> RedisStorage:
                         key_prefix=f"mismatch:{prefix}")
 
 
-def get_queue(config: Config) -> Queue:
-    return _queue_for(redis_url(config), config.queue_name)
+def get_queue(config: Config, kind: Kind | None = None) -> Queue:
+    """The main queue, or the queue of its own a kind of work has (outbound deliveries)."""
+    name = config.queue_name
+    if kind is not None and kind.queue:
+        name = f"{name}-{kind.queue}"
+    return _queue_for(redis_url(config), name)
 
 
 @functools.cache
@@ -81,6 +85,8 @@ class Kind:
     stale: Callable[[datetime], Select[Any]] | None = None
     unique: bool = True  # one job id per key: RQ can say whether it still waits
     failure_ttl: int | None = None  # seconds RQ keeps a failed job (None: RQ's default)
+    queue: str = ""  # a queue of its own ("outbound" → "<RQ_QUEUE>-outbound"), own workers
+    retried: bool = True  # False: the row keeps its own schedule; RQ runs the job once
 
 
 _JOB_ID_SAFE = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -95,31 +101,38 @@ def job_id(kind: Kind, key: object) -> str:
     return f"{kind.name}-{text}"
 
 
-def enqueue(config: Config, kind: Kind, key: Any, *, again: bool = False) -> None:
+def enqueue(config: Config, kind: Kind, key: Any, *, again: bool = False,
+            at: datetime | None = None) -> None:
     """Queue `kind.job(key)` in ONE round trip: on its own, RQ sends two MULTI/EXEC
     transactions (register the queue, then save and push the job); on a pipeline it queues
     both and we send them at once (benchmarks/intake.py). `again` (a replay, an event its
     customer released): the job may have failed for good, so it also leaves RQ's failed
     registry and starts afresh with all its retries — not on intake's path, where it would
-    be one more command per delivery for nothing."""
-    queue = get_queue(config)
+    be one more command per delivery for nothing. `at`: not before then (RQ's scheduler)."""
+    queue = get_queue(config, kind)
     options: dict[str, Any] = {"failure_ttl": kind.failure_ttl} if kind.failure_ttl else {}
     if kind.unique:
         options["job_id"] = job_id(kind, key)
+    retry = _retry(config) if kind.retried else None
+    if at is not None:
+        queue.enqueue_at(at, kind.job, key, retry=retry, result_ttl=0,
+                         description=f"{kind.name} {key}", **options)
+        return
     with queue.connection.pipeline() as pipe:
-        queue.enqueue_call(kind.job, args=(key,), retry=_retry(config), result_ttl=0,
+        queue.enqueue_call(kind.job, args=(key,), retry=retry, result_ttl=0,
                            description=f"{kind.name} {key}", pipeline=pipe, **options)
         if again and kind.unique:  # after: RQ starts the pipeline's MULTI itself
             FailedJobRegistry(queue=queue).remove(options["job_id"], pipeline=pipe)
         pipe.execute()
 
 
-def try_enqueue(config: Config, kind: Kind, key: Any, *, again: bool = False) -> bool:
+def try_enqueue(config: Config, kind: Kind, key: Any, *, again: bool = False,
+                at: datetime | None = None) -> bool:
     """Queue one piece of work, or say it could not be queued (False, logged with the error's
     type only). Callers use it after their row is committed: the row is the record of the
     work, and the sweeper queues what was stored but never queued."""
     try:
-        enqueue(config, kind, key, again=again)
+        enqueue(config, kind, key, again=again, at=at)
         return True
     except Exception as exc:  # noqa: BLE001 - Redis down or refusing; the row is durable
         log.warning("%s %s not queued (%s); left for the sweeper", kind.name, key,
@@ -144,7 +157,7 @@ def waiting(config: Config, kind: Kind, keys: Iterable[Any]) -> set[Any]:
     keys = list(keys)
     if not keys or not kind.unique:
         return set()
-    queue = get_queue(config)
+    queue = get_queue(config, kind)
     scheduled = ScheduledJobRegistry(queue=queue).key
     in_queue = set(queue.connection.lrange(queue.key, 0, -1))
     with queue.connection.pipeline(transaction=False) as pipe:
@@ -163,7 +176,7 @@ def discard_jobs(config: Config, kind: Kind, keys: Iterable[Any]) -> int:
     Job.delete), so a worker does not spend a job's bookkeeping (about 3.5 ms) on each only
     to find its row done. A job a worker already took is left alone: it runs and finds its
     row done. Returns how many were taken off."""
-    queue = get_queue(config)
+    queue = get_queue(config, kind)
     ids = [job_id(kind, key) for key in keys]
     with queue.connection.pipeline(transaction=False) as pipe:
         for one in ids:
@@ -198,6 +211,6 @@ def last_reconcile(config: Config) -> tuple[int, int] | None:
     return int(found.get(b"at", 0)), int(found.get(b"missed", 0))
 
 
-def queue_depth(config: Config) -> int:
+def queue_depth(config: Config, kind: Kind | None = None) -> int:
     """Jobs waiting in the queue (dashboard, metrics)."""
-    return len(get_queue(config))
+    return len(get_queue(config, kind))

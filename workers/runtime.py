@@ -10,8 +10,11 @@ from db import Database
 
 @functools.cache
 def runtime() -> tuple[Config, Database]:
+    from workers.jobs import queue_deliveries  # jobs imports this module
+
     config = load_config()
-    return config, Database(config.database_url)
+    return config, Database(config.database_url,
+                            on_deliveries=functools.partial(queue_deliveries, config))
 
 
 def reset_runtime() -> None:

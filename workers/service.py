@@ -27,7 +27,8 @@ from rq.job import Job
 from config import Config
 from db.errors import scrub_logs
 from workers.cli import state
-from workers.jobs import EventNotDone
+from workers.jobs import OUTBOUND, EventNotDone
+from workers.outbound.destinations import sync_destinations
 from workers.queue import get_queue, get_redis
 from workers.runtime import runtime
 from workers.stripe_side.doctor import check_if_due
@@ -149,7 +150,10 @@ def die_with_parent() -> None:
         os.register_at_fork(before=before_fork, after_in_child=in_child)
 
 
-def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0) -> None:
+def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0,
+               outbound: bool = False) -> None:
+    """`outbound`: a worker of the outbound queue alone (deliveries to destinations), so a
+    slow receiver never holds up Stripe's events or the notices; it does not sweep."""
     die_with_parent()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -160,8 +164,10 @@ def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0
     # import, the engine's pool) or its pooled PostgreSQL connection hands the child that
     # lock or socket: jobs hung for the whole job timeout (benchmarks/soak.py). Forked here,
     # before RQ starts any thread.
+    sync_destinations(runtime()[1], config)
+    queue = get_queue(config, OUTBOUND) if outbound else get_queue(config)
     sweeper = None
-    if sweep_every > 0 and not burst:
+    if sweep_every > 0 and not burst and not outbound:
         sweeper = multiprocessing.get_context("fork").Process(
             target=_sweeper, args=(config, sweep_every, os.getpid()), name="mismatch-sweeper",
             daemon=True)
@@ -170,7 +176,7 @@ def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0
         while True:
             worker = None
             try:
-                worker = MismatchWorker([get_queue(config)], connection=get_redis(config),
+                worker = MismatchWorker([queue], connection=get_redis(config),
                                         maintenance_interval=MAINTENANCE_SECONDS)
                 worker.work(with_scheduler=True, burst=burst)
             except RedisError as exc:  # at start-up or in its teardown
@@ -197,6 +203,8 @@ def run_worker(config: Config, *, burst: bool = False, sweep_every: float = 30.0
 @click.option("--burst", is_flag=True, help="Drain the queue, then exit.")
 @click.option("--sweep-every", default=30.0, show_default=True,
               help="Seconds between sweeps for stuck events (0 disables).")
-def worker(burst: bool, sweep_every: float) -> None:
+@click.option("--outbound", is_flag=True,
+              help="Deliver outbound messages to destinations (their queue alone).")
+def worker(burst: bool, sweep_every: float, outbound: bool) -> None:
     """Run an RQ worker for the mismatch queue (with retries and the periodic sweep)."""
-    run_worker(state()[0], burst=burst, sweep_every=sweep_every)
+    run_worker(state()[0], burst=burst, sweep_every=sweep_every, outbound=outbound)

@@ -2,7 +2,9 @@
 duplicate; timelines and tallies read the rows) but not its payload. Payloads of finished
 events older than PAYLOAD_RETENTION_DAYS (default 90: past Stripe's 3-day retries and its
 30-day Events API window, so `replay` never needs one) are emptied in small transactions;
-refused deliveries and fetched thin events that old are deleted.
+refused deliveries and fetched thin events that old are deleted. Outbound messages are kept
+at least MESSAGE_RETENTION_DAYS (30: the pull feed's catching-up window) and while any
+destination is still owed them.
 
 `mismatch prune` runs it; workers run it daily (one worker, a Redis key). The walk resumes
 from where the last one stopped (kept in Redis; lost, it starts again from the oldest row)."""
@@ -15,10 +17,19 @@ from datetime import timedelta
 
 import click
 import redis as redis_lib
-from sqlalchemy import delete
+from sqlalchemy import delete, exists, select
 
 from config import Config
-from db import Database, RejectedDelivery, ThinEvent, rowcount, utcnow
+from db import (
+    Database,
+    Delivery,
+    DeliveryStatus,
+    Message,
+    RejectedDelivery,
+    ThinEvent,
+    rowcount,
+    utcnow,
+)
 from db.history import prune_batch
 from workers.cli import state
 from workers.queue import get_redis
@@ -29,6 +40,7 @@ PRUNE_AFTER_KEY = "mismatch:prune:after-id"
 PRUNE_DUE_KEY = "mismatch:prune:due"
 PRUNE_EVERY = 24 * 3600
 BATCH = 5000  # rows per transaction: a short lock, a small WAL burst
+MESSAGE_RETENTION_DAYS = 30
 
 
 @dataclass
@@ -36,6 +48,7 @@ class Pruned:
     payloads: int = 0
     rejected: int = 0
     thin: int = 0
+    messages: int = 0
 
 
 def prune(config: Config, db: Database, *, days: int | None = None,
@@ -57,7 +70,26 @@ def prune(config: Config, db: Database, *, days: int | None = None,
                                            .where(RejectedDelivery.received_at < before)))
         done.thin = rowcount(s.execute(delete(ThinEvent).where(
             ThinEvent.status == "fetched", ThinEvent.received_at < before)))
+    done.messages = prune_messages(db, days)
     return done
+
+
+def prune_messages(db: Database, days: int | None) -> int:
+    """Delete outbound messages (and their finished deliveries) older than `days`, never
+    fewer than 30, and none a destination is still owed; in batches, by id."""
+    keep = max(MESSAGE_RETENTION_DAYS, days or 0)
+    before = utcnow() - timedelta(days=keep)
+    owed = exists().where(Delivery.message_id == Message.id,
+                          Delivery.status == DeliveryStatus.PENDING)
+    deleted = 0
+    while True:
+        with db.session() as s:
+            ids = s.scalars(select(Message.id).where(Message.created_at < before, ~owed)
+                            .order_by(Message.id).limit(BATCH)).all()
+            if not ids:
+                return deleted
+            s.execute(delete(Delivery).where(Delivery.message_id.in_(ids)))
+            deleted += rowcount(s.execute(delete(Message).where(Message.id.in_(ids))))
 
 
 def prune_if_due(config: Config, db: Database) -> Pruned | None:
@@ -100,5 +132,7 @@ def prune_cmd(days: int | None, from_start: bool) -> None:
     done = prune(config, db, days=days, from_start=from_start)
     click.echo(f"{done.payloads} payloads emptied (events received over "
                f"{days or config.payload_retention_days} days ago, processed or ignored); "
-               f"{done.rejected} refused deliveries and {done.thin} fetched thin events "
+               f"{done.rejected} refused deliveries, {done.thin} fetched thin events and "
+               f"{done.messages} outbound messages (over "
+               f"{max(MESSAGE_RETENTION_DAYS, days or 0)} days old, delivered or failed) "
                f"deleted")
