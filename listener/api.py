@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from typing import Any
 
@@ -12,7 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db import UNROUTED, Mismatch, Resolution, StripeAction, StripeEvent, Venue, isoformat
+from db import UNROUTED, Destination, Message, Mismatch, Resolution, StripeEvent, Venue, isoformat
+from db.contract import Feed, FeedItem
+from db.messages import action_json, mismatches_json
 from db.records import (
     MAX_OFFSET,
     NOTE_MAX,
@@ -27,7 +30,6 @@ from db.records import (
 )
 from listener.context import current_config, current_db
 from listener.edge import CONTROL, bad_json_string
-from notifications.view import charges_of
 from workers import (
     ACTION,
     CANCEL,
@@ -35,10 +37,10 @@ from workers import (
     VENUE_RECHECK,
     ActionRefused,
     ActionStatus,
-    actions_of,
     request_action,
     try_enqueue,
 )
+from workers.outbound import destinations
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -171,33 +173,7 @@ def remove_member(account_id: str, member_ref: str) -> ResponseReturnValue:
 
 
 def mismatch_json(session: Session, m: Mismatch) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "case": m.case,
-        "status": m.status,
-        "resolution": m.resolution,
-        "resolution_note": m.resolution_note,
-        "account_id": m.account_id,
-        "livemode": m.livemode,
-        "subscription_id": m.subscription_id,
-        "customer_id": m.customer_id,
-        "customer_email": m.customer_email,
-        "linked_customer_id": m.linked_customer_id,
-        "member_ref": m.member.member_ref if m.member else None,
-        "candidates": m.candidates or [],
-        "note": m.note,
-        "opened_at": isoformat(m.opened_at),
-        "resolved_at": isoformat(m.resolved_at),
-        "charges": [c.as_json() for c in charges_of(session, m.account_id, m.subscription_id)],
-        "actions": [action_json(a) for a in actions_of(session, m.id)],
-    }
-
-
-def action_json(a: StripeAction) -> dict[str, Any]:
-    return {"id": a.id, "kind": a.kind, "target": a.target, "amount": a.amount,
-            "currency": a.currency, "status": a.status, "actor": a.actor,
-            "requested_at": isoformat(a.requested_at), "finished_at": isoformat(a.finished_at),
-            "stripe_request_id": a.stripe_request_id, "result": a.result, "error": a.error}
+    return mismatches_json(session, [m])[0]
 
 
 @bp.get("/mismatches")
@@ -222,7 +198,7 @@ def list_mismatches() -> ResponseReturnValue:
     if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
         raise InvalidInput(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
     with current_db().session() as s:
-        rows = [mismatch_json(s, m) for m in s.scalars(query.limit(limit).offset(offset))]
+        rows = mismatches_json(s, list(s.scalars(query.limit(limit).offset(offset))))
     return jsonify(mismatches=rows, limit=limit, offset=offset)
 
 
@@ -304,3 +280,90 @@ def get_event(event_id: str) -> ResponseReturnValue:
             "received_at": isoformat(e.received_at),
             "processed_at": isoformat(e.processed_at),
         })
+
+
+# --- outbound: destinations and the pull feed (workers/outbound) -----------------------------
+
+def _destination(session: Session, name: str) -> Destination:
+    found = destinations.find(session, destinations.check_name(name))
+    if found is None:
+        abort(make_response(jsonify(error=f"no destination {name!r}: create it with PUT "
+                                          f"/api/destinations/{name}"), 404))
+    return found
+
+
+@bp.get("/destinations")
+def list_destinations() -> ResponseReturnValue:
+    with current_db().session() as s:
+        rows = s.scalars(select(Destination).order_by(Destination.name))
+        return jsonify(destinations=[destinations.destination_json(s, d) for d in rows])
+
+
+@bp.put("/destinations/<name>")
+def put_destination(name: str) -> ResponseReturnValue:
+    """Create or replace a destination (url, event_types, account_id). A new one's signing
+    secret is in this answer only."""
+    with current_db().session() as s:
+        destination, secret = destinations.put_destination(s, current_config(), name, _body())
+        s.flush()
+        body = destinations.destination_json(s, destination)
+    if secret is not None:
+        body["secret"] = secret
+    return jsonify(body), 201 if secret is not None else 200
+
+
+@bp.get("/destinations/<name>")
+def get_destination(name: str) -> ResponseReturnValue:
+    with current_db().session() as s:
+        d = _destination(s, name)
+        body = destinations.destination_json(s, d)
+        body["recent_deliveries"] = destinations.recent_deliveries(s, d.id)
+    return jsonify(body)
+
+
+@bp.delete("/destinations/<name>")
+def delete_destination(name: str) -> ResponseReturnValue:
+    with current_db().session() as s:
+        d = _destination(s, name)
+        if d.from_config:
+            raise InvalidInput(f"{name!r} is BOOKING_WEBHOOK_URL's: unset it in the "
+                               f"configuration instead")
+        s.delete(d)
+    return jsonify(deleted=True)
+
+
+@bp.post("/destinations/<name>/rotate")
+def rotate_destination(name: str) -> ResponseReturnValue:
+    """A new signing secret (in this answer only); the old ones sign for 24 h more."""
+    with current_db().session() as s:
+        d = _destination(s, name)
+        if d.from_config:
+            raise InvalidInput(f"{name!r} is BOOKING_WEBHOOK_URL's: rotate by listing the new "
+                               f"secret first in BOOKING_WEBHOOK_SECRET")
+        secret = destinations.rotate(d)
+        body = destinations.destination_json(s, d)
+    return jsonify({**body, "secret": secret})
+
+
+FEED_LIMIT_MAX = 1000
+
+
+@bp.get("/messages")
+def list_messages() -> ResponseReturnValue:
+    """Every message pushed, in log order, from after `after` (a next_cursor)."""
+    after, limit = request.args.get("after", "0") or "0", request.args.get("limit", "100")
+    if not after.isdigit() or len(after) > 19 or not limit.isdigit() or len(limit) > 4:
+        raise InvalidInput("after must be a cursor from next_cursor and limit a whole number")
+    if not 1 <= int(limit) <= FEED_LIMIT_MAX:
+        raise InvalidInput(f"limit must be 1..{FEED_LIMIT_MAX}")
+    with current_db().session() as s:
+        rows = s.execute(select(Message.id, Message.message_id, Message.body)
+                         .where(Message.id > int(after),
+                                Message.type != destinations.TEST_TYPE)
+                         .order_by(Message.id).limit(int(limit) + 1)).all()
+    page = rows[:int(limit)]
+    feed = Feed(data=[FeedItem.model_validate({"id": message_id, **json.loads(body)})
+                      for _row, message_id, body in page],
+                has_more=len(rows) > len(page),
+                next_cursor=str(page[-1][0]) if page else (after if after != "0" else None))
+    return jsonify(feed.model_dump(mode="json"))

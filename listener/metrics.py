@@ -20,12 +20,12 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import func, select
 
 from db import EventStatus, EventTally, Mismatch, Notification, StripeEvent
 from listener.context import current_config, current_db
-from workers import last_reconcile, queue_depth
+from workers import LATENCY_BUCKETS_MS, delivery_figures, last_reconcile, queue_depth
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,14 @@ class PipelineCollector:
         reconciled = GaugeMetricFamily("mismatch_reconcile_last_run_timestamp_seconds",
                                        "When the last whole `mismatch reconcile` ran")
         up = GaugeMetricFamily("mismatch_dependency_up", "Database/Redis reachable", labels=["dep"])
+        outbound = GaugeMetricFamily(
+            "mismatch_outbound_deliveries",
+            "Outbound messages owed to each destination, by status (pending, delivered, failed)",
+            labels=["destination", "status"])
+        latency = HistogramMetricFamily(
+            "mismatch_outbound_response_seconds",
+            "How long destinations took to answer the deliveries they accepted",
+            labels=["destination"])
         with self.app.app_context():
             try:
                 with current_db().session() as s:
@@ -116,6 +124,14 @@ class PipelineCollector:
                         select(Notification.status, func.count()).group_by(Notification.status)
                     ):
                         mail.add_metric([status], n)
+                    figures = delivery_figures(s)
+                    for (name, status), n in sorted(figures.by_status.items()):
+                        outbound.add_metric([name, status], n)
+                    for name, (counted, total_ms, n) in sorted(figures.latency.items()):
+                        latency.add_metric(
+                            [name], [(str(b / 1000), c) for b, c in
+                                     zip(LATENCY_BUCKETS_MS, counted, strict=True)]
+                            + [("+Inf", n)], sum_value=total_ms / 1000)
                     first = s.execute(
                         select(func.min(StripeEvent.received_at)).where(
                             StripeEvent.status == EventStatus.RECEIVED
@@ -141,7 +157,8 @@ class PipelineCollector:
             except Exception:  # noqa: BLE001
                 log.warning("metrics: redis unreachable")
                 up.add_metric(["redis"], 0)
-        yield from (events, outcomes, mismatches, mail, oldest, depth, up, missed, reconciled)
+        yield from (events, outcomes, mismatches, mail, oldest, depth, up, missed, reconciled,
+                    outbound, latency)
 
 
 def init_app(app: Flask) -> None:

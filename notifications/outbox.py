@@ -116,6 +116,24 @@ def queue_missed_webhooks_alert(session: Session, config: Config, account_id: st
         "subscription_ids": subscription_ids[:20]})
 
 
+OUTBOUND_TROUBLE = "outbound_trouble"
+
+
+def queue_destination_alert(session: Session, config: Config, name: str, url: str, kind: str,
+                            why: str) -> list[int]:
+    """Tell support once per destination per day that its messages are not getting through
+    (`kind`: "failing" — a message ran out of retries — or "disabled" — it answered 410)."""
+    if not config.support_email:
+        return []
+    day = datetime.now(UTC).date().isoformat()
+    recipient = config.support_email.strip().lower()
+    new_id = _owe(session, key=f"{OUTBOUND_TROUBLE}:{name}:{day}:{recipient}",
+                  mismatch_id=None, recipient=recipient, kind=OUTBOUND_TROUBLE,
+                  context={"destination": name, "url": url, "trouble": kind, "why": why,
+                           "day": day})
+    return [new_id] if new_id is not None else []
+
+
 def build_digests(db: Database, account_id: str | None = None) -> list[int]:
     """Gather every waiting digest item into one `digest` row per (venue, admin); returns
     the new rows' ids, to be sent like any other notice.

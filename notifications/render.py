@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import css_inline
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -22,7 +23,7 @@ import templates
 from config import Config
 from db import CUSTOMER_UNKNOWN, Mismatch, Notification, Venue
 from notifications.links import describe_age, mismatch_link
-from notifications.outbox import MISSED_WEBHOOKS
+from notifications.outbox import MISSED_WEBHOOKS, OUTBOUND_TROUBLE
 from notifications.view import MismatchView, dashboard_url, mismatch_view
 
 
@@ -142,9 +143,21 @@ def _support_alert(config: Config, notification: Notification
     return notification.kind, ctx, subject, {"X-Stripe-Account": ctx["account_id"]}
 
 
+def _destination_alert(config: Config, notification: Notification
+                       ) -> tuple[str, dict[str, Any], str, dict[str, str]]:
+    ctx = dict(notification.context)
+    ctx["venue_name"] = "Platform support"
+    ctx["page_url"] = f"{config.public_base_url}/destinations/{quote(ctx['destination'])}"
+    what = "disabled" if ctx.get("trouble") == "disabled" else "failing"
+    subject = f"Outbound messages {what}: destination {ctx['destination']}"
+    return OUTBOUND_TROUBLE, ctx, subject, {}
+
+
 def render_notice(config: Config, session: Session, notification: Notification) -> Rendered:
     """Subject, text, inlined HTML and the X- headers for one outbox row."""
-    if notification.kind in SUPPORT_ALERTS:
+    if notification.kind == OUTBOUND_TROUBLE:
+        template, ctx, subject, headers = _destination_alert(config, notification)
+    elif notification.kind in SUPPORT_ALERTS:
         template, ctx, subject, headers = _support_alert(config, notification)
     elif notification.kind == "digest":
         template, ctx, subject, headers = _digest(config, session, notification)
