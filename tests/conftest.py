@@ -25,7 +25,8 @@ from tests.support import (
     PLATFORM_ACCOUNT,
     PLATFORM_SECRET,
 )
-from workers.queue import get_queue, redis_url
+from workers.jobs import OUTBOUND
+from workers.queue import Kind, get_queue, redis_url
 from workers.runtime import reset_runtime
 from workers.service import MismatchWorker
 
@@ -159,17 +160,23 @@ def api(client):  # type: ignore[no-untyped-def]
     return Api()
 
 
+def _burst(config: Config, kind: Kind | None = None) -> None:
+    reset_runtime()
+    queue = get_queue(config, kind)
+    MismatchWorker([queue], connection=queue.connection).work(burst=True,
+                                                               logging_level="WARNING")
+
+
 @pytest.fixture
 def work(config: Config, redis: redis_lib.Redis):  # type: ignore[no-untyped-def]
     """Drain the queue with a real RQ worker (in this process, burst mode)."""
+    return lambda: _burst(config)
 
-    def run() -> None:
-        reset_runtime()
-        queue = get_queue(config)
-        MismatchWorker([queue], connection=queue.connection).work(burst=True,
-                                                                   logging_level="WARNING")
 
-    return run
+@pytest.fixture
+def deliver(config: Config, redis: redis_lib.Redis):  # type: ignore[no-untyped-def]
+    """Drain the outbound queue the same way (what `mismatch worker --outbound` runs)."""
+    return lambda: _burst(config, OUTBOUND)
 
 
 @pytest.fixture
