@@ -15,10 +15,6 @@ from standardwebhooks.webhooks import Webhook
 from db import Delivery, Destination, Notification
 from standins.receiver import receiving
 from tests.support import GYM, customer, event, post_event, subscription
-from workers.jobs import OUTBOUND
-from workers.queue import get_queue
-from workers.runtime import reset_runtime
-from workers.service import MismatchWorker
 
 SECRET = "whsec_" + base64.b64encode(b"booking-product-test-secret-32b!").decode()
 SUB, CUS = "sub_1Outbound000001", "cus_1Outbound000001"
