@@ -23,6 +23,7 @@ class Receiver:
     delay: float = 0.0  # seconds before each answer
     received: list[dict[str, Any]] = field(default_factory=list)  # verified, deduplicated
     attempts: list[str] = field(default_factory=list)  # webhook-id of every request
+    answered: int = 0  # requests answered (fewer than attempts while some are held)
     refused: int = 0  # requests whose signature did not verify
     revisions: dict[int, int] = field(default_factory=dict)  # mismatch id -> newest revision
     arrived: list[float] = field(default_factory=list)  # time.time() of each accepted one
@@ -31,10 +32,12 @@ class Receiver:
 
     def handle(self, body: bytes, headers: dict[str, str]) -> int:
         """What the docs' receiver does with one request; returns the status to answer."""
+        with self.lock:
+            self.attempts.append(headers.get("webhook-id", ""))  # as it arrives
         if self.delay:
             time.sleep(self.delay)
         with self.lock:
-            self.attempts.append(headers.get("webhook-id", ""))
+            self.answered += 1
             if self.answers:
                 return self.answers.pop(0)
         try:

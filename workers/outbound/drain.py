@@ -26,9 +26,15 @@ from workers.outbound.post import Answer, Sender, headers
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(seconds=60)  # a drain renews it every round; a killed one loses it
 CHUNK = 50
 TURN_SECONDS = 10.0  # then the job queues itself again, behind other destinations' drains
+
+
+def lease(config: Config) -> timedelta:
+    """How long a drain holds its destination: a round ends by the turn's end, after at most
+    one more request's timeout, and the lease is renewed every round, so a live drain never
+    loses it and a killed one's lapses soon."""
+    return timedelta(seconds=TURN_SECONDS + config.outbound_timeout + 5)
 
 
 @dataclass
@@ -75,7 +81,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def claim(db: Database, destination_id: int) -> bool:
+def claim(config: Config, db: Database, destination_id: int) -> bool:
     """Take the destination's lease, unless a live drain (or a back-off pause) holds it."""
     now = utcnow()
     with db.session() as s:
@@ -84,7 +90,7 @@ def claim(db: Database, destination_id: int) -> bool:
             .where(Destination.id == destination_id, Destination.enabled,
                    or_(Destination.draining_until.is_(None),
                        Destination.draining_until <= now))
-            .values(draining_until=now + LEASE))))
+            .values(draining_until=now + lease(config)))))
 
 
 def release(db: Database, destination_id: int, until: datetime | None) -> None:
@@ -115,7 +121,7 @@ def _read(config: Config, db: Database, destination_id: int
 def drain(config: Config, db: Database, destination_id: int, sender: Sender) -> Drained:
     """Deliver what is due to one destination, for one turn."""
     done = Drained()
-    if not claim(db, destination_id):
+    if not claim(config, db, destination_id):
         done.busy = True
         return done
     pause: datetime | None = None
@@ -134,13 +140,15 @@ def drain(config: Config, db: Database, destination_id: int, sender: Sender) -> 
                 answers.append((item, answer))
                 if not answer.delivered:
                     break  # the receiver is in trouble: leave the rest for later
+                if time.monotonic() > ends:
+                    break  # a slow receiver: the turn is over (and the lease still held)
             pause = _record(config, db, destination_id, target, answers, done)
             if pause is not None or time.monotonic() > ends:
                 done.more = pause is None
                 break
             with db.session() as s:  # renew the lease for the next round
                 s.execute(update(Destination).where(Destination.id == destination_id)
-                          .values(draining_until=utcnow() + LEASE))
+                          .values(draining_until=utcnow() + lease(config)))
     finally:
         release(db, destination_id, pause)
     done.next_due = pause or _next_due(db, destination_id)
