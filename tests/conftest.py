@@ -17,8 +17,10 @@ from sqlalchemy import text
 
 from config import Config, load_config
 from db import Base, Database, upgrade
+from standins.receiver import Receiver, receiving
 from tests.support import (
     API_TOKEN,
+    BOOKING_SECRET,
     CLUB,
     CONNECT_SECRET,
     GYM,
@@ -171,6 +173,17 @@ def _burst(config: Config, kind: Kind | None = None) -> None:
 def work(config: Config, redis: redis_lib.Redis):  # type: ignore[no-untyped-def]
     """Drain the queue with a real RQ worker (in this process, burst mode)."""
     return lambda: _burst(config)
+
+
+@pytest.fixture
+def booking(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """The booking product's receiver (standins/receiver.py) as BOOKING_WEBHOOK_URL, three
+    retries at once; list it before the app's fixtures, so the app reads it."""
+    with receiving(BOOKING_SECRET) as found:
+        monkeypatch.setenv("BOOKING_WEBHOOK_URL", found.url)
+        monkeypatch.setenv("BOOKING_WEBHOOK_SECRET", BOOKING_SECRET)
+        monkeypatch.setenv("OUTBOUND_RETRY_SECONDS", "0,0,0")
+        yield found
 
 
 @pytest.fixture

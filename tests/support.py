@@ -3,6 +3,7 @@ the payload builders are the stand-ins' (standins/events.py)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -17,6 +18,7 @@ PLATFORM_ACCOUNT = "acct_1Platform0000000"
 GYM = "acct_1Gym000000000000"  # the two venues of the `venues` fixture (conftest.py)
 CLUB = "acct_1Club00000000000"
 API_TOKEN = "test-api-token"
+BOOKING_SECRET = "whsec_" + base64.b64encode(b"booking-product-test-secret-32b!").decode()
 
 def post_event(client, payload: dict[str, Any], *, connect: bool | None = None,  # type: ignore[no-untyped-def]
                secret: str | None = None, timestamp: int | None = None):

@@ -14,21 +14,10 @@ from standardwebhooks.webhooks import Webhook
 
 from db import Delivery, Destination, Notification
 from standins.receiver import receiving
-from tests.support import GYM, customer, event, post_event, subscription
+from tests.support import BOOKING_SECRET, GYM, customer, event, post_event, subscription
 
-SECRET = "whsec_" + base64.b64encode(b"booking-product-test-secret-32b!").decode()
+SECRET = BOOKING_SECRET
 SUB, CUS = "sub_1Outbound000001", "cus_1Outbound000001"
-
-
-@pytest.fixture
-def receiver(env, monkeypatch):  # type: ignore[no-untyped-def]
-    """The booking product's receiver, configured as BOOKING_WEBHOOK_URL (list it before the
-    app's fixtures, so the app reads it)."""
-    with receiving(SECRET) as found:
-        monkeypatch.setenv("BOOKING_WEBHOOK_URL", found.url)
-        monkeypatch.setenv("BOOKING_WEBHOOK_SECRET", SECRET)
-        monkeypatch.setenv("OUTBOUND_RETRY_SECONDS", "0,0,0")
-        yield found
 
 
 def open_case_3(client, work) -> None:  # type: ignore[no-untyped-def]
@@ -40,13 +29,13 @@ def open_case_3(client, work) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_opened_then_resolved_reach_a_verifying_receiver_and_the_feed(
-        receiver, venues, client, api, work, deliver):  # type: ignore[no-untyped-def]
-    receiver.answers = [503, 503]  # refused twice: the message must come on a retry
+        booking, venues, client, api, work, deliver):  # type: ignore[no-untyped-def]
+    booking.answers = [503, 503]  # refused twice: the message must come on a retry
     open_case_3(client, work)
     deliver()
-    [opened] = receiver.received
+    [opened] = booking.received
     assert opened["type"] == "mismatch.opened"
-    assert receiver.attempts == [opened["webhook_id"]] * 3  # the same id on every retry
+    assert booking.attempts == [opened["webhook_id"]] * 3  # the same id on every retry
     [m] = api.get("/api/mismatches").json["mismatches"]
     assert opened["data"] == m  # exactly what GET /api/mismatches/<id> answers
     assert opened["data"]["case"] == 3 and opened["data"]["subscription_id"] == SUB
@@ -56,7 +45,7 @@ def test_opened_then_resolved_reach_a_verifying_receiver_and_the_feed(
                                     account=GYM)).status_code == 200
     work()
     deliver()
-    resolved = receiver.received[-1]
+    resolved = booking.received[-1]
     assert resolved["type"] == "mismatch.resolved"
     assert resolved["data"]["status"] == "resolved"
     assert resolved["data"]["resolution"] == "canceled"
@@ -70,11 +59,11 @@ def test_opened_then_resolved_reach_a_verifying_receiver_and_the_feed(
         cursor = page["next_cursor"]
         if not page["has_more"]:
             break
-    assert [p["id"] for p in pages] == [r["webhook_id"] for r in receiver.received]
-    assert [p["data"] for p in pages] == [r["data"] for r in receiver.received]
+    assert [p["id"] for p in pages] == [r["webhook_id"] for r in booking.received]
+    assert [p["data"] for p in pages] == [r["data"] for r in booking.received]
 
 
-def test_nothing_visible_changed_sends_nothing(receiver, venues, client, api, work, deliver
+def test_nothing_visible_changed_sends_nothing(booking, venues, client, api, work, deliver
                                               ):  # type: ignore[no-untyped-def]
     open_case_3(client, work)
     # The same subscription again (a Stripe redelivery under a new event id): same JSON.
@@ -82,26 +71,26 @@ def test_nothing_visible_changed_sends_nothing(receiver, venues, client, api, wo
                                     account=GYM)).status_code == 200
     work()
     deliver()
-    assert [r["type"] for r in receiver.received] == ["mismatch.opened"]
+    assert [r["type"] for r in booking.received] == ["mismatch.opened"]
 
 
-def test_manual_resolve_from_the_api_is_a_message(receiver, venues, client, api, work, deliver
+def test_manual_resolve_from_the_api_is_a_message(booking, venues, client, api, work, deliver
                                                  ):  # type: ignore[no-untyped-def]
     open_case_3(client, work)
     [m] = api.get("/api/mismatches").json["mismatches"]
     assert api.post(f"/api/mismatches/{m['id']}/resolve", json={"note": "ok"}).status_code == 200
     deliver()
-    assert [r["type"] for r in receiver.received] == ["mismatch.opened", "mismatch.resolved"]
-    assert receiver.received[-1]["data"]["resolution_note"] == "ok"
+    assert [r["type"] for r in booking.received] == ["mismatch.opened", "mismatch.resolved"]
+    assert booking.received[-1]["data"]["resolution_note"] == "ok"
 
 
 def test_410_disables_the_destination_and_tells_support(
-        receiver, monkeypatch, venues, client, db, work, deliver):  # type: ignore[no-untyped-def]
+        booking, monkeypatch, venues, client, db, work, deliver):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("SUPPORT_EMAIL", "support@platform.test")
-    receiver.answers = [410]
+    booking.answers = [410]
     open_case_3(client, work)
     deliver()
-    assert receiver.received == [] and len(receiver.attempts) == 1
+    assert booking.received == [] and len(booking.attempts) == 1
     with db.session() as s:
         booking = s.scalar(select(Destination).where(Destination.name == "booking"))
         assert booking is not None and not booking.enabled
@@ -112,12 +101,12 @@ def test_410_disables_the_destination_and_tells_support(
         assert alert is not None and alert.context["destination"] == "booking"
 
 
-def test_running_out_of_retries_fails_the_message(receiver, venues, client, db, work, deliver
+def test_running_out_of_retries_fails_the_message(booking, venues, client, db, work, deliver
                                                  ):  # type: ignore[no-untyped-def]
-    receiver.answers = [500] * 10
+    booking.answers = [500] * 10
     open_case_3(client, work)
     deliver()
-    assert len(receiver.attempts) == 4  # the first attempt and OUTBOUND_RETRY_SECONDS' three
+    assert len(booking.attempts) == 4  # the first attempt and OUTBOUND_RETRY_SECONDS' three
     with db.session() as s:
         [delivery] = s.scalars(select(Delivery))
         assert (delivery.status, delivery.attempts, delivery.last_status_code) == \

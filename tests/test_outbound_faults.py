@@ -6,7 +6,6 @@ destinations."""
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import subprocess
@@ -23,12 +22,11 @@ from db import Delivery, DeliveryStatus
 from standins.localstripe import free_port
 from standins.receiver import receiving
 from tests.smtp_server import SmtpServer
-from tests.support import GYM, customer, event, post_event, subscription
+from tests.support import BOOKING_SECRET, GYM, customer, event, post_event, subscription
 from workers.runtime import runtime
 from workers.upkeep.sweep import sweep
 
 MISMATCH = str(Path(sys.executable).parent / "mismatch")
-SECRET = "whsec_" + base64.b64encode(b"booking-product-faults-secret-32").decode()
 
 
 def wait_for(what: str, done: Callable[[], bool], seconds: float = 60) -> None:
@@ -61,16 +59,13 @@ def open_mismatch(client, n: int) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def booking(env, monkeypatch):  # type: ignore[no-untyped-def]
-    with receiving(SECRET) as found:
-        monkeypatch.setenv("BOOKING_WEBHOOK_URL", found.url)
-        monkeypatch.setenv("BOOKING_WEBHOOK_SECRET", SECRET)
-        monkeypatch.setenv("OUTBOUND_TIMEOUT", "2")  # the killed drain's lease: 17 s
-        yield found
+def short_lease(env, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OUTBOUND_TIMEOUT", "2")  # the killed drain's lease: 17 s
 
 
-def test_a_worker_killed_mid_delivery_loses_nothing(booking, venues, client, config, db, work,
-                                                    deliver, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_worker_killed_mid_delivery_loses_nothing(
+        booking, short_lease, venues, client, config, db, work, deliver, tmp_path
+        ):  # type: ignore[no-untyped-def]
     booking.delay = 30.0  # holds the request: the worker is killed while it waits
     open_mismatch(client, 1)
     work()
@@ -120,7 +115,7 @@ def test_a_destination_that_hangs_delays_neither_notices_nor_others(
         booking, smtp, private_ok, venues, client, api, tmp_path):  # type: ignore[no-untyped-def]
     """Causal, not timed: the notices and the booking product's messages all arrive while
     the hanging destination is still holding its first request."""
-    with receiving(SECRET, delay=25.0) as hanging:
+    with receiving(BOOKING_SECRET, delay=25.0) as hanging:
         made = api.put("/api/destinations/slow", json={"url": hanging.url})
         assert made.status_code == 201
         hanging.secret = made.json["secret"]

@@ -12,20 +12,9 @@ from sqlalchemy import func, select, update
 from standardwebhooks.webhooks import Webhook
 
 from db import Delivery, DeliveryStatus, Message, utcnow
-from standins.receiver import receiving
 from tests.support import GYM, customer, event, post_event, run_cli, subscription
 
-SECRET = "whsec_" + base64.b64encode(b"booking-product-ops-secret-32by!").decode()
 SUB, CUS = "sub_1OutboundOps0001", "cus_1OutboundOps0001"
-
-
-@pytest.fixture
-def booking(env, monkeypatch):  # type: ignore[no-untyped-def]
-    with receiving(SECRET) as found:
-        monkeypatch.setenv("BOOKING_WEBHOOK_URL", found.url)
-        monkeypatch.setenv("BOOKING_WEBHOOK_SECRET", SECRET)
-        monkeypatch.setenv("OUTBOUND_RETRY_SECONDS", "0")
-        yield found
 
 
 def open_mismatch(client, work) -> None:  # type: ignore[no-untyped-def]
@@ -39,7 +28,7 @@ def open_mismatch(client, work) -> None:  # type: ignore[no-untyped-def]
 def test_list_test_disable_enable_replay(booking, venues, client, db, work, deliver
                                         ):  # type: ignore[no-untyped-def]
     open_mismatch(client, work)
-    booking.answers = [500, 500]  # the first attempt and its one retry: failed for good
+    booking.answers = [500] * 4  # the first attempt and its three retries: failed for good
     deliver()
     listed = run_cli("outbound", "list")
     assert listed.exit_code == 0
