@@ -4,13 +4,13 @@ transaction, the sending left to the outbound workers after the commit."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from config import Config
 from db import Destination
 from db.records import InvalidInput
 from workers.cli import state
@@ -42,7 +42,16 @@ def _since(value: str) -> datetime:
     return when
 
 
-def _queued(config: Config, destination_id: int, what: str) -> None:
+def _owe(name: str, change: Callable[[Session, Destination], str]) -> None:
+    """Change one destination in one transaction, then queue its drain after the commit;
+    prints what `change` says was done."""
+    config, db = state()
+    try:
+        with db.session() as s:
+            d = _named(s, name)
+            what, destination_id = change(s, d), d.id
+    except InvalidInput as exc:
+        raise click.ClickException(str(exc)) from None
     if try_enqueue(config, OUTBOUND, destination_id):
         click.echo(what)
     else:
@@ -82,28 +91,21 @@ def replay_cmd(name: str, message_id: str | None, since: str | None) -> None:
     if (message_id is None) == (since is None):
         raise click.UsageError("give exactly one of --message or --failed-since")
     failed_since = _since(since) if since is not None else None
-    config, db = state()
-    try:
-        with db.session() as s:
-            d = _named(s, name)
-            n = destinations.replay(s, d, message_id=message_id, failed_since=failed_since)
-            destination_id, enabled = d.id, d.enabled
-    except InvalidInput as exc:
-        raise click.ClickException(str(exc)) from None
-    note = "" if enabled else f" (it is disabled: `mismatch outbound enable {name}` sends them)"
-    _queued(config, destination_id, f"{n} message(s) owed to {name} again{note}")
+
+    def again(s: Session, d: Destination) -> str:
+        n = destinations.replay(s, d, message_id=message_id, failed_since=failed_since)
+        off = "" if d.enabled else f" (it is disabled: `mismatch outbound enable {name}` " \
+                                    f"sends them)"
+        return f"{n} message(s) owed to {name} again{off}"
+
+    _owe(name, again)
 
 
 @outbound_group.command("test")
 @click.argument("name")
 def test_cmd(name: str) -> None:
     """Queue a `destination.test` message to one destination."""
-    config, db = state()
-    with db.session() as s:
-        d = _named(s, name)
-        message_id = destinations.queue_test(s, d)
-        destination_id = d.id
-    _queued(config, destination_id, f"test message {message_id} queued for {name}")
+    _owe(name, lambda s, d: f"test message {destinations.queue_test(s, d)} queued for {name}")
 
 
 @outbound_group.command("disable")
@@ -121,12 +123,12 @@ def disable_cmd(name: str) -> None:
 @click.argument("name")
 def enable_cmd(name: str) -> None:
     """Send to a destination again, starting with what it is owed."""
-    config, db = state()
-    with db.session() as s:
-        d = _named(s, name)
+
+    def on(_s: Session, d: Destination) -> str:
         destinations.set_enabled(d, True)
-        destination_id = d.id
-    _queued(config, destination_id, f"{name} enabled")
+        return f"{name} enabled"
+
+    _owe(name, on)
 
 
 @outbound_group.command("new-secret")
